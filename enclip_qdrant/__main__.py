@@ -1,0 +1,3 @@
+from enclip_qdrant.cli.app import main
+
+main()

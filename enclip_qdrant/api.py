@@ -1,0 +1,195 @@
+"""The library's verbs, one per CLI command (`train`, `index`, `query`, `info`), callable from Python
+the same way the CLI calls them:
+
+    from enclip_qdrant import index, query
+    index("./catalog")
+    print(query("red floral dress").results[0].payload)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .bundle import Bundle, load_bundle, read_manifest
+from .catalog import Catalog, load_catalog
+from .errors import BundleError, EnclipError
+from .indexing import IndexReport, check_compatible, index_catalog
+from .progress import NullProgress, Progress
+from .search import ClusterMode, SearchResponse, search
+from .store import Fusion, Store, open_store
+from .training import TrainConfig
+from .training import train as train_bundle
+from .workspace import Workspace, collection_name_for
+
+ENV_URL, ENV_API_KEY = "QDRANT_URL", "QDRANT_API_KEY"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where collections live: the embedded store under `home`, or a Qdrant server at `url`."""
+
+    home: str | Path | None = None
+    url: str | None = None
+    api_key: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def workspace(self) -> Workspace:
+        return Workspace(self.home)
+
+    def open(self) -> Store:
+        url = self.url or os.environ.get(ENV_URL) or None
+        api_key = self.api_key or os.environ.get(ENV_API_KEY) or None
+        return open_store(self.workspace.home, url=url, api_key=api_key, **self.options)
+
+
+def _catalog(catalog: str | Path | Catalog, columns: Mapping[str, str | None] | None, require_text: bool,
+             progress: Progress) -> Catalog:
+    if isinstance(catalog, Catalog):
+        return catalog
+    task, seen = None, 0
+
+    def tick(done: int, total: int) -> None:
+        nonlocal task, seen
+        if task is None:
+            task = progress.task("reading catalog images", total=total)
+        task.advance(done - seen)
+        seen = done
+
+    try:
+        return load_catalog(catalog, require_text=require_text, progress=tick, **(columns or {}))
+    finally:
+        if task is not None:
+            task.close()
+
+
+def train(catalog: str | Path | Catalog, *, out: str | Path | None = None, config: TrainConfig | None = None,
+          columns: Mapping[str, str | None] | None = None, conn: Connection | None = None,
+          overwrite: bool = False, progress: Progress | None = None) -> Bundle:
+    """Train an ensemble and its clusters; `out` defaults to `.enclip/bundles/<catalog name>`."""
+    progress = progress or NullProgress()
+    cat = _catalog(catalog, columns, True, progress)
+    out = Path(out) if out else (conn or Connection()).workspace.default_bundle_dir(collection_name_for(cat.root))
+    return train_bundle(cat, out, config, progress=progress, overwrite=overwrite)
+
+
+def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None = None, collection: str | None = None,
+          conn: Connection | None = None, config: TrainConfig | None = None,
+          columns: Mapping[str, str | None] | None = None, prune: bool = False, batch_size: int = 256,
+          progress: Progress | None = None) -> IndexReport:
+    """Embed a catalog into a collection; with no bundle, reuse (or train) the workspace's own."""
+    progress = progress or NullProgress()
+    conn = conn or Connection()
+    cat = _catalog(catalog, columns, False, progress)
+    if cat.skipped:
+        progress.log(f"catalog: {cat.summary()}")
+    name = collection or collection_name_for(cat.root)
+    if isinstance(bundle, Bundle):
+        b = bundle
+    elif bundle is not None:
+        b = load_bundle(bundle)
+    else:
+        b = _own_bundle(cat, conn.workspace.default_bundle_dir(name), config, progress)
+    with conn.open() as store:
+        report = index_catalog(cat, b, store, name, prune=prune, batch_size=batch_size, progress=progress)
+        conn.workspace.remember(name, b.path, store.location)
+    return report
+
+
+def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: Progress) -> Bundle:
+    """The catalog's default bundle: reused when complete (retraining is an explicit `train`), else trained."""
+    if (path / "manifest.json").is_file() and config is None:
+        progress.log(f"using the trained ensemble in {path} (run `enclip-qdrant train` to retrain)")
+        return load_bundle(path)
+    if (path / "manifest.json").is_file():
+        manifest = read_manifest(path)
+        if manifest["training"]["config"].get("members") == config.members:
+            progress.log(f"using the trained ensemble in {path} (run `enclip-qdrant train` to retrain)")
+            return load_bundle(path)
+    progress.log(f"no trained ensemble for this catalog yet: training one into {path}")
+    return train_bundle(cat, path, config, progress=progress)
+
+
+class Searcher:
+    """A collection opened with its bundle, for many queries in one process (the bundle loads once)."""
+
+    def __init__(self, collection: str | None = None, *, bundle: str | Path | Bundle | None = None,
+                 conn: Connection | None = None):
+        self.conn = conn or Connection()
+        self.collection = collection or self.conn.workspace.default_collection()
+        self.store = self.conn.open()
+        try:
+            meta = self.store.info(self.collection).metadata
+            self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(self._bundle_path(bundle, meta))
+            check_compatible(self.store, self.collection, self.bundle)
+        except BaseException:
+            self.store.close()
+            raise
+
+    def _bundle_path(self, given: str | Path | None, meta: Mapping[str, Any]) -> Path:
+        if given is not None:
+            return Path(given)
+        for candidate in (self.conn.workspace.bundle_for(self.collection), meta.get("bundle_path")):
+            if candidate and Path(candidate, "manifest.json").is_file():
+                return Path(candidate)
+        raise BundleError(f"collection {self.collection!r} was built by bundle "
+                          f"{meta.get('bundle_fingerprint', '?')}, which is not on this machine: pass --bundle")
+
+    def search(self, text: str | None = None, *, image: str | Path | Image.Image | None = None, top_k: int = 10,
+               clusters: ClusterMode = "auto", fusion: Fusion = "rrf",
+               filters: Mapping[str, Sequence[Any]] | None = None, explain: bool = False,
+               **routing: Any) -> SearchResponse:
+        return search(self.bundle, self.store, self.collection, text, image=image, top_k=top_k, clusters=clusters,
+                      fusion=fusion, filters=filters, explain=explain, **routing)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def query(text: str | None = None, *, image: str | Path | None = None, collection: str | None = None,
+          bundle: str | Path | None = None, conn: Connection | None = None, **options: Any) -> SearchResponse:
+    """One query; for many, open a `Searcher` once."""
+    with Searcher(collection, bundle=bundle, conn=conn) as s:
+        return s.search(text, image=image, **options)
+
+
+@dataclass
+class CollectionSummary:
+    name: str
+    points: int
+    vectors: dict[str, int]
+    payload_schema: dict[str, str]
+    bundle_fingerprint: str | None
+    clusters: dict[int, int]
+    metadata: dict[str, Any]
+    default: bool = False
+
+
+def info(collection: str | None = None, *, conn: Connection | None = None) -> dict[str, Any]:
+    conn = conn or Connection()
+    try:
+        default = conn.workspace.default_collection()
+    except EnclipError:
+        default = None
+    with conn.open() as store:
+        names = [collection] if collection else store.list_collections()
+        out = []
+        for name in names:
+            ci = store.info(name)
+            sizes = {int(k): v for k, v in sorted(store.facet_counts(name, "cluster").items())}
+            out.append(CollectionSummary(name, ci.points, ci.vectors, ci.payload_schema,
+                                         ci.metadata.get("bundle_fingerprint"), sizes, ci.metadata,
+                                         default=name == default))
+        return {"store": {"kind": store.kind, "location": store.location}, "collections": out}

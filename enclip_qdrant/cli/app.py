@@ -1,0 +1,198 @@
+"""`enclip-qdrant`: a thin typer shell over `enclip_qdrant.api` (parse, call the library, render)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .. import api
+from ..errors import EnclipError
+from ..search import DEFAULT_MAX_CLUSTERS, DEFAULT_OVERSAMPLE, DEFAULT_THRESHOLD
+from ..training import TrainConfig
+from . import render
+from .progress import RichProgress
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ENCLIP on Qdrant: train an ensemble of CLIP models, index a catalog, search it.")
+out = Console()
+err = Console(stderr=True)
+
+Home = Annotated[Optional[Path], typer.Option("--home", envvar="ENCLIP_HOME",
+                                              help="Workspace folder (default: ./.enclip).")]
+Url = Annotated[Optional[str], typer.Option("--url", envvar="QDRANT_URL",
+                                            help="Qdrant server URL; without it the embedded engine is used.")]
+ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="QDRANT_API_KEY", help="Qdrant API key.")]
+ImageCol = Annotated[Optional[str], typer.Option("--image-col", help="Column holding image paths.")]
+TextCol = Annotated[Optional[str], typer.Option("--text-col", help="Column holding captions/titles.")]
+IdCol = Annotated[Optional[str], typer.Option("--id-col", help="Column holding product ids.")]
+Members = Annotated[int, typer.Option("--members", "-n", min=1, help="Ensemble size.")]
+Epochs = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per member (default: preset's).")]
+Batch = Annotated[Optional[int], typer.Option("--batch-size", min=2, help="Contrastive batch (default: preset's).")]
+Seed = Annotated[int, typer.Option("--seed", help="Base seed; member i uses seed*1000+i.")]
+Preset = Annotated[str, typer.Option("--preset", help="Model size: tiny (tests) or small (default).")]
+Clusters = Annotated[str, typer.Option("--clusters", help="Number of k-means clusters, or 'auto' (silhouette).")]
+Diversity = Annotated[str, typer.Option("--diversity", help="'seed' (default) or 'bootstrap' resampling.")]
+Model = Annotated[Optional[str], typer.Option("--model", help="open_clip model name to fine-tune (e.g. ViT-B-32).")]
+Pretrained = Annotated[Optional[str], typer.Option("--pretrained", help="Checkpoint: tag, hf-hub:ID or a "
+                                                  "local .safetensors / open_clip folder.")]
+
+
+def _conn(home: Path | None, url: str | None, api_key: str | None) -> api.Connection:
+    return api.Connection(home=home, url=url, api_key=api_key)
+
+
+def _config(members: int, preset: str, epochs: int | None, batch_size: int | None, seed: int, clusters: str,
+            diversity: str, model: str | None, pretrained: str | None) -> TrainConfig:
+    if diversity not in ("seed", "bootstrap"):
+        raise EnclipError(f"--diversity must be 'seed' or 'bootstrap', not {diversity!r}")
+    if clusters != "auto" and not clusters.isdigit():
+        raise EnclipError(f"--clusters must be a number or 'auto', not {clusters!r}")
+    return TrainConfig(members=members, preset=preset, epochs=epochs, batch_size=batch_size, seed=seed,
+                       clusters=None if clusters == "auto" else int(clusters), diversity=diversity,  # type: ignore[arg-type]
+                       base_model=model, pretrained=pretrained)
+
+
+@app.command()
+def train(
+    catalog: Annotated[Path, typer.Argument(help="Catalog folder or table file (CSV/JSONL/Parquet).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Bundle folder (default: .enclip/bundles/<name>).")] = None,
+    members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
+    clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
+    image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a bundle trained with other settings.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    home: Home = None,
+) -> None:
+    """Train an ensemble of CLIP members and fit the clusters; resumes an interrupted run."""
+    config = _config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained)
+    with RichProgress() as progress:
+        bundle = api.train(catalog, out=out_dir, config=config, conn=_conn(home, None, None), overwrite=overwrite,
+                           columns={"image_col": image_col, "text_col": text_col, "id_col": id_col},
+                           progress=progress)
+    if json_out:
+        render.print_json(out, bundle.manifest)
+    else:
+        m = bundle.manifest
+        err.print(f"[green]bundle {bundle.fingerprint}[/] at {bundle.path}: {len(m['members'])} members, "
+                  f"{m['clusters']['k']} clusters; ensemble val R@10 {m['validation']['ensemble']['r@10']:.3f}")
+
+
+@app.command()
+def index(
+    catalog: Annotated[Path, typer.Argument(help="Catalog folder or table file.")],
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Trained bundle; without it, train first.")] = None,
+    collection: Annotated[Optional[str], typer.Option("--collection", help="Default: the catalog folder's name.")] = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Delete products gone from the catalog.")] = False,
+    members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
+    clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
+    image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    home: Home = None, url: Url = None, api_key: ApiKey = None,
+) -> None:
+    """Embed every image with every member into a Qdrant collection (training first if needed)."""
+    trained_flags = (members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained) != \
+        (5, "small", None, None, 0, "auto", "seed", None, None)
+    config = _config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained) \
+        if trained_flags else None
+    with RichProgress() as progress:
+        report = api.index(catalog, bundle=bundle, collection=collection, conn=_conn(home, url, api_key),
+                           config=config, prune=prune, progress=progress,
+                           columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
+    if json_out:
+        render.print_json(out, render.index_dict(report))
+    else:
+        out.print(render.index_table(report))
+
+
+@app.command()
+def query(
+    text: Annotated[Optional[str], typer.Argument(help="What to look for, e.g. 'red floral dress'.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Query by a photo (with or without text).")] = None,
+    collection: Annotated[Optional[str], typer.Option("--collection", help="Default: the last indexed.")] = None,
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Default: the one that built the collection.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to return.")] = 10,
+    clusters: Annotated[str, typer.Option("--clusters", help="'auto' (routing), 'all', or ids like 3,7.")] = "auto",
+    fusion: Annotated[str, typer.Option("--fusion", help="rrf or dbsf.")] = "rrf",
+    filters: Annotated[Optional[list[str]], typer.Option("--filter", help="field=value; repeatable.")] = None,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+                                             help="Routing: probability mass to cover.")] = DEFAULT_THRESHOLD,
+    max_clusters: Annotated[int, typer.Option("--max-clusters", min=1, help="Routing cap.")] = DEFAULT_MAX_CLUSTERS,
+    oversample: Annotated[int, typer.Option("--oversample", min=1, help="Prefetch = top-k x this.")] = DEFAULT_OVERSAMPLE,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each member's own rank.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Also write the results as a PNG contact sheet.")] = None,
+    home: Home = None, url: Url = None, api_key: ApiKey = None,
+) -> None:
+    """Search: encode with every member, route to clusters, one fused Qdrant query."""
+    mode: str | list[int] = clusters
+    if clusters not in ("auto", "all"):
+        try:
+            mode = [int(c) for c in clusters.split(",") if c.strip()]
+        except ValueError:
+            raise EnclipError(f"--clusters must be auto, all or ids like 3,7; not {clusters!r}") from None
+    parsed: dict[str, list[str | int | float]] = {}
+    for f in filters or []:
+        key, sep, value = f.partition("=")
+        if not sep or not key.strip():
+            raise EnclipError(f"--filter takes field=value, not {f!r}")
+        parsed.setdefault(key.strip(), []).append(_scalar(value.strip()))
+    resp = api.query(text, image=image, collection=collection, bundle=bundle, conn=_conn(home, url, api_key),
+                     top_k=top_k, clusters=mode, fusion=fusion, filters=parsed, explain=explain,
+                     threshold=threshold, max_clusters=max_clusters, oversample=oversample)
+    if sheet:
+        meta_root = _catalog_root(home, url, api_key, collection)
+        render.contact_sheet(resp, meta_root, sheet)
+        err.print(f"contact sheet written to {sheet}")
+    if json_out:
+        render.print_json(out, resp.to_dict(explain))
+    else:
+        out.print(render.search_table(resp, explain))
+
+
+def _catalog_root(home: Path | None, url: str | None, api_key: str | None, collection: str | None) -> Path | None:
+    data = api.info(collection, conn=_conn(home, url, api_key)) if collection else None
+    if data is None:
+        conn = _conn(home, url, api_key)
+        data = api.info(conn.workspace.default_collection(), conn=conn)
+    root = data["collections"][0].metadata.get("catalog")
+    return Path(root) if root else None
+
+
+def _scalar(v: str) -> str | int | float:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+@app.command()
+def info(
+    collection: Annotated[Optional[str], typer.Argument(help="One collection (default: all).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    home: Home = None, url: Url = None, api_key: ApiKey = None,
+) -> None:
+    """Collections in the store: points, named vectors, payload indexes, bundle, cluster sizes."""
+    data = api.info(collection, conn=_conn(home, url, api_key))
+    if json_out:
+        render.print_json(out, {"store": data["store"], "collections": [vars(c) for c in data["collections"]]})
+    else:
+        for t in render.info_tables(data):
+            out.print(t)
+
+
+def main() -> None:
+    try:
+        app()
+    except EnclipError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted:[/] finished members and indexed batches are kept; run the same "
+                  "command again to resume")
+        sys.exit(130)

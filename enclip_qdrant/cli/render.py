@@ -1,0 +1,106 @@
+"""How results look in a terminal (rich tables) and as pictures (a PNG contact sheet)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageOps
+from rich.console import Console
+from rich.table import Table
+
+from ..indexing import IndexReport, failed_summary
+from ..search import SearchResponse
+
+SHOWN_FIELDS = ("articleType", "baseColour", "gender", "pattern", "subCategory")
+
+
+def print_json(console: Console, obj: Any) -> None:
+    console.print_json(json.dumps(obj, default=str))
+
+
+def search_table(resp: SearchResponse, explain: bool) -> Table:
+    clusters = ", ".join(f"{c['id']} (p={c['p']:.2f})" for c in resp.clusters) or "all"
+    title = f"{resp.query.get('text') or resp.query.get('image')!r}  clusters: {clusters}"
+    t = Table(title=title, title_justify="left")
+    for col, kw in (("#", {"justify": "right"}), ("id", {}), ("score", {"justify": "right"}),
+                    ("cl", {"justify": "right"}), ("text", {"overflow": "fold"})):
+        t.add_column(col, **kw)
+    fields = [f for f in SHOWN_FIELDS if any(f in r.payload for r in resp.results)]
+    for f in fields:
+        t.add_column(f)
+    if explain and resp.results:
+        for name in resp.results[0].member_ranks or {}:
+            t.add_column(name, justify="right")
+    for r in resp.results:
+        row = [str(r.rank), str(r.payload.get("product_id", r.id)), f"{r.score:.4f}", str(r.cluster),
+               str(r.payload.get("text") or r.payload.get("image", ""))]
+        row += [str(r.payload.get(f, "")) for f in fields]
+        if explain:
+            row += [str(v) if v else "-" for v in (r.member_ranks or {}).values()]
+        t.add_row(*row)
+    return t
+
+
+def index_table(report: IndexReport) -> Table:
+    t = Table(title=f"indexed into {report.collection!r} ({report.store})", show_header=False, title_justify="left")
+    for k in ("added", "changed", "payload_updated", "unchanged", "deleted"):
+        t.add_row(k.replace("_", " "), f"{getattr(report, k):,}")
+    t.add_row("failed", failed_summary(report.failed))
+    t.add_row("catalog rows skipped", f"{report.skipped_rows:,}")
+    t.add_row("bundle", report.bundle)
+    t.add_row("seconds", f"{report.seconds:,.1f}")
+    return t
+
+
+def index_dict(report: IndexReport) -> dict[str, Any]:
+    return asdict(report) | {"failed": [{"id": i, "error": e} for i, e in report.failed]}
+
+
+def info_tables(data: dict[str, Any]) -> list[Table]:
+    store = data["store"]
+    tables = []
+    if not data["collections"]:
+        t = Table(title=f"{store['kind']} store at {store['location']}: no collections")
+        return [t]
+    for c in data["collections"]:
+        t = Table(title=f"{c.name}{' (default)' if c.default else ''}  [{store['kind']}: {store['location']}]",
+                  show_header=False, title_justify="left")
+        t.add_row("points", f"{c.points:,}")
+        t.add_row("vectors", ", ".join(f"{k} ({v}d, cosine)" for k, v in c.vectors.items()))
+        t.add_row("payload indexes", ", ".join(f"{k}: {v}" for k, v in c.payload_schema.items()))
+        t.add_row("bundle", f"{c.bundle_fingerprint}  {c.metadata.get('bundle_path', '')}")
+        t.add_row("clusters", "  ".join(f"{k}: {v:,}" for k, v in c.clusters.items()))
+        t.add_row("catalog", str(c.metadata.get("catalog", "")))
+        tables.append(t)
+    return tables
+
+
+def contact_sheet(resp: SearchResponse, catalog_root: Path | None, out: Path, thumb: tuple[int, int] = (120, 160),
+                  columns: int = 5) -> Path:
+    """The results as pictures: a grid of thumbnails with rank, id and title."""
+    n = max(1, len(resp.results))
+    cols, rows = min(columns, n), (n + columns - 1) // columns
+    cell_w, cell_h = thumb[0] + 10, thumb[1] + 40
+    sheet = Image.new("RGB", (cols * cell_w, rows * cell_h + 24), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((6, 6), f"query: {resp.query.get('text') or resp.query.get('image')}", fill="black")
+    for i, r in enumerate(resp.results):
+        x, y = (i % cols) * cell_w + 5, (i // cols) * cell_h + 28
+        path = Path(r.payload.get("image", ""))
+        if catalog_root is not None and not path.is_absolute():
+            path = catalog_root / path
+        try:
+            with Image.open(path) as im:
+                sheet.paste(ImageOps.pad(im.convert("RGB"), thumb, color="white"), (x, y))
+        except OSError:
+            draw.rectangle([x, y, x + thumb[0], y + thumb[1]], outline="grey")
+            draw.text((x + 4, y + thumb[1] // 2), "image missing", fill="grey")
+        label = f"{r.rank}. {r.payload.get('product_id', '')}"
+        draw.text((x, y + thumb[1] + 2), label, fill="black")
+        draw.text((x, y + thumb[1] + 16), str(r.payload.get("text", ""))[:22], fill="dimgray")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

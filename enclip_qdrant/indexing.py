@@ -1,0 +1,142 @@
+"""Embed a catalog with every member and write it into a collection: one named vector per member,
+the product's cluster and catalog fields as payload. Re-running on an unchanged catalog embeds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from PIL import Image
+
+from .bundle import Bundle
+from .errors import BundleError
+from .progress import NullProgress, Progress
+from .store import CollectionSpec, PointRecord, Store
+
+RESERVED = ("cluster", "product_id", "text", "image", "content_hash", "payload_hash")
+_NAMESPACE = uuid.UUID("6b0e3f8e-5c55-4d6a-9a43-6f2d1f7c2a10")
+
+
+def point_id(product_id: str) -> str:
+    """Stable Qdrant point id for a catalog id, so re-indexing updates instead of duplicating."""
+    return str(uuid.uuid5(_NAMESPACE, str(product_id)))
+
+
+def product_payload(product: Any) -> dict[str, Any]:
+    """Catalog fields (renamed `catalog_<name>` if they clash with ours) plus our own keys, without cluster."""
+    payload = {(f"catalog_{k}" if k in RESERVED else k): v for k, v in product.fields.items()}
+    payload |= {"product_id": product.id, "text": product.text, "image": product.image_rel,
+                "content_hash": product.content_hash}
+    payload["payload_hash"] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return payload
+
+
+@dataclass
+class IndexReport:
+    collection: str
+    store: str
+    bundle: str
+    created: bool
+    added: int = 0
+    changed: int = 0
+    payload_updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped_rows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def embedded(self) -> int:
+        return self.added + self.changed
+
+
+def check_compatible(store: Store, collection: str, bundle: Bundle) -> dict[str, Any]:
+    """A collection can only be read or extended with the ensemble that built it."""
+    meta = store.info(collection).metadata
+    built_by = meta.get("bundle_fingerprint")
+    if built_by != bundle.fingerprint:
+        raise BundleError(
+            f"collection {collection!r} was built by bundle {built_by or 'unknown'}, but bundle "
+            f"{bundle.fingerprint} ({bundle.path}) was given: its vectors would not be comparable. "
+            f"Use that bundle, or index into another --collection")
+    return meta
+
+
+def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *, batch_size: int = 256,
+                  prune: bool = False, progress: Progress | None = None) -> IndexReport:
+    progress = progress or NullProgress()
+    t0 = time.perf_counter()
+    created = not store.exists(collection)
+    if created:
+        store.create(collection, CollectionSpec(vectors=bundle.vectors, metadata={
+            "bundle_fingerprint": bundle.fingerprint, "bundle_path": str(bundle.path.resolve()),
+            "members": list(bundle.vectors), "clusters": bundle.clusters.k,
+            "catalog": str(catalog.root), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }))
+    else:
+        check_compatible(store, collection, bundle)
+    report = IndexReport(collection, store.location, bundle.fingerprint, created,
+                         skipped_rows=len(catalog.skipped))
+
+    existing = {} if created else {
+        pid: p for pid, p in store.scroll(collection, ["content_hash", "payload_hash", "cluster"])}
+    to_embed: list[tuple[Any, dict[str, Any]]] = []
+    for product in catalog.products:
+        pid, payload = point_id(product.id), product_payload(product)
+        old = existing.get(pid)
+        if old is None or old.get("content_hash") != product.content_hash:
+            to_embed.append((product, payload))
+            if old is None:
+                report.added += 1
+            else:
+                report.changed += 1
+        elif old.get("payload_hash") != payload["payload_hash"]:
+            store.set_payload(collection, pid, payload | {"cluster": old.get("cluster")})
+            report.payload_updated += 1
+        else:
+            report.unchanged += 1
+
+    task = progress.task(f"embedding {len(to_embed)} images x {len(bundle.vectors)} members", total=len(to_embed))
+    for start in range(0, len(to_embed), batch_size):
+        chunk = to_embed[start:start + batch_size]
+        images, ok = [], []
+        for product, payload in chunk:
+            try:
+                with Image.open(product.image) as im:
+                    images.append(im.convert("RGB"))
+                ok.append((product, payload))
+            except OSError as e:  # changed or vanished since the catalog was read
+                report.failed.append((product.id, str(e).splitlines()[0]))
+        if ok:
+            per_member, joint = bundle.embed_images(images)
+            clusters = bundle.clusters.assign(joint)
+            store.upsert(collection, [
+                PointRecord(point_id(p.id), {name: vecs[i] for name, vecs in per_member.items()},
+                            payload | {"cluster": int(clusters[i])})
+                for i, (p, payload) in enumerate(ok)])
+        task.advance(len(chunk))
+    task.close()
+    report.added -= sum(1 for pid, _ in report.failed if point_id(pid) not in existing)
+    report.changed -= sum(1 for pid, _ in report.failed if point_id(pid) in existing)
+
+    if prune and existing:
+        keep = {point_id(p.id) for p in catalog.products}
+        gone = [pid for pid in existing if pid not in keep]
+        if gone:
+            store.delete(collection, gone)
+        report.deleted = len(gone)
+    report.seconds = round(time.perf_counter() - t0, 2)
+    return report
+
+
+def failed_summary(failed: Sequence[tuple[str, str]], first: int = 3) -> str:
+    head = "; ".join(f"{pid}: {why}" for pid, why in failed[:first])
+    return f"{len(failed)} failed ({head}{'; ...' if len(failed) > first else ''})" if failed else "none failed"

@@ -1,0 +1,75 @@
+"""Model size presets, sized by measurement for a 2-core CPU with no GPU (see BENCHMARKS.md).
+
+Each preset is a complete open_clip `model_cfg` plus training defaults, so a member built from it
+can be saved as a plain open_clip `local-dir:` folder and reloaded by open_clip itself.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import EnclipError
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model_cfg: dict[str, Any]
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    description: str
+
+    def preprocess_cfg(self) -> dict[str, Any]:
+        return {
+            "size": self.model_cfg["vision_cfg"]["image_size"],
+            "mean": list(OPENAI_MEAN),
+            "std": list(OPENAI_STD),
+            "interpolation": "bicubic",
+            # Catalog photos are 3:4 portraits; squashing keeps the whole garment, cropping loses hems/shoes.
+            "resize_mode": "squash",
+        }
+
+
+def _cfg(embed: int, image: int, patch: int, v_layers: int, v_width: int, ctx: int, t_layers: int,
+         t_width: int) -> dict[str, Any]:
+    return {
+        "embed_dim": embed,
+        "vision_cfg": {"image_size": image, "patch_size": patch, "layers": v_layers, "width": v_width,
+                       "head_width": 64 if v_width >= 128 else 32},
+        "text_cfg": {"context_length": ctx, "vocab_size": 49408, "width": t_width,
+                     "heads": max(1, t_width // 64) if t_width >= 128 else 2, "layers": t_layers},
+    }
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        model_cfg=_cfg(embed=64, image=32, patch=8, v_layers=2, v_width=64, ctx=16, t_layers=2, t_width=64),
+        epochs=8, batch_size=64, lr=2e-3, weight_decay=0.1,
+        description="tests and demos: a member trains on ~1k synthetic pairs in seconds",
+    ),
+    "small": Preset(
+        name="small",
+        model_cfg=_cfg(embed=256, image=64, patch=16, v_layers=6, v_width=256, ctx=24, t_layers=4,
+                       t_width=256),
+        epochs=3, batch_size=128, lr=5e-4, weight_decay=0.2,
+        description="default: 5 members on ~10k pairs in about 30 minutes on 2 CPU cores",
+    ),
+}
+
+# Fine-tuning a pretrained checkpoint wants a far smaller step than training from scratch.
+FINETUNE_LR = 1e-5
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return deepcopy(PRESETS[name])
+    except KeyError:
+        raise EnclipError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

@@ -1,0 +1,132 @@
+"""ENCLIP search: encode the query with every member, route it to its likely clusters, and run ONE
+fused Qdrant query (a prefetch per member, RRF or DBSF) restricted to those clusters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .bundle import Bundle
+from .clustering import route
+from .errors import QueryError
+from .store import Fusion, SearchFilter, Store
+
+ClusterMode = Literal["auto", "all"] | Sequence[int]
+
+DEFAULT_THRESHOLD = 0.8
+DEFAULT_MAX_CLUSTERS = 3
+DEFAULT_OVERSAMPLE = 4
+
+
+@dataclass
+class Result:
+    rank: int
+    id: str
+    score: float
+    cluster: int | None
+    payload: dict[str, Any]
+    member_ranks: dict[str, int | None] | None = None  # filled by explain
+
+
+@dataclass
+class SearchResponse:
+    query: dict[str, Any]
+    clusters: list[dict[str, float]]  # [{"id": 3, "p": 0.71}, ...]; empty when searching all
+    results: list[Result]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self, explain: bool = False) -> dict[str, Any]:
+        results = []
+        for r in self.results:
+            d = asdict(r)
+            d["id"] = r.payload.get("product_id", r.id)
+            d["point_id"] = r.id
+            if not explain:
+                d.pop("member_ranks")
+            results.append(d)
+        return {"query": self.query, "clusters": self.clusters, "results": results}
+
+
+@dataclass
+class EncodedQuery:
+    vectors: dict[str, np.ndarray]  # per member, unit length
+    cluster_probs: np.ndarray
+
+
+def load_query_image(path: str | Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise QueryError(f"query image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise QueryError(f"cannot read query image {path}: {str(e).splitlines()[0]}") from None
+
+
+def encode_query(bundle: Bundle, text: str | None = None, image: Image.Image | None = None) -> EncodedQuery:
+    """Text, image, or both (the members' two unit vectors are summed and renormalised)."""
+    text = (text or "").strip() or None
+    if text is None and image is None:
+        raise QueryError("empty query: give some text or --image")
+    parts: list[dict[str, np.ndarray]] = []
+    probs: list[np.ndarray] = []
+    if text is not None:
+        per, joint = bundle.embed_texts([text])
+        parts.append(per)
+        probs.append(bundle.clusters.text_router.probs(joint)[0])
+    if image is not None:
+        per, joint = bundle.embed_images([image])
+        parts.append(per)
+        probs.append(bundle.clusters.image_router.probs(joint)[0])
+    vectors = {}
+    for name in bundle.vectors:
+        v = np.sum([p[name][0] for p in parts], axis=0)
+        vectors[name] = v / max(float(np.linalg.norm(v)), 1e-12)
+    return EncodedQuery(vectors, np.mean(probs, axis=0))
+
+
+def search(bundle: Bundle, store: Store, collection: str, text: str | None = None, *,
+           image: str | Path | Image.Image | None = None, top_k: int = 10, clusters: ClusterMode = "auto",
+           fusion: Fusion = "rrf", filters: Mapping[str, Sequence[Any]] | None = None,
+           threshold: float = DEFAULT_THRESHOLD, max_clusters: int = DEFAULT_MAX_CLUSTERS,
+           oversample: int = DEFAULT_OVERSAMPLE, explain: bool = False) -> SearchResponse:
+    if top_k < 1:
+        raise QueryError("--top-k must be at least 1")
+    if fusion not in ("rrf", "dbsf"):
+        raise QueryError(f"unknown fusion {fusion!r}: use rrf or dbsf")
+    t0 = time.perf_counter()
+    pil = load_query_image(image) if isinstance(image, (str, Path)) else image
+    q = encode_query(bundle, text, pil)
+    t1 = time.perf_counter()
+
+    if clusters == "all" or bundle.clusters.k == 1:
+        chosen: list[tuple[int, float]] = []
+    elif clusters == "auto":
+        chosen = route(q.cluster_probs, threshold, max_clusters)
+    else:
+        ids = [int(c) for c in clusters]
+        bad = [c for c in ids if not 0 <= c < bundle.clusters.k]
+        if bad:
+            raise QueryError(f"no cluster {bad[0]}: this bundle has clusters 0..{bundle.clusters.k - 1}")
+        chosen = [(c, float(q.cluster_probs[c])) for c in ids]
+    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=dict(filters or {}))
+    hits = store.query_fused(collection, q.vectors, limit=top_k, prefetch_limit=top_k * oversample,
+                             fusion=fusion, filter=None if flt.is_empty() else flt)
+    t2 = time.perf_counter()
+    results = [Result(i + 1, h.id, h.score, h.payload.get("cluster"), h.payload) for i, h in enumerate(hits)]
+    if explain:
+        per = store.query_each(collection, q.vectors, limit=top_k * oversample, filter=None if flt.is_empty() else flt)
+        ranks = {name: {h.id: r + 1 for r, h in enumerate(member_hits)} for name, member_hits in per.items()}
+        for r in results:
+            r.member_ranks = {name: ranks[name].get(r.id) for name in ranks}
+    query = {"text": text, "image": str(image) if isinstance(image, (str, Path)) else None, "top_k": top_k,
+             "fusion": fusion, "filters": {k: list(v) for k, v in (filters or {}).items()}}
+    return SearchResponse(query, [{"id": c, "p": round(p, 4)} for c, p in chosen], results,
+                          {"encode": round((t1 - t0) * 1e3, 2), "search": round((t2 - t1) * 1e3, 2)})

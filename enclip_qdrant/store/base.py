@@ -1,0 +1,158 @@
+"""The one small storage interface. ENCLIP logic talks to this, never to a Qdrant client directly.
+
+Backends translate these typed records into their own models (qdrant-edge or qdrant-client), so
+the search code is the same whether Qdrant runs in-process or on a cluster.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Fusion = Literal["rrf", "dbsf"]
+Vector = Sequence[float] | np.ndarray
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """What a collection is made of: one cosine named vector per member, plus indexed payload fields."""
+
+    vectors: Mapping[str, int]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    # payload field -> "integer" | "keyword"; "cluster" is always indexed as integer.
+    indexed_fields: Mapping[str, str] = field(default_factory=lambda: {"cluster": "integer"})
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    id: str  # a UUID string derived from the catalog id (stable across runs)
+    vectors: Mapping[str, Vector]
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Conjunction of: cluster in `clusters` (when given) and, per field, field == one of its values."""
+
+    clusters: Sequence[int] | None = None
+    fields: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return self.clusters is None and not self.fields
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    points: int
+    vectors: dict[str, int]
+    payload_schema: dict[str, str]  # indexed payload field -> type name ("integer", "keyword", ...)
+    metadata: dict[str, Any]
+
+
+class Store(ABC):
+    """A place that holds ENCLIP collections. Implementations: `EdgeStore` (embedded), `ServerStore`."""
+
+    kind: str  # "embedded" or "server", for messages and `info`
+    location: str  # folder or URL, for messages
+
+    @abstractmethod
+    def list_collections(self) -> list[str]: ...
+
+    @abstractmethod
+    def exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def create(self, name: str, spec: CollectionSpec) -> None:
+        """Create an empty collection; StoreError if it exists already."""
+
+    @abstractmethod
+    def drop(self, name: str) -> None:
+        """Delete a collection and everything in it; CollectionNotFound if absent."""
+
+    @abstractmethod
+    def info(self, name: str) -> CollectionInfo: ...
+
+    @abstractmethod
+    def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
+        """Replace the collection's metadata (JSON-able), e.g. the fingerprint of the bundle that built it."""
+
+    @abstractmethod
+    def upsert(self, name: str, points: Sequence[PointRecord]) -> None: ...
+
+    @abstractmethod
+    def delete(self, name: str, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def set_payload(self, name: str, id: str, payload: Mapping[str, Any]) -> None:
+        """Overwrite one point's payload without touching its vectors."""
+
+    @abstractmethod
+    def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every point as (id, payload restricted to `fields`; all of it when None)."""
+
+    @abstractmethod
+    def retrieve(self, name: str, ids: Sequence[str]) -> list[Hit]:
+        """Points by id with payload (score 0); unknown ids are left out."""
+
+    @abstractmethod
+    def query_fused(
+        self,
+        name: str,
+        vectors: Mapping[str, Vector],
+        *,
+        limit: int,
+        prefetch_limit: int,
+        fusion: Fusion = "rrf",
+        filter: SearchFilter | None = None,
+    ) -> list[Hit]:
+        """ONE Query API call: a prefetch per named vector (each carrying `filter`), fused by RRF or DBSF."""
+
+    @abstractmethod
+    def query_each(
+        self,
+        name: str,
+        vectors: Mapping[str, Vector],
+        *,
+        limit: int,
+        filter: SearchFilter | None = None,
+    ) -> dict[str, list[Hit]]:
+        """Each named vector searched on its own (one batch call): the per-member ranks for `--explain`."""
+
+    @abstractmethod
+    def count(self, name: str, filter: SearchFilter | None = None) -> int: ...
+
+    @abstractmethod
+    def facet_counts(self, name: str, key: str) -> dict[Any, int]:
+        """Points per value of an indexed payload field (cluster sizes for `info`)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files or connections."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,384 @@
+"""Embedded backend: one qdrant-edge shard per collection, in-process, no server to run.
+
+Layout: `home/collections/<name>/shard/` holds the shard and `home/collections/<name>/enclip.json` the
+spec (qdrant-edge has no collection metadata). A collection counts only once its folder has
+`enclip.json`, and the folder is built under a hidden temporary name and renamed into place, so an
+interrupted `create` never shows up as a half collection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeShard,
+    EdgeVectorParams,
+    FacetRequest,
+    FieldCondition,
+    Filter,
+    MatchAny,
+    MatchValue,
+    PayloadSchemaType,
+    Point,
+    Prefetch,
+    Query,
+    QueryBatchRequest,
+    QueryRequest,
+    ScrollRequest,
+    UpdateOperation,
+)
+from qdrant_edge import Fusion as EdgeFusion
+
+from enclip_qdrant.errors import CollectionNotFound, EnclipError, QueryError, StoreError
+from enclip_qdrant.store.base import (
+    CollectionInfo,
+    CollectionSpec,
+    Fusion,
+    Hit,
+    PointRecord,
+    SearchFilter,
+    Store,
+    Vector,
+    batched,
+)
+
+FORMAT = 1  # value of the "enclip_format" marker both backends write
+MARKER = "enclip_format"
+SPEC_FILE = "enclip.json"
+SHARD_DIR = "shard"
+# Qdrant's server-side default for FusionQuery(RRF); edge needs it spelled out, and using the same k
+# keeps fused rankings identical across backends.
+RRF_K = 2
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SCHEMA_TYPES = {t.lower(): t for t in ("Keyword", "Integer", "Float", "Bool", "Datetime", "Uuid", "Text")}
+
+
+def check_name(name: str) -> str:
+    """Names become folder names (and server collection names), so keep them path-safe everywhere."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StoreError(
+            f"invalid collection name {name!r}: use 1-128 letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def indexed_fields(spec: CollectionSpec) -> dict[str, str]:
+    """The payload indexes a spec asks for; `cluster` is always an integer index (routing needs it)."""
+    fields = {str(k): str(v).lower() for k, v in spec.indexed_fields.items()}
+    fields["cluster"] = "integer"
+    for key, kind in fields.items():
+        if kind not in _SCHEMA_TYPES:
+            raise StoreError(f"unsupported index type {kind!r} for payload field {key!r}")
+    return fields
+
+
+def as_list(vector: Vector) -> list[float]:
+    return np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
+
+
+def json_copy(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A detached, JSON-checked copy: metadata must survive a trip through a file or a server."""
+    try:
+        return json.loads(json.dumps(dict(metadata)))
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"collection metadata must be JSON-able: {e}") from e
+
+
+def _edge_filter(flt: SearchFilter | None) -> Filter | None:
+    if flt is None or flt.is_empty():
+        return None
+    must: list[Any] = []
+    if flt.clusters is not None:
+        must.append(FieldCondition("cluster", match=MatchAny([int(c) for c in flt.clusters])))
+    for key, values in flt.fields.items():
+        vals = list(values)
+        match = MatchValue(vals[0]) if len(vals) == 1 else MatchAny(vals)
+        must.append(FieldCondition(key, match=match))
+    return Filter(must=must)
+
+
+def _hit(point: Any) -> Hit:
+    return Hit(id=str(point.id), score=float(getattr(point, "score", 0.0)), payload=dict(point.payload or {}))
+
+
+class EdgeStore(Store):
+    """Collections as qdrant-edge shards under `home`; opened shards are cached until `close()`."""
+
+    kind = "embedded"
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+        self.location = str(self.home)
+        self._root = self.home / "collections"
+        self._shards: dict[str, EdgeShard] = {}
+        self._specs: dict[str, dict[str, Any]] = {}
+
+    # -- collections ---------------------------------------------------------------------------
+
+    def list_collections(self) -> list[str]:
+        if not self._root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self._root.iterdir() if _NAME.match(p.name) and (p / SPEC_FILE).is_file()
+        )
+
+    def exists(self, name: str) -> bool:
+        return (self._root / check_name(name) / SPEC_FILE).is_file()
+
+    def create(self, name: str, spec: CollectionSpec) -> None:
+        check_name(name)
+        if self.exists(name):
+            raise StoreError(f"collection {name!r} already exists in {self.location}")
+        if not spec.vectors:
+            raise StoreError("a collection needs at least one named vector")
+        doc = {
+            MARKER: FORMAT,
+            "vectors": {str(k): int(v) for k, v in spec.vectors.items()},
+            "indexed_fields": indexed_fields(spec),
+            "metadata": json_copy(spec.metadata),
+        }
+        self._root.mkdir(parents=True, exist_ok=True)
+        tmp = self._root / f".creating-{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            config = EdgeConfig(
+                vectors={k: EdgeVectorParams(size=d, distance=Distance.Cosine) for k, d in doc["vectors"].items()}
+            )
+            with self._errors(name, "create"):
+                shard = EdgeShard.create(str(tmp / SHARD_DIR), config)
+                try:
+                    for key, kind in doc["indexed_fields"].items():
+                        schema = getattr(PayloadSchemaType, _SCHEMA_TYPES[kind])
+                        shard.update(UpdateOperation.create_field_index(key, schema))
+                    shard.flush()
+                finally:
+                    shard.close()
+            _write_json(tmp / SPEC_FILE, doc)
+            if (self._root / name).exists():
+                raise StoreError(f"{self._root / name} exists but is not a collection: remove it first")
+            try:
+                tmp.rename(self._root / name)  # atomic; fails if another create won the race
+            except OSError as e:
+                raise StoreError(f"collection {name!r} already exists in {self.location}") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def drop(self, name: str) -> None:
+        self._shard(name)  # takes the lock: never delete a shard another process has open
+        self._forget(name)
+        trash = self._root / f".dropping-{name}-{uuid.uuid4().hex[:8]}"
+        (self._root / name).rename(trash)  # vanishes from listings at once, even if rmtree dies
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def info(self, name: str) -> CollectionInfo:
+        spec = self._spec(name)
+        with self._errors(name, "info"):
+            shard_info = self._shard(name).info()
+        # PyO3 enums have no `.name`; their str() is "PayloadSchemaType.Integer"
+        schema = {k: str(v.data_type).rsplit(".", 1)[-1].lower() for k, v in shard_info.payload_schema.items()}
+        return CollectionInfo(
+            name=name,
+            points=int(shard_info.points_count),
+            vectors=dict(spec["vectors"]),
+            payload_schema=schema,
+            metadata=json_copy(spec["metadata"]),
+        )
+
+    def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
+        doc = dict(self._spec(name))
+        doc["metadata"] = json_copy(metadata)
+        _write_json(self._root / name / SPEC_FILE, doc)
+        self._specs[name] = doc
+
+    # -- points --------------------------------------------------------------------------------
+
+    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
+        shard = self._shard(name)
+        with self._errors(name, "upsert"):
+            for chunk in batched(points, 1024):
+                ops = [
+                    Point(p.id, {k: as_list(v) for k, v in p.vectors.items()}, dict(p.payload)) for p in chunk
+                ]
+                shard.update(UpdateOperation.upsert_points(ops))
+            shard.flush()
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        shard = self._shard(name)
+        with self._errors(name, "delete"):
+            shard.update(UpdateOperation.delete_points(list(ids)))
+            shard.flush()
+
+    def set_payload(self, name: str, id: str, payload: Mapping[str, Any]) -> None:
+        shard = self._shard(name)
+        with self._errors(name, "set_payload"):
+            shard.update(UpdateOperation.overwrite_payload([id], dict(payload)))
+            shard.flush()
+
+    def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        shard = self._shard(name)
+        with_payload: Any = True if fields is None else (list(fields) or False)
+        offset: Any = None
+        while True:
+            with self._errors(name, "scroll"):
+                records, offset = shard.scroll(
+                    ScrollRequest(offset=offset, limit=512, with_payload=with_payload, with_vector=False)
+                )
+            for rec in records:
+                yield str(rec.id), dict(rec.payload or {})
+            if offset is None:
+                return
+
+    def retrieve(self, name: str, ids: Sequence[str]) -> list[Hit]:
+        shard = self._shard(name)
+        with self._errors(name, "retrieve"):
+            found = {str(r.id): _hit(r) for r in shard.retrieve(list(ids), True, False)}
+            wanted = [str(uuid.UUID(str(x))) for x in ids]  # edge returns canonical UUID text
+        return [found[i] for i in wanted if i in found]
+
+    # -- search --------------------------------------------------------------------------------
+
+    def query_fused(
+        self,
+        name: str,
+        vectors: Mapping[str, Vector],
+        *,
+        limit: int,
+        prefetch_limit: int,
+        fusion: Fusion = "rrf",
+        filter: SearchFilter | None = None,
+    ) -> list[Hit]:
+        shard = self._shard(name)
+        flt = _edge_filter(filter)
+        prefetches = [
+            Prefetch(limit=prefetch_limit, query=Query.Nearest(as_list(v), using=k), filter=flt)
+            for k, v in _nonempty(vectors).items()
+        ]
+        request = QueryRequest(
+            limit=limit, prefetches=prefetches, query=_fusion(fusion), with_payload=True, with_vector=False
+        )
+        with self._errors(name, "query"):
+            return [_hit(p) for p in shard.query(request)]
+
+    def query_each(
+        self,
+        name: str,
+        vectors: Mapping[str, Vector],
+        *,
+        limit: int,
+        filter: SearchFilter | None = None,
+    ) -> dict[str, list[Hit]]:
+        shard = self._shard(name)
+        flt = _edge_filter(filter)
+        named = _nonempty(vectors)
+        requests = [
+            QueryRequest(limit=limit, query=Query.Nearest(as_list(v), using=k), filter=flt, with_payload=True)
+            for k, v in named.items()
+        ]
+        with self._errors(name, "query"):
+            results = shard.query_batch(QueryBatchRequest(requests))
+        return {k: [_hit(p) for p in res] for k, res in zip(named, results, strict=True)}
+
+    def count(self, name: str, filter: SearchFilter | None = None) -> int:
+        shard = self._shard(name)
+        with self._errors(name, "count"):
+            return int(shard.count(CountRequest(exact=True, filter=_edge_filter(filter))))
+
+    def facet_counts(self, name: str, key: str) -> dict[Any, int]:
+        shard = self._shard(name)
+        with self._errors(name, "facet"):
+            limit = max(1, shard.info().points_count)  # distinct values <= points: never truncated
+            response = shard.facet(FacetRequest(key, limit=limit, exact=True))
+        return {h.value: int(h.count) for h in response}
+
+    def close(self) -> None:
+        for name in list(self._shards):
+            self._forget(name)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _spec(self, name: str) -> dict[str, Any]:
+        if name not in self._specs:
+            path = self._root / check_name(name) / SPEC_FILE
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise CollectionNotFound(f"no collection {name!r} in {self.location}") from None
+            except (OSError, ValueError) as e:
+                raise StoreError(f"cannot read {path}: {e}") from e
+            if doc.get(MARKER) != FORMAT:
+                raise StoreError(f"{path} has unknown format {doc.get(MARKER)!r} (expected {FORMAT})")
+            self._specs[name] = doc
+        return self._specs[name]
+
+    def _shard(self, name: str) -> EdgeShard:
+        shard = self._shards.get(name)
+        if shard is None:
+            self._spec(name)
+            path = self._root / name / SHARD_DIR
+            try:
+                shard = EdgeShard.load(str(path))
+            except Exception as e:  # qdrant-edge raises bare Exception
+                if "WouldBlock" in str(e):
+                    raise StoreError(
+                        f"collection {name!r} is in use by another process (or another open store) at {path}"
+                    ) from e
+                raise StoreError(f"cannot open collection {name!r} at {path}: {_line(e)}") from e
+            self._shards[name] = shard
+        return shard
+
+    def _forget(self, name: str) -> None:
+        shard = self._shards.pop(name, None)
+        self._specs.pop(name, None)
+        if shard is not None:
+            try:
+                shard.flush()
+            finally:
+                shard.close()
+
+    @contextmanager
+    def _errors(self, name: str, op: str) -> Iterator[None]:
+        """qdrant-edge raises bare Exception/ValueError; give the CLI one line that names the collection."""
+        try:
+            yield
+        except EnclipError:
+            raise
+        except Exception as e:
+            raise StoreError(f"{op} on collection {name!r} failed: {_line(e)}") from e
+
+
+def _nonempty(vectors: Mapping[str, Vector]) -> dict[str, Vector]:
+    if not vectors:
+        raise QueryError("a query needs at least one named vector")
+    return dict(vectors)
+
+
+def _fusion(fusion: Fusion) -> Any:
+    if fusion == "rrf":
+        return EdgeFusion.Rrf(k=RRF_K)
+    if fusion == "dbsf":
+        return EdgeFusion.Dbsf()
+    raise QueryError(f"unknown fusion {fusion!r}: use 'rrf' or 'dbsf'")
+
+
+def _line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write-then-rename so a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,71 @@
+"""The `.enclip/` workspace: where embedded collections, trained bundles and defaults live.
+
+Defaults (the last collection indexed, the bundle each collection was built with) are kept in a small
+JSON file so that `enclip-qdrant query "..."` works right after `enclip-qdrant index ./catalog`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import EnclipError
+
+ENV_HOME = "ENCLIP_HOME"
+STATE = "state.json"
+
+
+def resolve_home(home: str | Path | None = None) -> Path:
+    return Path(home or os.environ.get(ENV_HOME) or Path.cwd() / ".enclip").expanduser().resolve()
+
+
+def collection_name_for(catalog_root: Path) -> str:
+    """Default collection name: the catalog folder's name, made safe for Qdrant and folders."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", catalog_root.resolve().name).strip("-.") or "catalog"
+    return name
+
+
+class Workspace:
+    def __init__(self, home: str | Path | None = None):
+        self.home = resolve_home(home)
+
+    @property
+    def bundles(self) -> Path:
+        return self.home / "bundles"
+
+    def default_bundle_dir(self, name: str) -> Path:
+        return self.bundles / name
+
+    def _state(self) -> dict[str, Any]:
+        path = self.home / STATE
+        if not path.is_file():
+            return {"collections": {}}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return {"collections": {}}
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        tmp = self.home / (STATE + ".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.home / STATE)
+
+    def remember(self, collection: str, bundle: Path, location: str) -> None:
+        state = self._state()
+        state["default_collection"] = collection
+        state["collections"][collection] = {"bundle": str(Path(bundle).resolve()), "store": location}
+        self._save(state)
+
+    def default_collection(self) -> str:
+        name = self._state().get("default_collection")
+        if not name:
+            raise EnclipError("no collection yet: run `enclip-qdrant index CATALOG` first, or pass --collection")
+        return name
+
+    def bundle_for(self, collection: str) -> Path | None:
+        entry = self._state()["collections"].get(collection)
+        return Path(entry["bundle"]) if entry else None

@@ -1,0 +1,379 @@
+"""One contract for every backend: the search code must not care where Qdrant runs."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from enclip_qdrant.errors import CollectionNotFound, QueryError, StoreError
+from enclip_qdrant.store import (
+    CollectionSpec,
+    EdgeStore,
+    PointRecord,
+    SearchFilter,
+    ServerStore,
+    Store,
+    open_store,
+)
+
+NAMES = {"clip_a": 8, "clip_b": 8, "clip_c": 8}
+N = 200
+COLOURS = ("red", "blue", "green")
+SPEC = CollectionSpec(
+    vectors=NAMES,
+    metadata={"bundle": {"fingerprint": "abc123", "members": list(NAMES)}, "k": 5},
+    indexed_fields={"cluster": "integer", "colour": "keyword"},
+)
+
+
+def make_points(n: int = N, seed: int = 0) -> list[PointRecord]:
+    rng = np.random.default_rng(seed)
+    return [
+        PointRecord(
+            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"product-{i}")),
+            vectors={k: rng.normal(size=d).astype(np.float32) for k, d in NAMES.items()},
+            payload={"cluster": i % 5, "colour": COLOURS[i % 3], "title": f"item {i}"},
+        )
+        for i in range(n)
+    ]
+
+
+POINTS = make_points()
+
+
+@pytest.fixture(params=["edge", "memory", "server"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "edge":
+        s: Store = EdgeStore(tmp_path / "home")
+    elif request.param == "memory":
+        s = ServerStore(":memory:")
+    else:
+        url = os.environ.get("QDRANT_URL")
+        if not url:
+            pytest.skip("QDRANT_URL is not set: no real Qdrant server to test against")
+        s = ServerStore(url, os.environ.get("QDRANT_API_KEY"), timeout=10)
+    created: list[str] = []
+    s.test_names = created  # type: ignore[attr-defined]
+    yield s
+    for name in created:  # a real server is shared: remove only what this test made
+        if s.exists(name):
+            s.drop(name)
+    s.close()
+
+
+def new_name(store: Store) -> str:
+    name = f"enclip-test-{uuid.uuid4().hex[:10]}"
+    store.test_names.append(name)  # type: ignore[attr-defined]
+    return name
+
+
+@pytest.fixture
+def filled(store: Store) -> tuple[Store, str]:
+    name = new_name(store)
+    store.create(name, SPEC)
+    store.upsert(name, POINTS)
+    return store, name
+
+
+# -- collections -------------------------------------------------------------------------------
+
+
+def test_create_exists_list_drop(store: Store) -> None:
+    name = new_name(store)
+    assert not store.exists(name)
+    assert name not in store.list_collections()
+    store.create(name, SPEC)
+    assert store.exists(name)
+    assert name in store.list_collections()
+    store.drop(name)
+    assert not store.exists(name)
+    assert name not in store.list_collections()
+    with pytest.raises(CollectionNotFound):
+        store.drop(name)
+
+
+def test_create_twice_errors(store: Store) -> None:
+    name = new_name(store)
+    store.create(name, SPEC)
+    with pytest.raises(StoreError, match="already exists"):
+        store.create(name, SPEC)
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "a/b", "../up", ".hidden", "x" * 129, "é"])
+def test_invalid_name_errors(store: Store, bad: str) -> None:
+    with pytest.raises(StoreError, match="invalid collection name"):
+        store.create(bad, SPEC)
+    with pytest.raises(StoreError, match="invalid collection name"):
+        store.exists(bad)
+
+
+def test_info(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    info = store.info(name)
+    assert info.name == name
+    assert info.points == N
+    assert info.vectors == NAMES
+    assert info.payload_schema["cluster"] == "integer"
+    assert info.payload_schema["colour"] == "keyword"
+    assert info.metadata == SPEC.metadata
+
+
+def test_cluster_always_indexed(store: Store) -> None:
+    name = new_name(store)
+    store.create(name, CollectionSpec(vectors={"v": 4}, indexed_fields={"colour": "keyword"}))
+    assert store.info(name).payload_schema.get("cluster") == "integer"
+
+
+def test_set_metadata_replaces(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    store.set_metadata(name, {"fingerprint": "new", "nested": {"a": [1, 2]}})
+    assert store.info(name).metadata == {"fingerprint": "new", "nested": {"a": [1, 2]}}
+    assert name in store.list_collections()  # still ours after a replace
+
+
+# -- points ------------------------------------------------------------------------------------
+
+
+def test_upsert_then_count(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    assert store.count(name) == N
+
+
+def test_upsert_same_id_overwrites(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    p = POINTS[7]
+    store.upsert(name, [PointRecord(p.id, p.vectors, {**p.payload, "title": "renamed"})])
+    assert store.count(name) == N
+    assert store.retrieve(name, [p.id])[0].payload["title"] == "renamed"
+
+
+def test_delete(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    gone = [POINTS[0].id, POINTS[1].id]
+    store.delete(name, gone)
+    assert store.count(name) == N - 2
+    assert store.retrieve(name, gone) == []
+
+
+def test_set_payload_keeps_vectors(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    p = POINTS[3]
+    store.set_payload(name, p.id, {"cluster": 4, "colour": "blue", "title": "new"})
+    assert store.retrieve(name, [p.id])[0].payload == {"cluster": 4, "colour": "blue", "title": "new"}
+    hits = store.query_fused(name, p.vectors, limit=3, prefetch_limit=20)
+    assert hits[0].id == p.id
+
+
+def test_scroll(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    rows = dict(store.scroll(name))
+    assert set(rows) == {p.id for p in POINTS}
+    assert rows[POINTS[5].id] == POINTS[5].payload
+    only = dict(store.scroll(name, fields=["cluster"]))
+    assert len(only) == N
+    assert only[POINTS[5].id] == {"cluster": POINTS[5].payload["cluster"]}
+
+
+def test_retrieve(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    unknown = str(uuid.uuid4())
+    hits = store.retrieve(name, [POINTS[9].id, unknown, POINTS[2].id])
+    assert [h.id for h in hits] == [POINTS[9].id, POINTS[2].id]
+    assert hits[0].payload == POINTS[9].payload
+    assert hits[0].score == 0
+
+
+# -- search ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "dbsf"])
+def test_query_fused(filled: tuple[Store, str], fusion: str) -> None:
+    store, name = filled
+    rng = np.random.default_rng(1)
+    query = {k: rng.normal(size=d) for k, d in NAMES.items()}
+    hits = store.query_fused(name, query, limit=10, prefetch_limit=30, fusion=fusion)  # type: ignore[arg-type]
+    ids = {p.id for p in POINTS}
+    assert len(hits) == 10
+    assert all(h.id in ids for h in hits)
+    assert all(h.payload.get("title", "").startswith("item ") for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "dbsf"])
+def test_exact_point_ranks_first(filled: tuple[Store, str], fusion: str) -> None:
+    store, name = filled
+    for p in (POINTS[0], POINTS[123]):
+        hits = store.query_fused(name, p.vectors, limit=5, prefetch_limit=20, fusion=fusion)  # type: ignore[arg-type]
+        assert hits[0].id == p.id
+        per = store.query_each(name, p.vectors, limit=5)
+        assert all(res[0].id == p.id for res in per.values())
+
+
+def test_query_each(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    rng = np.random.default_rng(2)
+    query = {k: rng.normal(size=d).tolist() for k, d in list(NAMES.items())[:2]}
+    per = store.query_each(name, query, limit=7)
+    assert list(per) == list(query)
+    assert all(len(hits) == 7 for hits in per.values())
+    assert all(-1.0001 <= h.score <= 1.0001 for hits in per.values() for h in hits)  # cosine
+
+
+def test_empty_query_errors(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    with pytest.raises(QueryError):
+        store.query_fused(name, {}, limit=5, prefetch_limit=10)
+
+
+def test_filter_by_clusters(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    flt = SearchFilter(clusters=[1, 3])
+    query = POINTS[0].vectors  # cluster 0: its best matches must still be filtered out
+    hits = store.query_fused(name, query, limit=20, prefetch_limit=50, filter=flt)
+    assert len(hits) == 20
+    assert {h.payload["cluster"] for h in hits} <= {1, 3}
+    for res in store.query_each(name, query, limit=20, filter=flt).values():
+        assert {h.payload["cluster"] for h in res} <= {1, 3}
+    assert store.count(name, flt) == sum(p.payload["cluster"] in (1, 3) for p in POINTS)
+
+
+def test_filter_fields_and_clusters(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    flt = SearchFilter(clusters=[0, 2], fields={"colour": ["red", "green"]})
+    expected = {
+        p.id for p in POINTS if p.payload["cluster"] in (0, 2) and p.payload["colour"] in ("red", "green")
+    }
+    assert store.count(name, flt) == len(expected)
+    hits = store.query_fused(name, POINTS[1].vectors, limit=N, prefetch_limit=N, filter=flt)
+    assert {h.id for h in hits} == expected
+    single = SearchFilter(fields={"colour": ["blue"]})
+    assert store.count(name, single) == sum(p.payload["colour"] == "blue" for p in POINTS)
+
+
+def test_facet_counts(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    assert store.facet_counts(name, "cluster") == dict(Counter(p.payload["cluster"] for p in POINTS))
+    assert store.facet_counts(name, "colour") == dict(Counter(p.payload["colour"] for p in POINTS))
+
+
+def test_missing_collection(store: Store) -> None:
+    name = new_name(store)
+    q = POINTS[0].vectors
+    with pytest.raises(CollectionNotFound):
+        store.info(name)
+    with pytest.raises(CollectionNotFound):
+        store.query_fused(name, q, limit=3, prefetch_limit=5)
+    with pytest.raises(CollectionNotFound):
+        store.query_each(name, q, limit=3)
+    with pytest.raises(CollectionNotFound):
+        store.upsert(name, POINTS[:2])
+    with pytest.raises(CollectionNotFound):
+        store.count(name)
+
+
+# -- backend specifics -------------------------------------------------------------------------
+
+
+def test_edge_persists_across_reopen(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with EdgeStore(home) as first:
+        first.create("shop", SPEC)
+        first.upsert("shop", POINTS)
+        first.delete("shop", [POINTS[0].id])
+    with EdgeStore(home) as again:
+        assert again.list_collections() == ["shop"]
+        info = again.info("shop")
+        assert info.points == N - 1
+        assert info.metadata == SPEC.metadata
+        assert info.payload_schema["cluster"] == "integer"
+        assert again.query_fused("shop", POINTS[10].vectors, limit=3, prefetch_limit=10)[0].id == POINTS[10].id
+
+
+def test_edge_shard_in_use_is_clear(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with EdgeStore(home) as first:
+        first.create("shop", SPEC)
+        first.upsert("shop", POINTS[:5])
+        with EdgeStore(home) as second, pytest.raises(StoreError, match="in use"):
+            second.count("shop")
+
+
+def test_edge_half_created_folder_is_not_listed(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "collections" / "halfway" / "shard").mkdir(parents=True)  # as if create died before enclip.json
+    (home / "collections" / ".creating-x-1234").mkdir()
+    with EdgeStore(home) as store:
+        assert store.list_collections() == []
+        assert not store.exists("halfway")
+        with pytest.raises(CollectionNotFound):
+            store.info("halfway")
+
+
+def test_server_ignores_foreign_collections() -> None:
+    from qdrant_client import models
+
+    with ServerStore(":memory:") as store:
+        client = store.client  # type: ignore[attr-defined]
+        vectors = {"v": models.VectorParams(size=4, distance=models.Distance.COSINE)}
+        client.create_collection("theirs", vectors_config=vectors)
+        store.create("ours", SPEC)
+        assert store.list_collections() == ["ours"]
+        assert store.exists("theirs")  # the name is taken all the same
+        for action in (lambda: store.drop("theirs"), lambda: store.info("theirs"), lambda: store.count("theirs")):
+            with pytest.raises(StoreError, match="not made by enclip"):
+                action()
+        assert client.collection_exists("theirs")
+
+
+def test_server_unreachable_is_one_line() -> None:
+    start = time.monotonic()
+    store = ServerStore("http://127.0.0.1:1", timeout=1)
+    with pytest.raises(StoreError, match="cannot reach Qdrant at http://127.0.0.1:1") as err:
+        store.list_collections()
+    assert "\n" not in str(err.value)
+    with pytest.raises(StoreError, match="cannot reach Qdrant"):
+        store.info("shop")
+    assert time.monotonic() - start < 5
+
+
+class _Refuse(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        body = b'{"status":{"error":"Must provide an API key or an Authorization bearer token"}}'
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_server_auth_error_is_clear() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with ServerStore(url, timeout=2) as store, pytest.raises(StoreError, match="API key") as err:
+            store.list_collections()
+        assert "\n" not in str(err.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_open_store_picks_backend(tmp_path: Path) -> None:
+    with open_store(home=tmp_path) as edge:
+        assert isinstance(edge, EdgeStore) and edge.kind == "embedded"
+    with open_store(home=tmp_path, url=":memory:") as server:
+        assert isinstance(server, ServerStore) and server.kind == "server"
