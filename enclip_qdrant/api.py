@@ -69,7 +69,7 @@ def _catalog(catalog: str | Path | Catalog, columns: Mapping[str, str | None] | 
             task.close()
 
 
-def train(catalog: str | Path | Catalog, *, out: str | Path | None = None, config: TrainConfig | None = None,
+def train(catalog: str | Path | Catalog, out: str | Path | None = None, config: TrainConfig | None = None, *,
           columns: Mapping[str, str | None] | None = None, conn: Connection | None = None,
           overwrite: bool = False, progress: Progress | None = None) -> Bundle:
     """Train an ensemble and its clusters; `out` defaults to `.enclip/bundles/<catalog name>`."""

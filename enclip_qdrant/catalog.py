@@ -166,6 +166,8 @@ def load_catalog(
     catalog = Catalog(root=root, table=table, columns=columns, products=products, skipped=skipped)
     if not products:
         where = table.name if table else str(root)
+        if not skipped:
+            raise CatalogError(f"no usable products in {where}: the table has no rows")
         raise CatalogError(f"no usable products in {where}: {catalog.summary()}")
     return catalog
 
@@ -513,7 +515,7 @@ def _table_rows(
         if text is None and require_text:
             skipped.append(Skipped(r.number, ref, "empty text"))
             continue
-        fields = {k: s for k, v in vals.items() if k not in used and (s := _scalar(v)) is not None}
+        fields = {k: s for k, v in vals.items() if k and k not in used and (s := _scalar(v)) is not None}
         candidates.append(_Candidate(r.number, ref, ident, placed[0], placed[1], text, fields))
     return candidates, skipped
 

@@ -49,11 +49,17 @@ def _cfg(embed: int, image: int, patch: int, v_layers: int, v_width: int, ctx: i
 
 
 PRESETS: dict[str, Preset] = {
+    # A from-scratch ViT this small learns colour but not silhouettes from a few hundred pairs (type
+    # precision@10 near chance on the synthetic catalog); open_clip's small ModifiedResNet learns both.
     "tiny": Preset(
         name="tiny",
-        model_cfg=_cfg(embed=64, image=32, patch=8, v_layers=2, v_width=64, ctx=16, t_layers=2, t_width=64),
-        epochs=8, batch_size=64, lr=2e-3, weight_decay=0.1,
-        description="tests and demos: a member trains on ~1k synthetic pairs in seconds",
+        model_cfg={
+            "embed_dim": 64,
+            "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+        },
+        epochs=12, batch_size=64, lr=2e-3, weight_decay=0.1,
+        description="tests and demos: a member trains on a few hundred synthetic pairs in seconds",
     ),
     "small": Preset(
         name="small",

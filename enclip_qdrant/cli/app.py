@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,23 +21,23 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 out = Console()
 err = Console(stderr=True)
 
-Home = Annotated[Optional[Path], typer.Option("--home", envvar="ENCLIP_HOME",
+Home = Annotated[Path | None, typer.Option("--home", envvar="ENCLIP_HOME",
                                               help="Workspace folder (default: ./.enclip).")]
-Url = Annotated[Optional[str], typer.Option("--url", envvar="QDRANT_URL",
+Url = Annotated[str | None, typer.Option("--url", envvar="QDRANT_URL",
                                             help="Qdrant server URL; without it the embedded engine is used.")]
-ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="QDRANT_API_KEY", help="Qdrant API key.")]
-ImageCol = Annotated[Optional[str], typer.Option("--image-col", help="Column holding image paths.")]
-TextCol = Annotated[Optional[str], typer.Option("--text-col", help="Column holding captions/titles.")]
-IdCol = Annotated[Optional[str], typer.Option("--id-col", help="Column holding product ids.")]
+ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="QDRANT_API_KEY", help="Qdrant API key.")]
+ImageCol = Annotated[str | None, typer.Option("--image-col", help="Column holding image paths.")]
+TextCol = Annotated[str | None, typer.Option("--text-col", help="Column holding captions/titles.")]
+IdCol = Annotated[str | None, typer.Option("--id-col", help="Column holding product ids.")]
 Members = Annotated[int, typer.Option("--members", "-n", min=1, help="Ensemble size.")]
-Epochs = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per member (default: preset's).")]
-Batch = Annotated[Optional[int], typer.Option("--batch-size", min=2, help="Contrastive batch (default: preset's).")]
+Epochs = Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs per member (default: preset's).")]
+Batch = Annotated[int | None, typer.Option("--batch-size", min=2, help="Contrastive batch (default: preset's).")]
 Seed = Annotated[int, typer.Option("--seed", help="Base seed; member i uses seed*1000+i.")]
 Preset = Annotated[str, typer.Option("--preset", help="Model size: tiny (tests) or small (default).")]
 Clusters = Annotated[str, typer.Option("--clusters", help="Number of k-means clusters, or 'auto' (silhouette).")]
 Diversity = Annotated[str, typer.Option("--diversity", help="'seed' (default) or 'bootstrap' resampling.")]
-Model = Annotated[Optional[str], typer.Option("--model", help="open_clip model name to fine-tune (e.g. ViT-B-32).")]
-Pretrained = Annotated[Optional[str], typer.Option("--pretrained", help="Checkpoint: tag, hf-hub:ID or a "
+Model = Annotated[str | None, typer.Option("--model", help="open_clip model name to fine-tune (e.g. ViT-B-32).")]
+Pretrained = Annotated[str | None, typer.Option("--pretrained", help="Checkpoint: tag, hf-hub:ID or a "
                                                   "local .safetensors / open_clip folder.")]
 
 
@@ -59,11 +59,11 @@ def _config(members: int, preset: str, epochs: int | None, batch_size: int | Non
 @app.command()
 def train(
     catalog: Annotated[Path, typer.Argument(help="Catalog folder or table file (CSV/JSONL/Parquet).")],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Bundle folder (default: .enclip/bundles/<name>).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Bundle folder.")] = None,
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a bundle trained with other settings.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
     home: Home = None,
 ) -> None:
@@ -84,8 +84,8 @@ def train(
 @app.command()
 def index(
     catalog: Annotated[Path, typer.Argument(help="Catalog folder or table file.")],
-    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Trained bundle; without it, train first.")] = None,
-    collection: Annotated[Optional[str], typer.Option("--collection", help="Default: the catalog folder's name.")] = None,
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="Trained bundle; without it, train first.")] = None,
+    collection: Annotated[str | None, typer.Option("--collection", help="Default: the catalog folder's name.")] = None,
     prune: Annotated[bool, typer.Option("--prune", help="Delete products gone from the catalog.")] = False,
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
@@ -110,21 +110,21 @@ def index(
 
 @app.command()
 def query(
-    text: Annotated[Optional[str], typer.Argument(help="What to look for, e.g. 'red floral dress'.")] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Query by a photo (with or without text).")] = None,
-    collection: Annotated[Optional[str], typer.Option("--collection", help="Default: the last indexed.")] = None,
-    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Default: the one that built the collection.")] = None,
+    text: Annotated[str | None, typer.Argument(help="What to look for, e.g. 'red floral dress'.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Query by a photo (with or without text).")] = None,
+    collection: Annotated[str | None, typer.Option("--collection", help="Default: the last indexed.")] = None,
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="Default: the collection's own.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to return.")] = 10,
     clusters: Annotated[str, typer.Option("--clusters", help="'auto' (routing), 'all', or ids like 3,7.")] = "auto",
     fusion: Annotated[str, typer.Option("--fusion", help="rrf or dbsf.")] = "rrf",
-    filters: Annotated[Optional[list[str]], typer.Option("--filter", help="field=value; repeatable.")] = None,
+    filters: Annotated[list[str] | None, typer.Option("--filter", help="field=value; repeatable.")] = None,
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
                                              help="Routing: probability mass to cover.")] = DEFAULT_THRESHOLD,
     max_clusters: Annotated[int, typer.Option("--max-clusters", min=1, help="Routing cap.")] = DEFAULT_MAX_CLUSTERS,
-    oversample: Annotated[int, typer.Option("--oversample", min=1, help="Prefetch = top-k x this.")] = DEFAULT_OVERSAMPLE,
+    oversample: Annotated[int, typer.Option("--oversample", min=1, help="Prefetch k x this.")] = DEFAULT_OVERSAMPLE,
     explain: Annotated[bool, typer.Option("--explain", help="Show each member's own rank.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Also write the results as a PNG contact sheet.")] = None,
+    sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a PNG contact sheet.")] = None,
     home: Home = None, url: Url = None, api_key: ApiKey = None,
 ) -> None:
     """Search: encode with every member, route to clusters, one fused Qdrant query."""
@@ -173,7 +173,7 @@ def _scalar(v: str) -> str | int | float:
 
 @app.command()
 def info(
-    collection: Annotated[Optional[str], typer.Argument(help="One collection (default: all).")] = None,
+    collection: Annotated[str | None, typer.Argument(help="One collection (default: all).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     home: Home = None, url: Url = None, api_key: ApiKey = None,
 ) -> None:

@@ -1,0 +1,46 @@
+"""Shared fixtures: one synthetic catalog and one tiny ensemble, trained once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub here: fail fast instead of waiting on the network
+
+from enclip_qdrant.synthetic import make_catalog  # noqa: E402
+
+ARTICLES = ("Dress", "Handbag", "Sneakers", "Cap")
+COLOURS = ("Red", "Blue", "Green", "Black", "Yellow", "White")
+
+
+@pytest.fixture(scope="session")
+def catalog_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shop") / "shop"
+    return make_catalog(root, n=480, seed=3, articles=[a.lower() for a in ARTICLES],
+                        colours=[c.lower() for c in COLOURS])
+
+
+@pytest.fixture(scope="session")
+def bundle(catalog_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from enclip_qdrant import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    return train(catalog_dir, out=out, config=TrainConfig(members=3, preset="tiny", seed=0))
+
+
+@pytest.fixture(scope="session")
+def catalog(catalog_dir: Path):
+    from enclip_qdrant import load_catalog
+
+    return load_catalog(catalog_dir)
+
+
+@pytest.fixture(scope="session")
+def other_bundle(catalog, tmp_path_factory: pytest.TempPathFactory):
+    """A second, different ensemble: collections built by `bundle` must refuse it."""
+    from enclip_qdrant import TrainConfig, train
+
+    return train(catalog, tmp_path_factory.mktemp("bundles") / "other",
+                 TrainConfig(members=1, preset="tiny", epochs=1, seed=9))

@@ -1,0 +1,167 @@
+"""The product path end to end on a tiny ensemble: index, query, re-index, wrong bundles, bad queries.
+
+Everything that touches storage runs on both backends (embedded qdrant-edge and qdrant-client's
+in-memory stand-in for a server), through the same library calls.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from enclip_qdrant.catalog import load_catalog
+from enclip_qdrant.errors import BundleError, QueryError
+from enclip_qdrant.indexing import index_catalog, point_id
+from enclip_qdrant.search import search
+from enclip_qdrant.store import EdgeStore, ServerStore
+
+from conftest import ARTICLES, COLOURS
+
+QUERY_NOUN = {"Dress": "dress", "Handbag": "handbag", "Sneakers": "sneakers", "Cap": "cap"}
+
+
+@pytest.fixture(params=["edge", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    s = EdgeStore(tmp_path / "home") if request.param == "edge" else ServerStore(":memory:")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def indexed(store, bundle, catalog):
+    report = index_catalog(catalog, bundle, store, "shop")
+    return store, report
+
+
+def test_index_writes_one_named_vector_per_member_and_cluster_payload(indexed, bundle, catalog):
+    store, report = indexed
+    assert report.added == len(catalog.products) and report.failed == []
+    info = store.info("shop")
+    assert info.points == len(catalog.products)
+    assert info.vectors == bundle.vectors and len(info.vectors) == 3
+    assert info.payload_schema["cluster"] == "integer"
+    assert info.metadata["bundle_fingerprint"] == bundle.fingerprint
+    sizes = store.facet_counts("shop", "cluster")
+    assert sum(sizes.values()) == len(catalog.products)
+    assert set(sizes) <= set(range(bundle.clusters.k))
+
+
+def test_results_match_colour_and_type_far_above_chance(indexed, bundle):
+    store, _ = indexed
+    colour_hits, type_hits = [], []
+    for article, colour in itertools.product(ARTICLES, COLOURS):
+        resp = search(bundle, store, "shop", f"{colour.lower()} {QUERY_NOUN[article]}", top_k=10)
+        assert len(resp.results) == 10
+        colour_hits += [r.payload["baseColour"] == colour for r in resp.results]
+        type_hits += [r.payload["articleType"] == article for r in resp.results]
+    colour_p, type_p = float(np.mean(colour_hits)), float(np.mean(type_hits))
+    # chance is 1/6 for colour and 1/4 for type
+    assert colour_p > 3 / len(COLOURS), colour_p
+    assert type_p > 2 / len(ARTICLES), type_p
+
+
+def test_query_routes_to_clusters_and_explains_every_member(indexed, bundle):
+    store, _ = indexed
+    resp = search(bundle, store, "shop", "red dress", top_k=5, explain=True)
+    assert resp.clusters and all(r.cluster in {c["id"] for c in resp.clusters} for r in resp.results)
+    assert sum(c["p"] for c in resp.clusters) > 0
+    d = resp.to_dict(explain=True)
+    assert set(d) == {"query", "clusters", "results"}
+    for row in d["results"]:
+        assert {"rank", "id", "score", "cluster", "payload", "member_ranks"} <= set(row)
+        assert set(row["member_ranks"]) == set(bundle.vectors)
+    # every member contributes a ranked candidate to at least one result
+    for name in bundle.vectors:
+        assert any(r.member_ranks[name] for r in resp.results), name
+
+
+def test_cluster_modes_and_field_filters(indexed, bundle):
+    store, _ = indexed
+    everything = search(bundle, store, "shop", "blue cap", top_k=10, clusters="all")
+    assert everything.clusters == []
+    only = search(bundle, store, "shop", "blue cap", top_k=10, clusters=[0])
+    assert all(r.cluster == 0 for r in only.results)
+    red = search(bundle, store, "shop", "bag", top_k=10, clusters="all", filters={"baseColour": ["Red"]})
+    assert red.results and all(r.payload["baseColour"] == "Red" for r in red.results)
+    dbsf = search(bundle, store, "shop", "bag", top_k=7, fusion="dbsf")
+    assert len(dbsf.results) == 7
+    with pytest.raises(QueryError, match="no cluster"):
+        search(bundle, store, "shop", "bag", clusters=[bundle.clusters.k + 5])
+
+
+def test_image_query_finds_the_same_product(indexed, bundle, catalog):
+    store, _ = indexed
+    product = catalog.products[7]
+    resp = search(bundle, store, "shop", image=product.image, top_k=5, clusters="all")
+    assert resp.results[0].payload["product_id"] == product.id
+    both = search(bundle, store, "shop", "yellow", image=product.image, top_k=5)
+    assert len(both.results) == 5
+
+
+def test_bad_queries_are_clear_errors(indexed, bundle, tmp_path):
+    store, _ = indexed
+    for text in ("", "   ", None):
+        with pytest.raises(QueryError, match="empty query"):
+            search(bundle, store, "shop", text)
+    with pytest.raises(QueryError, match="not found"):
+        search(bundle, store, "shop", image=tmp_path / "nope.jpg")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(QueryError, match="cannot read"):
+        search(bundle, store, "shop", image=broken)
+
+
+def test_reindex_unchanged_catalog_embeds_nothing(indexed, bundle, catalog):
+    store, _ = indexed
+    again = index_catalog(catalog, bundle, store, "shop")
+    assert (again.added, again.changed, again.payload_updated, again.embedded) == (0, 0, 0, 0)
+    assert again.unchanged == len(catalog.products)
+
+
+def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_reindex_detects_image_payload_and_removed_products(store, bundle, catalog_dir, tmp_path):
+    root = tmp_path / "shop"
+    shutil.copytree(catalog_dir, root)
+    table = root / "captions.csv"
+    index_catalog(load_catalog(root), bundle, store, "shop")
+    rows = list(csv.DictReader(table.open()))
+    n = len(rows)
+    Image.new("RGB", (60, 80), (10, 200, 10)).save(root / rows[0]["image"], "JPEG")  # new photo
+    rows[1]["gender"] = "Kids"  # a payload-only change
+    _write_rows(table, rows[:-1])  # the last product leaves the catalog
+
+    report = index_catalog(load_catalog(root), bundle, store, "shop")
+    assert (report.added, report.changed, report.payload_updated, report.deleted) == (0, 1, 1, 0)
+    assert report.unchanged == n - 3
+    assert store.count("shop") == n  # without --prune nothing is deleted
+    pid = point_id(rows[1]["id"])
+    hit = store.retrieve("shop", [pid])[0]
+    assert hit.payload["gender"] == "Kids" and isinstance(hit.payload["cluster"], int)
+
+    pruned = index_catalog(load_catalog(root), bundle, store, "shop", prune=True)
+    assert (pruned.deleted, pruned.embedded, pruned.unchanged) == (1, 0, n - 1)
+    assert store.count("shop") == n - 1
+    assert store.retrieve("shop", [point_id(rows[-1]["id"])]) == []
+
+
+def test_collection_refuses_another_ensemble(indexed, catalog, other_bundle):
+    store, _ = indexed
+    other = other_bundle
+    with pytest.raises(BundleError, match="was built by bundle"):
+        index_catalog(catalog, other, store, "shop")
+    from enclip_qdrant.indexing import check_compatible
+
+    with pytest.raises(BundleError, match="was built by bundle"):
+        check_compatible(store, "shop", other)

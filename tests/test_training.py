@@ -1,0 +1,118 @@
+"""Training: resumable per member, refuses to mix runs, and fine-tunes from checkpoints we write ourselves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from enclip_qdrant import TrainConfig, train
+from enclip_qdrant import training as training_mod
+from enclip_qdrant.catalog import load_catalog
+from enclip_qdrant.errors import BundleError, CatalogError, EnclipError
+from enclip_qdrant.members import load_pretrained
+from enclip_qdrant.synthetic import make_catalog
+
+QUICK = {"preset": "tiny", "epochs": 1, "batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def small_catalog(tmp_path_factory):
+    return load_catalog(make_catalog(tmp_path_factory.mktemp("c") / "c", n=120, seed=5))
+
+
+def test_interrupted_training_resumes_without_redoing_members(small_catalog, tmp_path, monkeypatch):
+    out = tmp_path / "bundle"
+    real = training_mod.train_member
+    calls: list[str] = []
+
+    def crash_on_third(member, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(member.name)
+        return real(member, *args, **kwargs)
+
+    monkeypatch.setattr(training_mod, "train_member", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_catalog, out, TrainConfig(members=3, **QUICK))
+    assert not (out / "manifest.json").exists()
+    assert (out / "members" / "m1" / "report.json").is_file()
+    kept = {n: (out / "members" / n / "open_clip_model.safetensors").stat().st_mtime_ns for n in ("m0", "m1")}
+
+    calls.clear()
+    monkeypatch.setattr(training_mod, "train_member", lambda member, *a, **k: calls.append(member.name) or real(
+        member, *a, **k))
+    bundle = train(small_catalog, out, TrainConfig(members=3, **QUICK))
+    assert calls == ["m2"]
+    assert [m["name"] for m in bundle.manifest["members"]] == ["m0", "m1", "m2"]
+    for n, mtime in kept.items():
+        assert (out / "members" / n / "open_clip_model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_other_settings_do_not_silently_mix_with_a_run(small_catalog, tmp_path):
+    out = tmp_path / "b"
+    train(small_catalog, out, TrainConfig(members=1, **QUICK))
+    with pytest.raises(BundleError, match="another catalog or settings"):
+        train(small_catalog, out, TrainConfig(members=1, seed=4, **QUICK))
+    again = train(small_catalog, out, TrainConfig(members=1, seed=4, **QUICK), overwrite=True)
+    assert again.manifest["members"][0]["seed"] == 4000
+
+
+def test_not_a_bundle_folder_is_never_deleted(small_catalog, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(BundleError, match="not an enclip training run"):
+        train(small_catalog, out, TrainConfig(members=1, **QUICK))
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_bootstrap_diversity_and_fixed_clusters(small_catalog, tmp_path):
+    b = train(small_catalog, tmp_path / "b", TrainConfig(members=2, diversity="bootstrap", clusters=2, **QUICK))
+    assert b.clusters.k == 2 and b.manifest["training"]["config"]["diversity"] == "bootstrap"
+
+
+def test_training_needs_captions(tmp_path):
+    root = make_catalog(tmp_path / "few", n=10, seed=1)
+    with pytest.raises(CatalogError, match="training needs captions"):
+        train(load_catalog(root), tmp_path / "b", TrainConfig(members=1, **QUICK))
+
+
+def test_fine_tunes_from_a_local_open_clip_folder(bundle, small_catalog, tmp_path):
+    """`--pretrained FOLDER`: an open_clip local-dir checkpoint (here one of our own members)."""
+    base = bundle.path / "members" / "m0"
+    tuned = train(small_catalog, tmp_path / "ft", TrainConfig(members=1, pretrained=str(base), epochs=1, batch_size=32))
+    member = tuned.manifest["members"][0]
+    assert member["pretrained"] == str(base) and tuned.manifest["preset"] is None
+    assert tuned.manifest["training"]["config"]["lr"] == pytest.approx(1e-5)  # fine-tuning step size
+
+
+def test_pretrained_safetensors_file_loads_and_pickles_are_refused(bundle, tmp_path):
+    # a checkpoint for a built-in open_clip architecture, written by us
+    import open_clip
+
+    model = open_clip.create_model("RN50", pretrained=None)
+    ckpt = tmp_path / "rn50.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    loaded, cfg, pre = load_pretrained("RN50", str(ckpt))
+    assert cfg["embed_dim"] == 1024 and pre["size"] == 224
+    torch.testing.assert_close(loaded.state_dict()["visual.conv1.weight"], model.state_dict()["visual.conv1.weight"])
+
+    pickled = tmp_path / "model.pt"
+    torch.save(model.state_dict(), pickled)
+    with pytest.raises(EnclipError, match="refusing to unpickle"):
+        load_pretrained("RN50", str(pickled))
+
+
+def test_unreachable_pretrained_tag_is_a_clear_error():
+    with pytest.raises(EnclipError, match="cannot load pretrained"):
+        load_pretrained("RN50", "openai")
+
+
+def test_plan_records_the_split(small_catalog, tmp_path):
+    b = train(small_catalog, tmp_path / "b", TrainConfig(members=1, **QUICK))
+    plan = json.loads((Path(b.path) / "training.json").read_text())
+    assert len(plan["val_ids"]) == b.manifest["training"]["val"] >= 16
