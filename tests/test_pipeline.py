@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ARTICLES, COLOURS
 from PIL import Image
 
 from enclip_qdrant.catalog import load_catalog
@@ -20,8 +21,6 @@ from enclip_qdrant.errors import BundleError, QueryError
 from enclip_qdrant.indexing import index_catalog, point_id
 from enclip_qdrant.search import search
 from enclip_qdrant.store import EdgeStore, ServerStore
-
-from conftest import ARTICLES, COLOURS
 
 QUERY_NOUN = {"Dress": "dress", "Handbag": "handbag", "Sneakers": "sneakers", "Cap": "cap"}
 
