@@ -75,6 +75,8 @@ def train(catalog: str | Path | Catalog, out: str | Path | None = None, config: 
     """Train an ensemble and its clusters; `out` defaults to `.enclip/bundles/<catalog name>`."""
     progress = progress or NullProgress()
     cat = _catalog(catalog, columns, True, progress)
+    if cat.skipped:
+        progress.log(f"catalog: {cat.summary()}")
     out = Path(out) if out else (conn or Connection()).workspace.default_bundle_dir(collection_name_for(cat.root))
     return train_bundle(cat, out, config, progress=progress, overwrite=overwrite)
 
@@ -95,7 +97,7 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
     elif bundle is not None:
         b = load_bundle(bundle)
     else:
-        b = _own_bundle(cat, conn.workspace.default_bundle_dir(name), config, progress)
+        b = _own_bundle(cat, conn.workspace.default_bundle_dir(collection_name_for(cat.root)), config, progress)
     with conn.open() as store:
         report = index_catalog(cat, b, store, name, prune=prune, batch_size=batch_size, progress=progress)
         conn.workspace.remember(name, b.path, store.location)
@@ -104,14 +106,13 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
 
 def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: Progress) -> Bundle:
     """The catalog's default bundle: reused when complete (retraining is an explicit `train`), else trained."""
-    if (path / "manifest.json").is_file() and config is None:
+    if (path / "manifest.json").is_file():
+        trained = read_manifest(path)["training"]["config"]
+        if config is not None and any(trained.get(k) != v for k, v in config.resolved().items()):
+            raise BundleError(f"{path} holds an ensemble trained with other settings; retrain it explicitly with "
+                              f"`enclip-qdrant train {cat.root} --overwrite ...`, or pass --bundle")
         progress.log(f"using the trained ensemble in {path} (run `enclip-qdrant train` to retrain)")
         return load_bundle(path)
-    if (path / "manifest.json").is_file():
-        manifest = read_manifest(path)
-        if manifest["training"]["config"].get("members") == config.members:
-            progress.log(f"using the trained ensemble in {path} (run `enclip-qdrant train` to retrain)")
-            return load_bundle(path)
     progress.log(f"no trained ensemble for this catalog yet: training one into {path}")
     return train_bundle(cat, path, config, progress=progress)
 

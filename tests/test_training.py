@@ -116,3 +116,19 @@ def test_plan_records_the_split(small_catalog, tmp_path):
     b = train(small_catalog, tmp_path / "b", TrainConfig(members=1, **QUICK))
     plan = json.loads((Path(b.path) / "training.json").read_text())
     assert len(plan["val_ids"]) == b.manifest["training"]["val"] >= 16
+
+
+def test_index_trains_once_then_reuses_and_never_replaces_silently(small_catalog, tmp_path):
+    from enclip_qdrant import Connection, index
+
+    conn = Connection(home=tmp_path / "home")
+    quick = TrainConfig(members=1, **QUICK)
+    first = index(small_catalog, conn=conn, config=quick)
+    assert first.added == len(small_catalog.products)
+    manifest = conn.workspace.default_bundle_dir("c") / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    other = index(small_catalog, collection="elsewhere", conn=conn)  # same catalog: same bundle, no training
+    assert other.bundle == first.bundle and manifest.stat().st_mtime_ns == stamp
+    with pytest.raises(BundleError, match="trained with other settings"):
+        index(small_catalog, conn=conn, config=TrainConfig(members=1, seed=7, **QUICK))
+    assert manifest.stat().st_mtime_ns == stamp
