@@ -108,6 +108,15 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def seen_product_ids(path: str | Path) -> set[str]:
+    """Catalog ids a bundle trained or selected epochs on: an evaluation must not test on these."""
+    plan = Path(path) / "training.json"
+    if not plan.is_file():
+        raise BundleError(f"{path} records no training split (training.json), so its test products cannot be checked")
+    data = json.loads(plan.read_text())
+    return set(data.get("train_ids", [])) | set(data.get("val_ids", []))
+
+
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     path = Path(path)
     manifest = read_manifest(path)

@@ -228,7 +228,7 @@ def train(catalog: Any, out: str | Path, config: TrainConfig | None = None,
 
     train_ids, val_ids = split_ids([p.id for p in products], cfg["val_fraction"], cfg["seed"])
     (out / PLAN).write_text(json.dumps({"catalog_fingerprint": fingerprint, "config": wanted,
-                                        "val_ids": val_ids}, indent=1))
+                                        "train_ids": train_ids, "val_ids": val_ids}, indent=1))
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     pairs = load_pairs(products, progress)
