@@ -14,7 +14,7 @@ _EXPORTS = {
     "Connection": "api", "Searcher": "api", "index": "api", "info": "api", "query": "api", "train": "api",
     "Bundle": "bundle", "load_bundle": "bundle", "Catalog": "catalog", "load_catalog": "catalog",
     "BundleError": "errors", "CatalogError": "errors", "EnclipError": "errors", "QueryError": "errors",
-    "StoreError": "errors", "TrainConfig": "training",
+    "StoreError": "errors", "TrainConfig": "training", "evaluate": "evaluation", "EvalReport": "evaluation",
 }
 __all__ = sorted(_EXPORTS)
 

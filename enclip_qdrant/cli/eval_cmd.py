@@ -1,0 +1,106 @@
+"""`enclip-qdrant eval CATALOG`: the held-out comparison of `enclip_qdrant.evaluation`, as a command.
+
+Registered by `cli/app.py`; import the app from there (this module imports app's shared options).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from ..errors import EnclipError
+from ..evaluation import EvalReport, best_values, evaluate, format_value
+from ..workspace import Workspace, collection_name_for
+from . import render
+from .app import (
+    Batch,
+    Clusters,
+    Diversity,
+    Epochs,
+    Home,
+    IdCol,
+    ImageCol,
+    Members,
+    Model,
+    Preset,
+    Pretrained,
+    TextCol,
+    _config,
+    err,
+    out,
+)
+from .progress import RichProgress
+
+
+def _header(col: str) -> str:
+    short = {"mrr": "MRR", "routing_accuracy": "route", "clusters_searched": "clus", "latency_ms": "ms"}
+    return short.get(col) or col.replace("recall", "R").replace("ndcg", "nDCG").replace("attribute_precision", "attr")
+
+
+def report_tables(report: EvalReport) -> list[Table]:
+    """One table per query set, one row per ranking, the best value of each column in bold."""
+    cols = report.columns()
+    tables = []
+    for name, info in report.query_sets.items():
+        rows = report.rows_for(name)
+        chance = ", ".join(f"R@{k} {v:.3f}" for k, v in info.chance.items())
+        t = Table(title=f"{name}: {info.queries} quer{'y' if info.queries == 1 else 'ies'} on "
+                        f"{report.test_products} held-out products (random ranking: {chance})",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        t.add_column("ranking", min_width=13)
+        for c in cols:
+            t.add_column(_header(c), justify="right", no_wrap=True)
+        best = best_values(rows, cols, report.top_k)
+        for r in rows:
+            m = r.metrics(report.top_k)
+            t.add_row(r.ranking, *[(f"[bold]{format_value(c, m[c])}[/]" if m[c] is not None and m[c] == best.get(c)
+                                    else format_value(c, m[c])) for c in cols])
+        tables.append(t)
+    return tables
+
+
+def eval_command(
+    catalog: Annotated[Path, typer.Argument(help="Catalog folder or table file (CSV/JSONL/Parquet).")],
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of products held out "
+                                                 "for the test (at least 20).")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the test split and of the members "
+                                      "(member i uses seed*1000+i).")] = 0,
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="Evaluate this bundle instead of training one; "
+                                                "it must not have seen the test split.")] = None,
+    queries: Annotated[Path | None, typer.Option("--queries", help='JSONL of {"query": ..., "relevant": '
+                                                 '{"field": value}}, scored as a second query set.')] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results per query.")] = 10,
+    members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None,
+    clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
+    image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print markdown tables.")] = False,
+    home: Home = None,
+) -> None:
+    """Held-out check of ENCLIP's claim on your catalog: each member alone vs the ensemble vs routing."""
+    if json_out and markdown:
+        raise EnclipError("--json and --markdown are exclusive: choose one")
+    config = None if bundle else _config(members, preset, epochs, batch_size, seed, clusters, diversity, model,
+                                         pretrained)
+    # Kept in the workspace so an interrupted evaluation resumes its training instead of starting over.
+    workdir = Workspace(home).home / "eval" / collection_name_for(catalog if catalog.is_dir() else catalog.parent)
+    with RichProgress() as progress:
+        report = evaluate(catalog, bundle=bundle, config=config, test_fraction=test_fraction, seed=seed,
+                          queries_file=queries, top_k=top_k, workdir=workdir, progress=progress,
+                          columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
+    if json_out:
+        render.print_json(out, report.to_dict())
+    elif markdown:
+        out.print(report.to_markdown(), markup=False, highlight=False, soft_wrap=True)
+    else:
+        for t in report_tables(report):
+            out.print(t)
+        err.print(f"bundle {report.bundle_fingerprint} ({report.bundle_path}); {report.train_products or '?'} "
+                  f"train / {report.test_products} test products; {report.clusters} clusters; encoding a query "
+                  f"{report.encode_ms:.1f} ms (ms: the search alone); routed = the RRF ensemble searching only "
+                  f"the predicted clusters",
+                  highlight=False)

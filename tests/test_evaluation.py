@@ -1,0 +1,155 @@
+"""`evaluate` / `enclip-qdrant eval`: a held-out split, every ranking scored on the same queries, honest refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import ndcg_score
+from typer.testing import CliRunner
+
+from enclip_qdrant.bundle import seen_product_ids
+from enclip_qdrant.errors import BundleError, CatalogError, QueryError
+from enclip_qdrant.evaluation import QUERIES, TITLES, evaluate, ndcg_at, read_queries, split_test
+from enclip_qdrant.training import TrainConfig
+
+RANKINGS = ["member m0", "member m1", "ensemble RRF", "ensemble DBSF", "routed top-1", "routed p>=0.8"]
+CONFIG = TrainConfig(members=2, preset="tiny", epochs=6)  # ~10 s on one thread; 2 epochs stay near chance
+
+
+@pytest.fixture(scope="module")
+def queries_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("queries") / "queries.jsonl"
+    path.write_text(json.dumps({"query": "red dress", "relevant": {"articleType": "Dress", "baseColour": "Red"}})
+                    + "\n\n" + json.dumps({"query": "purple cap", "relevant": {"baseColour": "purple"}}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(catalog, queries_file, tmp_path_factory: pytest.TempPathFactory):
+    return evaluate(catalog, config=CONFIG, queries_file=queries_file, seed=0,
+                    workdir=tmp_path_factory.mktemp("eval"))
+
+
+def test_every_ranking_is_scored_on_both_query_sets(report):
+    for query_set in (TITLES, QUERIES):
+        assert [r.ranking for r in report.rows_for(query_set)] == RANKINGS
+    assert report.query_sets[TITLES].queries == report.test_products
+    # the purple cap line has no relevant product (no purple in the catalog): counted, not scored
+    assert (report.query_sets[QUERIES].queries, report.query_sets[QUERIES].skipped) == (1, 1)
+    for r in report.rows:
+        m = r.metrics(report.top_k)
+        for name, v in m.items():
+            if v is not None and name not in ("latency_ms", "clusters_searched"):
+                assert 0.0 <= v <= 1.0, (r.ranking, name, v)
+        assert m["recall@10"] >= m["recall@5"] >= m["recall@1"]
+        assert r.latency_ms > 0 and r.attribute_precision is not None
+        routed = r.kind == "routed"
+        assert (r.routing_accuracy is not None) == routed and (r.clusters_searched is not None) == routed
+    top1 = next(r for r in report.rows if r.ranking == "routed top-1")
+    assert top1.clusters_searched == 1.0
+
+
+def test_test_split_is_held_out_of_training(report, catalog):
+    assert report.trained and report.bundle_path is not None
+    assert report.train_products + report.test_products == len(catalog.with_text())
+    assert report.test_products == round(0.2 * len(catalog.with_text()))
+    assert not seen_product_ids(report.bundle_path) & set(report.test_ids)
+
+
+def test_ensemble_is_far_above_chance_on_held_out_titles(report, catalog):
+    test = [p for p in catalog.products if p.id in set(report.test_ids)]
+    chance = float(np.mean([sum(o.text == p.text for o in test) / len(test) for p in test]))
+    ensemble = next(r for r in report.rows_for(TITLES) if r.ranking == "ensemble RRF")
+    assert ensemble.recall[10] > 3 * chance, (ensemble.recall, chance)
+    # and above a random ranking's recall@10 itself, not only its recall@1
+    assert ensemble.recall[10] > 3 * report.query_sets[TITLES].chance[10], ensemble.recall
+
+
+def test_markdown_has_a_table_per_query_set_with_one_line_per_ranking(report):
+    md = report.to_markdown()
+    tables = [block for block in md.split("\n\n") if block.startswith("| ranking |")]
+    assert len(tables) == 2
+    for block in tables:
+        lines = block.strip().splitlines()
+        assert lines[0].startswith("| ranking | recall@1 | recall@5 | recall@10 | mrr | ndcg@10 |")
+        assert lines[1].startswith("|---|")
+        assert [line.split(" | ")[0].strip("| ") for line in lines[2:]] == RANKINGS
+    assert "**" in tables[0]  # the best value per column is bold
+
+
+def test_to_dict_is_json_with_the_split_and_rows(report):
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["split"] == {"seed": 0, "test_fraction": 0.2, "train": report.train_products,
+                          "test": report.test_products}
+    assert d["bundle"]["fingerprint"] == report.bundle_fingerprint
+    assert len(d["rows"]) == 2 * len(RANKINGS)
+    assert {"query_set", "ranking", "recall@1", "recall@10", "mrr", "ndcg@10", "attribute_precision@10",
+            "routing_accuracy", "latency_ms"} <= set(d["rows"][0])
+
+
+def test_a_bundle_that_saw_the_test_split_is_refused(catalog, bundle):
+    with pytest.raises(BundleError, match="was trained on .* of the .* test products"):
+        evaluate(catalog, bundle=bundle)
+
+
+def test_the_evaluation_bundle_is_reusable_on_its_own_split_only(report, catalog):
+    again = evaluate(catalog, bundle=report.bundle_path, seed=0, top_k=5)
+    assert not again.trained and again.bundle_fingerprint == report.bundle_fingerprint
+    assert again.test_ids == report.test_ids and again.train_products is None
+    assert set(again.rows[0].recall) == {1, 5}
+    with pytest.raises(BundleError, match="trained on"):
+        evaluate(catalog, bundle=report.bundle_path, seed=1)
+
+
+def test_split_is_seeded_disjoint_and_at_least_20(catalog):
+    train, test = split_test(catalog.products, 0.2, seed=4)
+    assert (train, test) == split_test(catalog.products, 0.2, seed=4)
+    assert not set(train) & set(test) and len(train) + len(test) == len(catalog.products)
+    assert len(split_test(catalog.products, 0.01, seed=0)[1]) == 20
+    with pytest.raises(CatalogError, match="at least 36"):
+        split_test(catalog.products[:30], 0.2, seed=0)
+    with pytest.raises(CatalogError, match="between 0 and 1"):
+        split_test(catalog.products, 1.5, seed=0)
+
+
+def test_ndcg_counts_every_relevant_product_in_the_ideal():
+    assert ndcg_at([False, True], 1, 10) == pytest.approx(1 / math.log2(3))
+    assert ndcg_at([True], 2, 10) == pytest.approx(1 / (1 + 1 / math.log2(3)))  # one of two found
+    assert ndcg_at([False] * 10, 3, 10) == 0.0
+    flags = [True, False, True, False, False, True, False, False, False, False]
+    assert ndcg_at(flags, 3, 10) == pytest.approx(ndcg_score([flags], [list(range(10, 0, -1))], k=10))
+
+
+def test_queries_file_mistakes_name_their_line(catalog, tmp_path):
+    bad = tmp_path / "q.jsonl"
+    for text, message in [('{"query": "x"}\n', "line 1: expected"), ('\nnot json\n', "line 2: not JSON"),
+                          ('{"query": "x", "relevant": {"colour": "Red"}}\n', "no catalog column 'colour'"),
+                          ("\n", "holds no queries")]:
+        bad.write_text(text)
+        with pytest.raises(QueryError, match=message):
+            read_queries(bad, catalog)
+    with pytest.raises(QueryError, match="cannot read"):
+        read_queries(tmp_path / "missing.jsonl", catalog)
+
+
+def test_cli_eval_json(catalog_dir, tmp_path, monkeypatch):
+    from enclip_qdrant.cli.app import app
+
+    monkeypatch.setenv("ENCLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    result = CliRunner().invoke(app, ["eval", str(catalog_dir), "--preset", "tiny", "--members", "2", "--epochs", "1",
+                                      "--test-fraction", "0.1", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert set(out) >= {"catalog", "bundle", "split", "top_k", "clusters", "query_sets", "encode_ms", "rows"}
+    assert out["split"]["test"] == 48 and out["split"]["train"] == 432
+    assert out["bundle"]["trained"]
+    assert Path(out["bundle"]["path"]).is_relative_to((tmp_path / "home" / "eval").resolve())
+    assert [r["ranking"] for r in out["rows"]] == RANKINGS and set(out["query_sets"]) == {TITLES}
+    for r in out["rows"]:
+        assert r["query_set"] == TITLES and r["queries"] == 48
+        assert 0 <= r["recall@1"] <= r["recall@5"] <= r["recall@10"] <= 1
