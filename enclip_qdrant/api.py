@@ -23,6 +23,7 @@ from .indexing import IndexReport, check_compatible, index_catalog
 from .progress import NullProgress, Progress
 from .search import ClusterMode, SearchResponse, search
 from .store import Fusion, Store, open_store
+from .store.base import CollectionOptions
 from .training import TrainConfig
 from .training import train as train_bundle
 from .workspace import Workspace, collection_name_for
@@ -49,7 +50,7 @@ class Connection:
         return open_store(self.workspace.home, url=url, api_key=api_key, **self.options)
 
 
-def _catalog(catalog: str | Path | Catalog, columns: Mapping[str, str | None] | None, require_text: bool,
+def open_catalog(catalog: str | Path | Catalog, columns: Mapping[str, str | None] | None, require_text: bool,
              progress: Progress) -> Catalog:
     if isinstance(catalog, Catalog):
         return catalog
@@ -74,7 +75,7 @@ def train(catalog: str | Path | Catalog, out: str | Path | None = None, config: 
           overwrite: bool = False, progress: Progress | None = None) -> Bundle:
     """Train an ensemble and its clusters; `out` defaults to `.enclip/bundles/<catalog name>`."""
     progress = progress or NullProgress()
-    cat = _catalog(catalog, columns, True, progress)
+    cat = open_catalog(catalog, columns, True, progress)
     if cat.skipped:
         progress.log(f"catalog: {cat.summary()}")
     out = Path(out) if out else (conn or Connection()).workspace.default_bundle_dir(collection_name_for(cat.root))
@@ -84,11 +85,12 @@ def train(catalog: str | Path | Catalog, out: str | Path | None = None, config: 
 def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None = None, collection: str | None = None,
           conn: Connection | None = None, config: TrainConfig | None = None,
           columns: Mapping[str, str | None] | None = None, prune: bool = False, batch_size: int = 256,
-          progress: Progress | None = None) -> IndexReport:
-    """Embed a catalog into a collection; with no bundle, reuse (or train) the workspace's own."""
+          progress: Progress | None = None, options: CollectionOptions | None = None) -> IndexReport:
+    """Embed a catalog into a collection; with no bundle, reuse (or train) the workspace's own.
+    `options` (on-disk vectors, quantization, shards...) apply when the collection is created."""
     progress = progress or NullProgress()
     conn = conn or Connection()
-    cat = _catalog(catalog, columns, False, progress)
+    cat = open_catalog(catalog, columns, False, progress)
     if cat.skipped:
         progress.log(f"catalog: {cat.summary()}")
     name = collection or collection_name_for(cat.root)
@@ -99,7 +101,8 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
     else:
         b = _own_bundle(cat, conn.workspace.default_bundle_dir(collection_name_for(cat.root)), config, progress)
     with conn.open() as store:
-        report = index_catalog(cat, b, store, name, prune=prune, batch_size=batch_size, progress=progress)
+        report = index_catalog(cat, b, store, name, prune=prune, batch_size=batch_size, progress=progress,
+                               options=options)
         conn.workspace.remember(name, b.path, store.location)
     return report
 

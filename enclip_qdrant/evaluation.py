@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.metrics import ndcg_score
 
+from .api import open_catalog
 from .bundle import Bundle, load_bundle, seen_product_ids
 from .catalog import Catalog, Product
 from .clustering import route
@@ -348,13 +349,6 @@ def _train_dir(workdir: Path, train_catalog: Catalog, config: TrainConfig) -> Pa
     return workdir / f"bundle-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def _load_catalog(catalog: str | Path | Catalog, columns: Mapping[str, str | None] | None,
-                  progress: Progress) -> Catalog:
-    from .api import _catalog  # the API's loader draws the image-check progress bar
-
-    return _catalog(catalog, columns, True, progress)
-
-
 def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None = None,
              config: TrainConfig | None = None, test_fraction: float = 0.2, seed: int = 0,
              queries_file: str | Path | None = None, top_k: int = 10, workdir: str | Path | None = None,
@@ -367,7 +361,7 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
     if top_k < 1:
         raise QueryError("--top-k must be at least 1")
     t_start = time.perf_counter()
-    cat = _load_catalog(catalog, columns, progress)
+    cat = open_catalog(catalog, columns, True, progress)
     train_ids, test_ids = split_test(cat.products, test_fraction, seed)
     test_set = set(test_ids)
     by_id = {p.id: p for p in cat.products}

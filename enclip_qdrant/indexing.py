@@ -19,6 +19,7 @@ from .bundle import Bundle
 from .errors import BundleError
 from .progress import NullProgress, Progress
 from .store import CollectionSpec, PointRecord, Store
+from .store.base import CollectionOptions
 
 RESERVED = ("cluster", "product_id", "text", "image", "content_hash", "payload_hash")
 _NAMESPACE = uuid.UUID("6b0e3f8e-5c55-4d6a-9a43-6f2d1f7c2a10")
@@ -71,7 +72,9 @@ def check_compatible(store: Store, collection: str, bundle: Bundle) -> dict[str,
 
 
 def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *, batch_size: int = 256,
-                  prune: bool = False, progress: Progress | None = None) -> IndexReport:
+                  prune: bool = False, progress: Progress | None = None,
+                  options: CollectionOptions | None = None) -> IndexReport:
+    """`options` shape the collection when this call creates it; an existing collection keeps its own."""
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     created = not store.exists(collection)
@@ -80,7 +83,7 @@ def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *
             "bundle_fingerprint": bundle.fingerprint, "bundle_path": str(bundle.path.resolve()),
             "members": list(bundle.vectors), "clusters": bundle.clusters.k,
             "catalog": str(catalog.root), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }))
+        }, options=options))
     else:
         check_compatible(store, collection, bundle)
     report = IndexReport(collection, store.location, bundle.fingerprint, created,

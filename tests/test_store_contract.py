@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import threading
 import time
@@ -24,6 +25,7 @@ from enclip_qdrant.store import (
     Store,
     open_store,
 )
+from enclip_qdrant.store.base import CollectionOptions
 
 NAMES = {"clip_a": 8, "clip_b": 8, "clip_c": 8}
 N = 200
@@ -336,10 +338,12 @@ def test_server_ignores_foreign_collections() -> None:
 
 def test_server_unreachable_is_one_line() -> None:
     start = time.monotonic()
-    store = ServerStore("http://127.0.0.1:1", timeout=1)
+    store = ServerStore("http://127.0.0.1:1", timeout=1, backoff=0.01)
     with pytest.raises(StoreError, match="cannot reach Qdrant at http://127.0.0.1:1") as err:
         store.list_collections()
     assert "\n" not in str(err.value)
+    assert "gave up after 4 attempts" in str(err.value)  # refused connections are retried (3 by default)
+    assert store.retried == 3
     with pytest.raises(StoreError, match="cannot reach Qdrant"):
         store.info("shop")
     assert time.monotonic() - start < 5
@@ -370,6 +374,134 @@ def test_server_auth_error_is_clear() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- collection options ------------------------------------------------------------------------
+
+# Everything at once; values a single-node server accepts too (2 shards, 1 replica), so the `server`
+# backend can run this against a real Qdrant.
+OPTIONS = CollectionOptions(
+    on_disk_vectors=True,
+    quantization="int8",
+    hnsw_m=8,
+    hnsw_ef_construct=64,
+    shard_number=2,
+    replication_factor=1,
+    payload_indexes={"title": "keyword"},
+)
+OPTIONS_SPEC = CollectionSpec(
+    vectors=NAMES, metadata=SPEC.metadata, indexed_fields=SPEC.indexed_fields, options=OPTIONS
+)
+
+
+def test_options_keep_the_contract(store: Store) -> None:
+    """Options change layout and cost, never what the store answers."""
+    name = new_name(store)
+    store.create(name, OPTIONS_SPEC)
+    store.upsert(name, POINTS)
+    info = store.info(name)
+    assert info.points == N
+    assert info.vectors == NAMES
+    assert info.metadata == SPEC.metadata  # the recorded options stay out of the user's metadata
+    assert info.payload_schema["title"] == "keyword"  # the extra index
+    assert info.payload_schema["cluster"] == "integer"
+    assert info.payload_schema["colour"] == "keyword"
+    for p in (POINTS[0], POINTS[77]):
+        assert store.query_fused(name, p.vectors, limit=3, prefetch_limit=10)[0].id == p.id
+    assert store.count(name, SearchFilter(fields={"title": ["item 5"]})) == 1
+    store.set_metadata(name, {"fingerprint": "new"})
+    assert store.info(name).metadata == {"fingerprint": "new"}
+
+
+def test_edge_applies_options(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with EdgeStore(home) as store:
+        store.create("shop", OPTIONS_SPEC)
+        store.upsert("shop", POINTS[:20])
+    folder = home / "collections" / "shop"
+    recorded = json.loads((folder / "enclip.json").read_text())
+    assert CollectionOptions.from_dict(recorded["options"]) == OPTIONS  # sharding recorded, though unused
+    # qdrant-edge keeps its own config beside the shard: check it got what it can honour.
+    config = json.loads((folder / "shard" / "edge_config.json").read_text())
+    assert all(v["on_disk"] is True for v in config["vectors"].values())
+    assert set(config["vectors"]) == set(NAMES)
+    assert config["hnsw_config"]["m"] == 8 and config["hnsw_config"]["ef_construct"] == 64
+    assert config["quantization_config"] == {"scalar": {"type": "int8", "always_ram": True}}
+    with EdgeStore(home) as again:  # reopens with the stored config
+        assert again.info("shop").points == 20
+
+
+def test_edge_without_options_keeps_defaults(tmp_path: Path) -> None:
+    with EdgeStore(tmp_path) as store:
+        store.create("plain", SPEC)
+    folder = tmp_path / "collections" / "plain"
+    assert "options" not in json.loads((folder / "enclip.json").read_text())
+    config = json.loads((folder / "shard" / "edge_config.json").read_text())
+    assert config.get("quantization_config") is None
+    assert not any(v.get("on_disk") for v in config["vectors"].values())
+
+
+def test_server_passes_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qdrant_client import models
+
+    with ServerStore(":memory:") as store:
+        client = store.client  # type: ignore[attr-defined]
+        calls: list[dict[str, object]] = []
+        real = client.create_collection
+
+        def spy(*args: object, **kwargs: object) -> bool:
+            calls.append(kwargs)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(client, "create_collection", spy)
+        store.create("shop", OPTIONS_SPEC)
+        (kw,) = calls
+        assert kw["hnsw_config"] == models.HnswConfigDiff(m=8, ef_construct=64)
+        assert kw["quantization_config"] == models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
+        )
+        assert kw["shard_number"] == 2 and kw["replication_factor"] == 1
+        assert all(v.on_disk is True for v in kw["vectors_config"].values())  # type: ignore[attr-defined]
+        # local mode keeps the per-vector on_disk flag, and our metadata records the rest
+        config = client.get_collection("shop").config
+        assert all(v.on_disk is True for v in config.params.vectors.values())
+        assert CollectionOptions.from_dict(config.metadata["enclip_options"]) == OPTIONS
+        store.set_metadata("shop", {"fingerprint": "new"})  # a replace keeps the record
+        assert client.get_collection("shop").config.metadata["enclip_options"] == OPTIONS.to_dict()
+
+        calls.clear()
+        store.create("plain", SPEC)  # no options: nothing but the vectors and metadata is sent
+        assert set(calls[0]) == {"vectors_config", "metadata"}
+        assert all(v.on_disk is None for v in calls[0]["vectors_config"].values())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"quantization": "int4"},
+        {"hnsw_m": -1},
+        {"hnsw_ef_construct": 2},
+        {"shard_number": 0},
+        {"replication_factor": 1.5},
+        {"payload_indexes": {"title": "text"}},
+        {"payload_indexes": {"": "keyword"}},
+    ],
+)
+def test_bad_options_error(bad: dict[str, object]) -> None:
+    with pytest.raises(StoreError):
+        CollectionOptions(**bad)  # type: ignore[arg-type]
+
+
+def test_conflicting_payload_index_errors(store: Store) -> None:
+    name = new_name(store)
+    clash = CollectionSpec(vectors={"v": 4}, indexed_fields={"colour": "keyword"},
+                           options=CollectionOptions(payload_indexes={"colour": "integer"}))
+    with pytest.raises(StoreError, match="indexed both"):
+        store.create(name, clash)
+    with pytest.raises(StoreError, match="indexed both"):
+        store.create(name, CollectionSpec(vectors={"v": 4}, options=CollectionOptions(
+            payload_indexes={"cluster": "keyword"})))
+    assert not store.exists(name)
 
 
 def test_open_store_picks_backend(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -12,6 +13,7 @@ from rich.console import Console
 from .. import api
 from ..errors import EnclipError
 from ..search import DEFAULT_MAX_CLUSTERS, DEFAULT_OVERSAMPLE, DEFAULT_THRESHOLD
+from ..store.base import EXTRA_INDEX_TYPES, CollectionOptions
 from ..training import TrainConfig
 from . import render
 from .progress import RichProgress
@@ -26,6 +28,9 @@ Home = Annotated[Path | None, typer.Option("--home", envvar="ENCLIP_HOME",
 Url = Annotated[str | None, typer.Option("--url", envvar="QDRANT_URL",
                                             help="Qdrant server URL; without it the embedded engine is used.")]
 ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="QDRANT_API_KEY", help="Qdrant API key.")]
+PreferGrpc = Annotated[bool, typer.Option("--prefer-grpc", help="Talk to the Qdrant server over gRPC (port 6334).")]
+Timeout = Annotated[float | None, typer.Option("--timeout", help="Seconds per Qdrant server request (default 30); "
+                                                 "transient failures are retried 3 times with backoff.")]
 ImageCol = Annotated[str | None, typer.Option("--image-col", help="Column holding image paths.")]
 TextCol = Annotated[str | None, typer.Option("--text-col", help="Column holding captions/titles.")]
 IdCol = Annotated[str | None, typer.Option("--id-col", help="Column holding product ids.")]
@@ -41,8 +46,37 @@ Pretrained = Annotated[str | None, typer.Option("--pretrained", help="Checkpoint
                                                   "local .safetensors / open_clip folder.")]
 
 
-def _conn(home: Path | None, url: str | None, api_key: str | None) -> api.Connection:
-    return api.Connection(home=home, url=url, api_key=api_key)
+class Quantization(str, Enum):
+    none = "none"
+    int8 = "int8"
+
+
+def _conn(home: Path | None, url: str | None, api_key: str | None, prefer_grpc: bool = False,
+          timeout: float | None = None) -> api.Connection:
+    """Server-only settings go in `options`, which reach ServerStore and are unused by the embedded store."""
+    options: dict[str, Any] = {}
+    if prefer_grpc:
+        options["prefer_grpc"] = True
+    if timeout is not None:
+        options["timeout"] = timeout
+    return api.Connection(home=home, url=url, api_key=api_key, options=options)
+
+
+def _collection_options(on_disk: bool, quantization: str, shards: int | None, replicas: int | None,
+                        index_fields: list[str] | None) -> CollectionOptions | None:
+    """None when no flag was given, so a plain `index` creates exactly what it always did."""
+    indexes: dict[str, str] = {}
+    for spec in index_fields or []:
+        name, sep, kind = spec.rpartition(":")
+        if not sep or kind.lower() not in EXTRA_INDEX_TYPES:
+            name, kind = spec, "keyword"
+        if not name.strip():
+            raise EnclipError(f"--index-field takes a payload field name (NAME or NAME:integer), not {spec!r}")
+        indexes[name.strip()] = kind.lower()
+    if not (on_disk or quantization != "none" or shards or replicas or indexes):
+        return None
+    return CollectionOptions(on_disk_vectors=on_disk, quantization=quantization,  # type: ignore[arg-type]
+                             shard_number=shards, replication_factor=replicas, payload_indexes=indexes)
 
 
 def _config(members: int, preset: str, epochs: int | None, batch_size: int | None, seed: int, clusters: str,
@@ -91,17 +125,36 @@ def index(
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    home: Home = None, url: Url = None, api_key: ApiKey = None,
+    home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    timeout: Timeout = None,
+    on_disk: Annotated[bool, typer.Option("--on-disk", help="New collection: vectors on disk (memory-mapped), "
+                                                           "not in RAM.")] = False,
+    quantization: Annotated[Quantization, typer.Option("--quantization", help="New collection: int8 scalar "
+                                                       "quantization kept in RAM (4x smaller, rescored).")]
+    = Quantization.none,
+    shards: Annotated[int | None, typer.Option("--shards", min=1, help="New collection: shards, spread over a "
+                                                                       "cluster's nodes.")] = None,
+    replicas: Annotated[int | None, typer.Option("--replicas", min=1, help="New collection: copies of each "
+                                                                           "shard (cluster).")] = None,
+    index_fields: Annotated[list[str] | None, typer.Option("--index-field", help="New collection: payload "
+                                                           "index on a catalog field for --filter (keyword; "
+                                                           "NAME:integer for numbers); repeatable.")] = None,
 ) -> None:
     """Embed every image with every member into a Qdrant collection (training first if needed)."""
+    options = _collection_options(on_disk, quantization.value, shards, replicas, index_fields)
     trained_flags = (members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained) != \
         (5, "small", None, None, 0, "auto", "seed", None, None)
     config = _config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained) \
         if trained_flags else None
     with RichProgress() as progress:
-        report = api.index(catalog, bundle=bundle, collection=collection, conn=_conn(home, url, api_key),
-                           config=config, prune=prune, progress=progress,
+        report = api.index(catalog, bundle=bundle, collection=collection,
+                           conn=_conn(home, url, api_key, prefer_grpc, timeout), config=config, prune=prune,
+                           progress=progress, options=options,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
+    if options is not None and not report.created:
+        err.print(f"[yellow]note:[/] collection {report.collection!r} already existed, so its layout options "
+                  "(--on-disk, --quantization, --shards, --replicas, --index-field) were not applied; "
+                  "index into a new --collection to use them", highlight=False)
     if json_out:
         render.print_json(out, render.index_dict(report))
     else:
@@ -125,7 +178,8 @@ def query(
     explain: Annotated[bool, typer.Option("--explain", help="Show each member's own rank.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a PNG contact sheet.")] = None,
-    home: Home = None, url: Url = None, api_key: ApiKey = None,
+    home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    timeout: Timeout = None,
 ) -> None:
     """Search: encode with every member, route to clusters, one fused Qdrant query."""
     mode: str | list[int] = clusters
@@ -140,11 +194,12 @@ def query(
         if not sep or not key.strip():
             raise EnclipError(f"--filter takes field=value, not {f!r}")
         parsed.setdefault(key.strip(), []).append(_scalar(value.strip()))
-    resp = api.query(text, image=image, collection=collection, bundle=bundle, conn=_conn(home, url, api_key),
+    conn = _conn(home, url, api_key, prefer_grpc, timeout)
+    resp = api.query(text, image=image, collection=collection, bundle=bundle, conn=conn,
                      top_k=top_k, clusters=mode, fusion=fusion, filters=parsed, explain=explain,
                      threshold=threshold, max_clusters=max_clusters, oversample=oversample)
     if sheet:
-        meta_root = _catalog_root(home, url, api_key, collection)
+        meta_root = _catalog_root(conn, collection)
         render.contact_sheet(resp, meta_root, sheet)
         err.print(f"contact sheet written to {sheet}")
     if json_out:
@@ -153,11 +208,8 @@ def query(
         out.print(render.search_table(resp, explain))
 
 
-def _catalog_root(home: Path | None, url: str | None, api_key: str | None, collection: str | None) -> Path | None:
-    data = api.info(collection, conn=_conn(home, url, api_key)) if collection else None
-    if data is None:
-        conn = _conn(home, url, api_key)
-        data = api.info(conn.workspace.default_collection(), conn=conn)
+def _catalog_root(conn: api.Connection, collection: str | None) -> Path | None:
+    data = api.info(collection or conn.workspace.default_collection(), conn=conn)
     root = data["collections"][0].metadata.get("catalog")
     return Path(root) if root else None
 
@@ -175,15 +227,21 @@ def _scalar(v: str) -> str | int | float:
 def info(
     collection: Annotated[str | None, typer.Argument(help="One collection (default: all).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    home: Home = None, url: Url = None, api_key: ApiKey = None,
+    home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    timeout: Timeout = None,
 ) -> None:
     """Collections in the store: points, named vectors, payload indexes, bundle, cluster sizes."""
-    data = api.info(collection, conn=_conn(home, url, api_key))
+    data = api.info(collection, conn=_conn(home, url, api_key, prefer_grpc, timeout))
     if json_out:
         render.print_json(out, {"store": data["store"], "collections": [vars(c) for c in data["collections"]]})
     else:
         for t in render.info_tables(data):
             out.print(t)
+
+
+from .eval_cmd import eval_command  # noqa: E402 - here, after the shared options it imports from this module
+
+app.command("eval")(eval_command)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from enclip_qdrant.errors import StoreError
 from enclip_qdrant.store.base import (
     CollectionInfo,
+    CollectionOptions,
     CollectionSpec,
     Fusion,
     Hit,
@@ -22,6 +23,7 @@ from enclip_qdrant.store.server import ServerStore
 
 __all__ = [
     "CollectionInfo",
+    "CollectionOptions",
     "CollectionSpec",
     "EdgeStore",
     "Fusion",

@@ -13,8 +13,65 @@ from typing import Any, Literal
 
 import numpy as np
 
+from enclip_qdrant.errors import StoreError
+
 Fusion = Literal["rrf", "dbsf"]
 Vector = Sequence[float] | np.ndarray
+Quantization = Literal["none", "int8"]
+QUANTIZATIONS: tuple[str, ...] = ("none", "int8")
+EXTRA_INDEX_TYPES: tuple[str, ...] = ("keyword", "integer")
+
+
+@dataclass(frozen=True)
+class CollectionOptions:
+    """Layout knobs for real deployments; none of them changes which points match, only cost and placement.
+
+    Defaults leave every choice to Qdrant, so a collection made without options is what it always was.
+    `shard_number`/`replication_factor` only mean something on a cluster: the embedded store ignores them.
+    `payload_indexes` adds keyword/integer indexes on catalog fields people filter by (`--filter`).
+    """
+
+    on_disk_vectors: bool = False
+    quantization: Quantization = "none"  # "int8": scalar quantization kept in RAM, originals rescore
+    hnsw_m: int | None = None
+    hnsw_ef_construct: int | None = None
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    payload_indexes: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Checked here so a bad CLI flag fails before any training or embedding starts.
+        if self.quantization not in QUANTIZATIONS:
+            raise StoreError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {self.quantization!r}")
+        minimum = {"hnsw_m": 0, "hnsw_ef_construct": 4, "shard_number": 1, "replication_factor": 1}
+        for key, low in minimum.items():
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise StoreError(f"{key} must be an integer >= {low}, not {value!r}")
+        for key, kind in self.payload_indexes.items():
+            if not isinstance(key, str) or not key:
+                raise StoreError(f"payload index field names must be non-empty strings, not {key!r}")
+            if str(kind).lower() not in EXTRA_INDEX_TYPES:
+                raise StoreError(
+                    f"payload index on {key!r} must be {' or '.join(EXTRA_INDEX_TYPES)}, not {kind!r}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, recorded with the collection so `enclip.json`/metadata say how it was built."""
+        return {
+            "on_disk_vectors": self.on_disk_vectors,
+            "quantization": self.quantization,
+            "hnsw_m": self.hnsw_m,
+            "hnsw_ef_construct": self.hnsw_ef_construct,
+            "shard_number": self.shard_number,
+            "replication_factor": self.replication_factor,
+            "payload_indexes": {str(k): str(v).lower() for k, v in self.payload_indexes.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> CollectionOptions:
+        known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
 
 
 @dataclass(frozen=True)
@@ -25,6 +82,7 @@ class CollectionSpec:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     # payload field -> "integer" | "keyword"; "cluster" is always indexed as integer.
     indexed_fields: Mapping[str, str] = field(default_factory=lambda: {"cluster": "integer"})
+    options: CollectionOptions | None = None  # None: the backend's defaults
 
 
 @dataclass(frozen=True)

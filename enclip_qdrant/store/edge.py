@@ -28,6 +28,7 @@ from qdrant_edge import (
     FacetRequest,
     FieldCondition,
     Filter,
+    HnswIndexConfig,
     MatchAny,
     MatchValue,
     PayloadSchemaType,
@@ -36,6 +37,8 @@ from qdrant_edge import (
     Query,
     QueryBatchRequest,
     QueryRequest,
+    ScalarQuantizationConfig,
+    ScalarType,
     ScrollRequest,
     UpdateOperation,
 )
@@ -44,6 +47,7 @@ from qdrant_edge import Fusion as EdgeFusion
 from enclip_qdrant.errors import CollectionNotFound, EnclipError, QueryError, StoreError
 from enclip_qdrant.store.base import (
     CollectionInfo,
+    CollectionOptions,
     CollectionSpec,
     Fusion,
     Hit,
@@ -63,6 +67,8 @@ SHARD_DIR = "shard"
 RRF_K = 2
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SCHEMA_TYPES = {t.lower(): t for t in ("Keyword", "Integer", "Float", "Bool", "Datetime", "Uuid", "Text")}
+# Qdrant's own HNSW defaults: qdrant-edge wants all three numbers when any one is set.
+HNSW_DEFAULTS = {"m": 16, "ef_construct": 100, "full_scan_threshold": 10_000}
 
 
 def check_name(name: str) -> str:
@@ -76,13 +82,37 @@ def check_name(name: str) -> str:
 
 
 def indexed_fields(spec: CollectionSpec) -> dict[str, str]:
-    """The payload indexes a spec asks for; `cluster` is always an integer index (routing needs it)."""
+    """The payload indexes a spec asks for, its options' extra ones included; `cluster` is always an
+    integer index (routing needs it)."""
     fields = {str(k): str(v).lower() for k, v in spec.indexed_fields.items()}
+    extra = spec.options.payload_indexes if spec.options else {}
+    for key, kind in extra.items():
+        key, kind = str(key), str(kind).lower()
+        known = "integer" if key == "cluster" else fields.get(key, kind)
+        if known != kind:
+            raise StoreError(f"payload field {key!r} cannot be indexed both as {known} and as {kind}")
+        fields[key] = kind
     fields["cluster"] = "integer"
     for key, kind in fields.items():
         if kind not in _SCHEMA_TYPES:
             raise StoreError(f"unsupported index type {kind!r} for payload field {key!r}")
     return fields
+
+
+def edge_config(vectors: Mapping[str, int], options: CollectionOptions | None) -> EdgeConfig:
+    """What qdrant-edge can honour of the options; sharding and replication mean nothing in one process."""
+    opts = options or CollectionOptions()
+    on_disk = True if opts.on_disk_vectors else None
+    params = {k: EdgeVectorParams(size=d, distance=Distance.Cosine, on_disk=on_disk) for k, d in vectors.items()}
+    hnsw = None
+    if opts.hnsw_m is not None or opts.hnsw_ef_construct is not None:
+        hnsw = HnswIndexConfig(
+            m=HNSW_DEFAULTS["m"] if opts.hnsw_m is None else opts.hnsw_m,
+            ef_construct=opts.hnsw_ef_construct or HNSW_DEFAULTS["ef_construct"],
+            full_scan_threshold=HNSW_DEFAULTS["full_scan_threshold"],
+        )
+    quantization = ScalarQuantizationConfig(ScalarType.Int8, always_ram=True) if opts.quantization == "int8" else None
+    return EdgeConfig(vectors=params, hnsw_config=hnsw, quantization_config=quantization)
 
 
 def as_list(vector: Vector) -> list[float]:
@@ -150,12 +180,12 @@ class EdgeStore(Store):
             "indexed_fields": indexed_fields(spec),
             "metadata": json_copy(spec.metadata),
         }
+        if spec.options is not None:
+            doc["options"] = spec.options.to_dict()
         self._root.mkdir(parents=True, exist_ok=True)
         tmp = self._root / f".creating-{name}-{uuid.uuid4().hex[:8]}"
         try:
-            config = EdgeConfig(
-                vectors={k: EdgeVectorParams(size=d, distance=Distance.Cosine) for k, d in doc["vectors"].items()}
-            )
+            config = edge_config(doc["vectors"], spec.options)
             with self._errors(name, "create"):
                 shard = EdgeShard.create(str(tmp / SHARD_DIR), config)
                 try:

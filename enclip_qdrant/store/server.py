@@ -2,22 +2,33 @@
 
 A server is shared, so this store only ever touches collections whose metadata carries the
 `enclip_format` marker: others are not listed, and every operation on them is refused.
+
+Networks and clusters blip (a restarting node, a proxy's 503, a timeout under load), so every request
+is retried a few times with exponential backoff and jitter when its failure is transient. That is safe
+because every write here is idempotent: points are upserted and deleted by id, payloads overwritten,
+metadata patched with whole values; `create` and `drop` check what a lost first attempt did.
 """
 
 from __future__ import annotations
 
+import random
+import ssl
+import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import suppress
+from typing import Any, TypeVar
 
 import grpc
+import httpx
 from qdrant_client import QdrantClient, models
+from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from enclip_qdrant.errors import CollectionNotFound, EnclipError, QueryError, StoreError
 from enclip_qdrant.store.base import (
     CollectionInfo,
+    CollectionOptions,
     CollectionSpec,
     Fusion,
     Hit,
@@ -32,9 +43,64 @@ from enclip_qdrant.store.edge import FORMAT, MARKER, as_list, check_name, indexe
 # Declared indexes, kept in metadata because local mode (":memory:") ignores payload indexes and so
 # reports no payload_schema; a real server's own schema always wins.
 INDEXED_KEY = "enclip_indexed_fields"
-_RESERVED = (MARKER, INDEXED_KEY)
+# The options a collection was created with; local mode drops most of them from its config.
+OPTIONS_KEY = "enclip_options"
+_RESERVED = (MARKER, INDEXED_KEY, OPTIONS_KEY)
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _AUTH = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+# Gateway errors and overload: the request did not (or may not) happen and can be sent again.
+_TRANSIENT_HTTP = (429, 502, 503, 504)
+_TRANSIENT_NETWORK = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    ConnectionError,
+    TimeoutError,
+)
+T = TypeVar("T")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the same request may well succeed in a moment; auth, 4xx and bad input never will."""
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code in _TRANSIENT_HTTP
+    if isinstance(exc, ResourceExhaustedResponse):
+        return True
+    if isinstance(exc, grpc.RpcError):
+        code = getattr(exc, "code", None)
+        return callable(code) and code() in _UNREACHABLE
+    if isinstance(exc, ResponseHandlingException):
+        exc = exc.source  # httpx's failure; a response that did not parse is not transient
+    if any(isinstance(e, ssl.SSLError) for e in _causes(exc)):
+        return False  # a certificate or TLS mismatch does not heal by waiting
+    return isinstance(exc, _TRANSIENT_NETWORK)
+
+
+def _create_kwargs(options: CollectionOptions | None) -> dict[str, Any]:
+    """qdrant-client arguments for the options; unset ones are left out so the server's defaults apply."""
+    if options is None:
+        return {}
+    kw: dict[str, Any] = {}
+    if options.hnsw_m is not None or options.hnsw_ef_construct is not None:
+        kw["hnsw_config"] = models.HnswConfigDiff(m=options.hnsw_m, ef_construct=options.hnsw_ef_construct)
+    if options.quantization == "int8":
+        kw["quantization_config"] = models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
+        )
+    if options.shard_number is not None:
+        kw["shard_number"] = options.shard_number
+    if options.replication_factor is not None:
+        kw["replication_factor"] = options.replication_factor
+    return kw
 
 
 def _filter(flt: SearchFilter | None) -> models.Filter | None:
@@ -73,7 +139,12 @@ def _response_error(e: UnexpectedResponse) -> str:
 
 
 class ServerStore(Store):
-    """Collections on a Qdrant server; `url=":memory:"` gives qdrant-client's in-process stand-in."""
+    """Collections on a Qdrant server; `url=":memory:"` gives qdrant-client's in-process stand-in.
+
+    `https` only matters for a URL without a scheme (the scheme wins otherwise); `timeout` is per request
+    in seconds; a request failing transiently is tried `retries` more times, waiting about `backoff`,
+    2x`backoff`, 4x`backoff`... (at most `max_backoff`) with jitter. `retried` counts those retries.
+    """
 
     kind = "server"
 
@@ -84,8 +155,21 @@ class ServerStore(Store):
         *,
         client: QdrantClient | None = None,
         prefer_grpc: bool = False,
-        timeout: float = 30,
+        https: bool | None = None,
+        timeout: float | None = 30,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 10.0,
     ) -> None:
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise StoreError(f"retries must be an integer >= 0, not {retries!r}")
+        if not backoff >= 0 or not max_backoff >= 0:
+            raise StoreError(f"backoff and max_backoff must be >= 0, not {backoff!r} and {max_backoff!r}")
+        if timeout is not None and not timeout > 0:
+            raise StoreError(f"timeout must be > 0 seconds, not {timeout!r}")
+        self.prefer_grpc, self.https, self.timeout = prefer_grpc, https, timeout
+        self.retries, self.backoff, self.max_backoff = retries, float(backoff), float(max_backoff)
+        self.retried = 0
         self._own_client = client is None
         if client is not None:
             self.client = client
@@ -94,9 +178,17 @@ class ServerStore(Store):
         elif url:
             # check_compatibility=False: no request at construction, so a bad URL fails on first use
             # with our one-line error instead of a warning here.
-            self.client = QdrantClient(
-                url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=timeout, check_compatibility=False
-            )
+            try:
+                self.client = QdrantClient(
+                    url=url,
+                    api_key=api_key,
+                    prefer_grpc=prefer_grpc,
+                    https=https,
+                    timeout=timeout,  # type: ignore[arg-type]  # qdrant-client rounds it up to whole seconds
+                    check_compatibility=False,
+                )
+            except ValueError as e:
+                raise StoreError(f"invalid Qdrant URL {url!r}: {_line(str(e))}") from e
         else:
             raise StoreError("ServerStore needs a Qdrant URL (or a client)")
         self.location = url or "qdrant-client"
@@ -106,8 +198,7 @@ class ServerStore(Store):
     # -- collections ---------------------------------------------------------------------------
 
     def list_collections(self) -> list[str]:
-        with self._errors():
-            names = [c.name for c in self.client.get_collections().collections]
+        names = [c.name for c in self._call("list", None, self.client.get_collections).collections]
         mine = []
         for name in names:
             try:
@@ -120,8 +211,7 @@ class ServerStore(Store):
     def exists(self, name: str) -> bool:
         """True when the name is taken, even by a foreign collection, since `create` would collide."""
         check_name(name)
-        with self._errors(name):
-            return bool(self.client.collection_exists(name))
+        return bool(self._call("exists", name, self.client.collection_exists, name))
 
     def create(self, name: str, spec: CollectionSpec) -> None:
         if self.exists(name):
@@ -130,16 +220,42 @@ class ServerStore(Store):
             raise StoreError("a collection needs at least one named vector")
         fields = indexed_fields(spec)
         metadata = {**json_copy(spec.metadata), MARKER: FORMAT, INDEXED_KEY: fields}
+        if spec.options is not None:
+            metadata[OPTIONS_KEY] = spec.options.to_dict()
+        on_disk = True if spec.options is not None and spec.options.on_disk_vectors else None
         vectors = {
-            str(k): models.VectorParams(size=int(d), distance=models.Distance.COSINE) for k, d in spec.vectors.items()
+            str(k): models.VectorParams(size=int(d), distance=models.Distance.COSINE, on_disk=on_disk)
+            for k, d in spec.vectors.items()
         }
-        with self._errors(name, "create"):
-            self.client.create_collection(name, vectors_config=vectors, metadata=metadata)
+        before = self.retried
         try:
-            with self._errors(name, "create"), warnings.catch_warnings():
+            self._call(
+                "create",
+                name,
+                self.client.create_collection,
+                name,
+                vectors_config=vectors,
+                metadata=metadata,
+                **_create_kwargs(spec.options),
+            )
+        except StoreError as e:
+            # A retried create can find the collection its lost first attempt made: ours when it holds
+            # exactly the metadata we sent (which carries the creation time); anyone else's is an error.
+            if self.retried == before or "already exists" not in str(e).lower() or not self._holds(name, metadata):
+                raise
+        try:
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # local mode warns that payload indexes do nothing there
                 for key, kind in fields.items():
-                    self.client.create_payload_index(name, key, models.PayloadSchemaType(kind), wait=True)
+                    self._call(
+                        "create",
+                        name,
+                        self.client.create_payload_index,
+                        name,
+                        key,
+                        models.PayloadSchemaType(kind),
+                        wait=True,
+                    )
         except BaseException:
             # Never leave a marked collection without its indexes; best effort, the first error wins.
             with suppress(Exception):
@@ -149,8 +265,12 @@ class ServerStore(Store):
 
     def drop(self, name: str) -> None:
         self._describe(name)
-        with self._errors(name, "drop"):
-            self.client.delete_collection(name)
+        before = self.retried
+        try:
+            self._call("drop", name, self.client.delete_collection, name)
+        except CollectionNotFound:
+            if self.retried == before:  # gone only after a retry: the lost first attempt deleted it
+                raise
         self._owned.discard(name)
 
     def info(self, name: str) -> CollectionInfo:
@@ -172,44 +292,45 @@ class ServerStore(Store):
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
         old = self._describe(name).config.metadata or {}
         new = {**json_copy(metadata), MARKER: FORMAT, INDEXED_KEY: old.get(INDEXED_KEY, {})}
+        if OPTIONS_KEY in old:
+            new[OPTIONS_KEY] = old[OPTIONS_KEY]
         # Qdrant merges metadata updates; a null value deletes a key, which turns the merge into a replace.
         patch = {**{k: None for k in old if k not in new}, **new}
-        with self._errors(name, "set_metadata"):
-            self.client.update_collection(name, metadata=patch)
+        self._call("set_metadata", name, self.client.update_collection, name, metadata=patch)
 
     # -- points --------------------------------------------------------------------------------
 
     def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
         self._check(name)
-        with self._errors(name, "upsert"):
-            for chunk in batched(points, 256):
-                structs = [
-                    models.PointStruct(
-                        id=p.id, vector={k: as_list(v) for k, v in p.vectors.items()}, payload=dict(p.payload)
-                    )
-                    for p in chunk
-                ]
-                self.client.upsert(name, points=structs, wait=True)
+        for chunk in batched(points, 256):
+            structs = [
+                models.PointStruct(
+                    id=p.id, vector={k: as_list(v) for k, v in p.vectors.items()}, payload=dict(p.payload)
+                )
+                for p in chunk
+            ]
+            self._call("upsert", name, self.client.upsert, name, points=structs, wait=True)
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         self._check(name)
-        with self._errors(name, "delete"):
-            self.client.delete(name, points_selector=models.PointIdsList(points=list(ids)), wait=True)
+        selector = models.PointIdsList(points=list(ids))
+        self._call("delete", name, self.client.delete, name, points_selector=selector, wait=True)
 
     def set_payload(self, name: str, id: str, payload: Mapping[str, Any]) -> None:
         self._check(name)
-        with self._errors(name, "set_payload"):
-            self.client.overwrite_payload(name, payload=dict(payload), points=[id], wait=True)
+        self._call(
+            "set_payload", name, self.client.overwrite_payload, name, payload=dict(payload), points=[id], wait=True
+        )
 
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         self._check(name)
         with_payload: Any = True if fields is None else (list(fields) or False)
         offset: Any = None
         while True:
-            with self._errors(name, "scroll"):
-                records, offset = self.client.scroll(
-                    name, limit=512, offset=offset, with_payload=with_payload, with_vectors=False
-                )
+            records, offset = self._call(
+                "scroll", name, self.client.scroll,
+                name, limit=512, offset=offset, with_payload=with_payload, with_vectors=False,
+            )
             for rec in records:
                 yield str(rec.id), dict(rec.payload or {})
             if offset is None:
@@ -217,8 +338,9 @@ class ServerStore(Store):
 
     def retrieve(self, name: str, ids: Sequence[str]) -> list[Hit]:
         self._check(name)
-        with self._errors(name, "retrieve"):
-            records = self.client.retrieve(name, ids=list(ids), with_payload=True, with_vectors=False)
+        records = self._call(
+            "retrieve", name, self.client.retrieve, name, ids=list(ids), with_payload=True, with_vectors=False
+        )
         found = {str(r.id): _hit(r) for r in records}
         return [found[str(i)] for i in ids if str(i) in found]
 
@@ -242,10 +364,10 @@ class ServerStore(Store):
         if fusion not in ("rrf", "dbsf"):
             raise QueryError(f"unknown fusion {fusion!r}: use 'rrf' or 'dbsf'")
         query = models.FusionQuery(fusion=models.Fusion.RRF if fusion == "rrf" else models.Fusion.DBSF)
-        with self._errors(name, "query"):
-            result = self.client.query_points(
-                name, prefetch=prefetch, query=query, limit=limit, with_payload=True, with_vectors=False
-            )
+        result = self._call(
+            "query", name, self.client.query_points,
+            name, prefetch=prefetch, query=query, limit=limit, with_payload=True, with_vectors=False,
+        )
         return [_hit(p) for p in result.points]
 
     def query_each(
@@ -263,19 +385,16 @@ class ServerStore(Store):
             models.QueryRequest(query=v, using=k, limit=limit, filter=flt, with_payload=True)
             for k, v in named.items()
         ]
-        with self._errors(name, "query"):
-            responses = self.client.query_batch_points(name, requests=requests)
+        responses = self._call("query", name, self.client.query_batch_points, name, requests=requests)
         return {k: [_hit(p) for p in r.points] for k, r in zip(named, responses, strict=True)}
 
     def count(self, name: str, filter: SearchFilter | None = None) -> int:
         self._check(name)
-        with self._errors(name, "count"):
-            return int(self.client.count(name, count_filter=_filter(filter), exact=True).count)
+        return int(self._call("count", name, self.client.count, name, count_filter=_filter(filter), exact=True).count)
 
     def facet_counts(self, name: str, key: str) -> dict[Any, int]:
         limit = max(1, self.count(name))  # distinct values <= points: never truncated
-        with self._errors(name, "facet"):
-            response = self.client.facet(name, key=key, limit=limit, exact=True)
+        response = self._call("facet", name, self.client.facet, name, key=key, limit=limit, exact=True)
         return {h.value: int(h.count) for h in response.hits}
 
     def close(self) -> None:
@@ -287,8 +406,7 @@ class ServerStore(Store):
     def _describe(self, name: str) -> models.CollectionInfo:
         """Fetch a collection's description, refusing it unless it carries our marker."""
         check_name(name)
-        with self._errors(name, "open"):
-            desc = self.client.get_collection(name)
+        desc = self._call("open", name, self.client.get_collection, name)
         marker = (desc.config.metadata or {}).get(MARKER)
         if marker is None:
             raise StoreError(
@@ -304,44 +422,76 @@ class ServerStore(Store):
         if name not in self._owned:
             self._describe(name)
 
-    @contextmanager
-    def _errors(self, name: str | None = None, op: str = "request") -> Iterator[None]:
+    def _holds(self, name: str, metadata: Mapping[str, Any]) -> bool:
+        try:
+            desc = self._call("create", name, self.client.get_collection, name)
+        except StoreError:
+            return False
+        return (desc.config.metadata or {}) == dict(metadata)
+
+    def _call(self, op: str, name: str | None, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """One client request, sent again while it fails transiently; its final failure becomes one line."""
+        attempt = 0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except EnclipError:
+                raise
+            except Exception as e:
+                if attempt < self.retries and is_transient(e):
+                    attempt += 1
+                    self.retried += 1
+                    time.sleep(self._delay(attempt, e))
+                    continue
+                err = self._translate(e, name, op)
+                if attempt:
+                    err = type(err)(f"{err} (gave up after {attempt + 1} attempts)")
+                raise err from e
+
+    def _delay(self, attempt: int, exc: BaseException) -> float:
+        """Exponential, capped, with jitter so clients that failed together do not retry together."""
+        ceiling = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        retry_after = getattr(exc, "retry_after_s", None)  # a 429's Retry-After, when the server sent one
+        if isinstance(retry_after, (int, float)) and retry_after > 0:
+            delay = max(delay, min(float(retry_after), self.max_backoff))
+        return delay
+
+    def _translate(self, e: Exception, name: str | None, op: str) -> StoreError:
         """Turn qdrant-client's many failure types into one-line StoreErrors the CLI can print."""
         where = f" on collection {name!r}" if name else ""
-        try:
-            yield
-        except EnclipError:
-            raise
-        except UnexpectedResponse as e:
+        if isinstance(e, UnexpectedResponse):
             detail = _line(_response_error(e))
             if e.status_code in (401, 403):
-                raise self._auth_error(f"HTTP {e.status_code}") from e
+                return self._auth_error(f"HTTP {e.status_code}")
             if e.status_code == 404 and name and "collection" in detail.lower():
-                self._owned.discard(name)
-                raise CollectionNotFound(f"no collection {name!r} at {self.location}") from e
-            raise StoreError(f"{op}{where} failed: HTTP {e.status_code}: {detail}") from e
-        except ResponseHandlingException as e:
-            raise StoreError(f"cannot reach Qdrant at {self.location}: {_line(str(e.source)) or e}") from e
-        except grpc.RpcError as e:
+                return self._not_found(name)
+            return StoreError(f"{op}{where} failed: HTTP {e.status_code}: {detail}")
+        if isinstance(e, ResponseHandlingException):
+            return StoreError(f"cannot reach Qdrant at {self.location}: {_line(str(e.source)) or e}")
+        if isinstance(e, grpc.RpcError):
             code, detail = e.code(), _line(e.details() or "")  # type: ignore[attr-defined]
             if code in _UNREACHABLE:
-                raise StoreError(f"cannot reach Qdrant at {self.location}: {detail}") from e
+                return StoreError(f"cannot reach Qdrant at {self.location}: {detail}")
             if code in _AUTH:
-                raise self._auth_error(code.name) from e
+                return self._auth_error(code.name)
             if code == grpc.StatusCode.NOT_FOUND and name and "collection" in detail.lower():
-                self._owned.discard(name)
-                raise CollectionNotFound(f"no collection {name!r} at {self.location}") from e
-            raise StoreError(f"{op}{where} failed: {code.name}: {detail}") from e
-        except ValueError as e:  # local mode
+                return self._not_found(name)
+            return StoreError(f"{op}{where} failed: {code.name}: {detail}")
+        if isinstance(e, ValueError):  # local mode
             detail = _line(str(e))
             if name and detail.startswith("Collection") and detail.endswith("not found"):
-                self._owned.discard(name)
-                raise CollectionNotFound(f"no collection {name!r} at {self.location}") from e
-            raise StoreError(f"{op}{where} failed: {detail}") from e
-        except KeyError as e:  # local mode: unknown point id
-            raise StoreError(f"{op}{where} failed: no point {e}") from e
-        except Exception as e:
-            raise StoreError(f"{op}{where} failed: {type(e).__name__}: {_line(str(e))}") from e
+                return self._not_found(name)
+            return StoreError(f"{op}{where} failed: {detail}")
+        if isinstance(e, KeyError):  # local mode: unknown point id
+            return StoreError(f"{op}{where} failed: no point {e}")
+        if isinstance(e, _TRANSIENT_NETWORK):
+            return StoreError(f"cannot reach Qdrant at {self.location}: {type(e).__name__}: {_line(str(e))}")
+        return StoreError(f"{op}{where} failed: {type(e).__name__}: {_line(str(e))}")
+
+    def _not_found(self, name: str) -> CollectionNotFound:
+        self._owned.discard(name)
+        return CollectionNotFound(f"no collection {name!r} at {self.location}")
 
     def _auth_error(self, status: str) -> StoreError:
         return StoreError(f"Qdrant at {self.location} refused the request ({status}): check the API key")
