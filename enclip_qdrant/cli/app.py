@@ -205,7 +205,7 @@ def query(
     if json_out:
         render.print_json(out, resp.to_dict(explain))
     else:
-        out.print(render.search_table(resp, explain))
+        out.print(render.search_table(resp, explain, out.size.width))
 
 
 def _catalog_root(conn: api.Connection, collection: str | None) -> Path | None:

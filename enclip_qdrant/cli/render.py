@@ -21,19 +21,21 @@ def print_json(console: Console, obj: Any) -> None:
     console.print_json(json.dumps(obj, default=str))
 
 
-def search_table(resp: SearchResponse, explain: bool) -> Table:
+def search_table(resp: SearchResponse, explain: bool, width: int = 120) -> Table:
     clusters = ", ".join(f"{c['id']} (p={c['p']:.2f})" for c in resp.clusters) or "all"
     title = f"{resp.query.get('text') or resp.query.get('image')!r}  clusters: {clusters}"
     t = Table(title=title, title_justify="left")
     for col, kw in (("#", {"justify": "right"}), ("id", {}), ("score", {"justify": "right"}),
-                    ("cl", {"justify": "right"}), ("text", {"overflow": "fold"})):
+                    ("cl", {"justify": "right"}), ("text", {"overflow": "fold", "min_width": 24, "ratio": 3})):
         t.add_column(col, **kw)
-    fields = [f for f in SHOWN_FIELDS if any(f in r.payload for r in resp.results)]
+    members = list(resp.results[0].member_ranks or {}) if explain and resp.results else []
+    # The title matters most: on a narrow terminal, show fewer attribute columns rather than squeeze it.
+    room = max(0, (width - 60 - 5 * len(members)) // 16)
+    fields = [f for f in SHOWN_FIELDS if any(f in r.payload for r in resp.results)][:room]
     for f in fields:
-        t.add_column(f)
-    if explain and resp.results:
-        for name in resp.results[0].member_ranks or {}:
-            t.add_column(name, justify="right")
+        t.add_column(f, no_wrap=True, overflow="ellipsis", max_width=14, ratio=1)
+    for name in members:
+        t.add_column(name, justify="right")
     for r in resp.results:
         row = [str(r.rank), str(r.payload.get("product_id", r.id)), f"{r.score:.4f}", str(r.cluster),
                str(r.payload.get("text") or r.payload.get("image", ""))]
