@@ -509,3 +509,27 @@ def test_open_store_picks_backend(tmp_path: Path) -> None:
         assert isinstance(edge, EdgeStore) and edge.kind == "embedded"
     with open_store(home=tmp_path, url=":memory:") as server:
         assert isinstance(server, ServerStore) and server.kind == "server"
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "dbsf"])
+def test_backends_fuse_identically(tmp_path, fusion):
+    """The same points and query must give the same fused ranking embedded and on a server."""
+    import uuid as _uuid
+
+    import numpy as np
+
+    from enclip_qdrant.store import CollectionSpec, EdgeStore, PointRecord, ServerStore
+
+    rng = np.random.default_rng(7)
+    names = ("m0", "m1", "m2")
+    points = [PointRecord(str(_uuid.UUID(int=i + 1)), {n: rng.standard_normal(8) for n in names}, {"cluster": i % 3})
+              for i in range(120)]
+    query = {n: rng.standard_normal(8) for n in names}
+    rankings = []
+    for store in (EdgeStore(tmp_path / "edge"), ServerStore(":memory:")):
+        with store:
+            store.create("same", CollectionSpec({n: 8 for n in names}))
+            store.upsert("same", points)
+            hits = store.query_fused("same", query, limit=15, prefetch_limit=40, fusion=fusion)
+            rankings.append(([h.id for h in hits], [round(h.score, 4) for h in hits]))
+    assert rankings[0] == rankings[1]

@@ -46,6 +46,7 @@ from qdrant_edge import Fusion as EdgeFusion
 
 from enclip_qdrant.errors import CollectionNotFound, EnclipError, QueryError, StoreError
 from enclip_qdrant.store.base import (
+    RRF_K,
     CollectionInfo,
     CollectionOptions,
     CollectionSpec,
@@ -62,9 +63,6 @@ FORMAT = 1  # value of the "enclip_format" marker both backends write
 MARKER = "enclip_format"
 SPEC_FILE = "enclip.json"
 SHARD_DIR = "shard"
-# Qdrant's server-side default for FusionQuery(RRF); edge needs it spelled out, and using the same k
-# keeps fused rankings identical across backends.
-RRF_K = 2
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SCHEMA_TYPES = {t.lower(): t for t in ("Keyword", "Integer", "Float", "Bool", "Datetime", "Uuid", "Text")}
 # Qdrant's own HNSW defaults: qdrant-edge wants all three numbers when any one is set.

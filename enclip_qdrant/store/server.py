@@ -27,6 +27,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from enclip_qdrant.errors import CollectionNotFound, EnclipError, QueryError, StoreError
 from enclip_qdrant.store.base import (
+    RRF_K,
     CollectionInfo,
     CollectionOptions,
     CollectionSpec,
@@ -363,7 +364,8 @@ class ServerStore(Store):
         ]
         if fusion not in ("rrf", "dbsf"):
             raise QueryError(f"unknown fusion {fusion!r}: use 'rrf' or 'dbsf'")
-        query = models.FusionQuery(fusion=models.Fusion.RRF if fusion == "rrf" else models.Fusion.DBSF)
+        query = models.RrfQuery(rrf=models.Rrf(k=RRF_K)) if fusion == "rrf" else models.FusionQuery(
+            fusion=models.Fusion.DBSF)
         result = self._call(
             "query", name, self.client.query_points,
             name, prefetch=prefetch, query=query, limit=limit, with_payload=True, with_vectors=False,
