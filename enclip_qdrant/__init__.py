@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Connection": "api", "Searcher": "api", "index": "api", "info": "api", "query": "api", "train": "api",
+    "push": "api", "rollback": "api",
     "Bundle": "bundle", "load_bundle": "bundle", "Catalog": "catalog", "load_catalog": "catalog",
     "BundleError": "errors", "CatalogError": "errors", "EnclipError": "errors", "QueryError": "errors",
     "StoreError": "errors", "TrainConfig": "training", "evaluate": "evaluation", "EvalReport": "evaluation",

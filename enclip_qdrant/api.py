@@ -1,5 +1,5 @@
-"""The library's verbs, one per CLI command (`train`, `index`, `query`, `info`), callable from Python
-the same way the CLI calls them:
+"""The library's verbs, one per CLI command (`train`, `index`, `query`, `info`, `rollback`, `push`),
+callable from Python the same way the CLI calls them:
 
     from enclip_qdrant import index, query
     index("./catalog")
@@ -9,6 +9,7 @@ the same way the CLI calls them:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,9 @@ from .bundle import Bundle, load_bundle, read_manifest
 from .catalog import Catalog, load_catalog
 from .errors import BundleError, EnclipError
 from .indexing import IndexReport, check_compatible, index_catalog
-from .progress import NullProgress, Progress
+from .progress import NullProgress, Progress, Task
 from .search import ClusterMode, SearchResponse, search
-from .store import Fusion, Store, open_store
+from .store import CollectionSpec, EdgeStore, Fusion, PointRecord, ServerStore, Store, open_store
 from .store.base import CollectionOptions
 from .training import TrainConfig
 from .training import train as train_bundle
@@ -85,9 +86,11 @@ def train(catalog: str | Path | Catalog, out: str | Path | None = None, config: 
 def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None = None, collection: str | None = None,
           conn: Connection | None = None, config: TrainConfig | None = None,
           columns: Mapping[str, str | None] | None = None, prune: bool = False, batch_size: int = 256,
-          progress: Progress | None = None, options: CollectionOptions | None = None) -> IndexReport:
+          progress: Progress | None = None, options: CollectionOptions | None = None,
+          blue_green: bool = False) -> IndexReport:
     """Embed a catalog into a collection; with no bundle, reuse (or train) the workspace's own.
-    `options` (on-disk vectors, quantization, shards...) apply when the collection is created."""
+    `options` (on-disk vectors, quantization, shards...) apply when the collection is created.
+    `blue_green`: a collection built by another bundle is rebuilt beside it and switched when complete."""
     progress = progress or NullProgress()
     conn = conn or Connection()
     cat = open_catalog(catalog, columns, False, progress)
@@ -102,9 +105,39 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
         b = _own_bundle(cat, conn.workspace.default_bundle_dir(collection_name_for(cat.root)), config, progress)
     with conn.open() as store:
         report = index_catalog(cat, b, store, name, prune=prune, batch_size=batch_size, progress=progress,
-                               options=options)
-        conn.workspace.remember(name, b.path, store.location)
+                               options=options, blue_green=blue_green)
+        conn.workspace.remember(name, b.path, store.location, physical=report.physical, previous=report.previous)
     return report
+
+
+@dataclass
+class RollbackReport:
+    collection: str  # the alias
+    switched_from: str
+    switched_to: str
+    bundle: str | None  # the restored bundle's folder, now the workspace's bundle for `collection`
+
+
+def rollback(collection: str | None = None, *, conn: Connection | None = None) -> RollbackReport:
+    """Undo the last blue/green switch: the alias serves the previous collection, queries use its bundle."""
+    conn = conn or Connection()
+    name = collection or conn.workspace.default_collection()
+    with conn.open() as store:
+        current = store.aliases().get(name)
+        if current is None:
+            store.resolve(name)  # CollectionNotFound when it is nothing at all
+            raise EnclipError(f"{name!r} is a plain collection, not an alias: nothing to roll back to")
+        previous = store.info(current).metadata.get("previous")
+        if not previous:
+            raise EnclipError(f"nothing to roll back to: {name!r} serves {current!r}, which replaced no "
+                              "earlier collection")
+        if not store.exists(previous):
+            raise EnclipError(f"cannot roll back {name!r}: its previous collection {previous!r} is gone")
+        bundle = store.info(previous).metadata.get("bundle_path")
+        store.set_alias(name, previous)
+        if bundle:
+            conn.workspace.remember(name, Path(bundle), store.location, physical=previous, default=False)
+        return RollbackReport(name, current, previous, bundle)
 
 
 def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: Progress) -> Bundle:
@@ -179,6 +212,7 @@ class CollectionSummary:
     clusters: dict[int, int]
     metadata: dict[str, Any]
     default: bool = False
+    aliases: list[str] = field(default_factory=list)  # names that serve this collection
 
 
 def info(collection: str | None = None, *, conn: Connection | None = None) -> dict[str, Any]:
@@ -188,12 +222,91 @@ def info(collection: str | None = None, *, conn: Connection | None = None) -> di
     except EnclipError:
         default = None
     with conn.open() as store:
-        names = [collection] if collection else store.list_collections()
+        names = [store.resolve(collection)] if collection else store.list_collections()
+        aliases = store.aliases()
         out = []
         for name in names:
             ci = store.info(name)
             sizes = {int(k): v for k, v in sorted(store.facet_counts(name, "cluster").items())}
+            served = sorted(a for a, target in aliases.items() if target == name)
             out.append(CollectionSummary(name, ci.points, ci.vectors, ci.payload_schema,
                                          ci.metadata.get("bundle_fingerprint"), sizes, ci.metadata,
-                                         default=name == default))
+                                         default=default is not None and default in [name, *served],
+                                         aliases=served))
         return {"store": {"kind": store.kind, "location": store.location}, "collections": out}
+
+
+@dataclass
+class PushReport:
+    collection: str  # the name given (an alias, usually)
+    physical: str
+    url: str
+    copied: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+def push(collection: str | None = None, url: str | None = None, api_key: str | None = None, *,
+         home: str | Path | None = None, batch_size: int = 256, progress: Progress | None = None,
+         store: Store | None = None) -> PushReport:
+    """Copy an embedded collection to a server under the same physical name and alias. Resumable: points
+    already there with the same content and payload hashes are skipped. `store`: a ready target (tests)."""
+    progress = progress or NullProgress()
+    t0 = time.perf_counter()
+    workspace = Workspace(home)
+    name = collection or workspace.default_collection()
+    target = store or ServerStore(url or os.environ.get(ENV_URL) or None,
+                                  api_key or os.environ.get(ENV_API_KEY) or None)
+    try:
+        with EdgeStore(workspace.home) as source:
+            physical = source.resolve(name)
+            report = PushReport(name, physical, target.location)
+            _ensure_target(source, target, physical)
+            _copy_points(source, target, physical, report, batch_size, progress)
+            if physical != name:
+                target.set_alias(name, physical)
+    finally:
+        if store is None:
+            target.close()
+    report.seconds = round(time.perf_counter() - t0, 2)
+    return report
+
+
+def _ensure_target(source: Store, target: Store, physical: str) -> None:
+    """Same vectors, indexes and metadata; an existing target must hold the same bundle's vectors."""
+    ci = source.info(physical)
+    if not target.exists(physical):
+        target.create(physical, CollectionSpec(vectors=ci.vectors, metadata=ci.metadata,
+                                               indexed_fields=ci.payload_schema))
+        return
+    there = target.info(physical).metadata.get("bundle_fingerprint")
+    if there != ci.metadata.get("bundle_fingerprint"):
+        raise BundleError(f"{physical!r} at {target.location} was built by bundle {there or 'unknown'}, not "
+                          f"{ci.metadata.get('bundle_fingerprint')}: refusing to mix their vectors")
+    target.set_metadata(physical, ci.metadata)
+
+
+def _copy_points(source: Store, target: Store, physical: str, report: PushReport, batch_size: int,
+                 progress: Progress) -> None:
+    there = {pid: (p.get("content_hash"), p.get("payload_hash"))
+             for pid, p in target.scroll(physical, ["content_hash", "payload_hash"])}
+    task = progress.task(f"pushing {physical!r}", total=source.count(physical))
+    batch: list[PointRecord] = []
+    for point in source.scroll_points(physical, batch=batch_size):
+        if there.get(point.id) == (point.payload.get("content_hash"), point.payload.get("payload_hash")):
+            report.skipped += 1
+            task.advance(1)
+            continue
+        batch.append(point)
+        if len(batch) >= batch_size:
+            _send(target, physical, batch, report, task)
+    if batch:
+        _send(target, physical, batch, report, task)
+    task.close()
+
+
+def _send(target: Store, physical: str, batch: list[PointRecord], report: PushReport, task: Task) -> None:
+    target.upsert(physical, batch)
+    report.copied += len(batch)
+    task.advance(len(batch))
+    batch.clear()

@@ -439,7 +439,8 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
                     rows.append(_row(name, ranking, qs, results, searched, lat, cluster_of, by_id, ks, top_k))
             task.close()
             seconds["queries"] = round(time.perf_counter() - t0, 2)
-            store.drop(COLLECTION)
+            store.delete_alias(COLLECTION)  # the name is an alias: drop refuses what one serves
+            store.drop(indexed.physical)
         finally:
             store.close()
     finally:

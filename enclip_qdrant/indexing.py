@@ -1,5 +1,8 @@
 """Embed a catalog with every member and write it into a collection: one named vector per member,
 the product's cluster and catalog fields as payload. Re-running on an unchanged catalog embeds nothing.
+
+A collection NAME is an alias of a physical collection `NAME-<bundle fingerprint[:8]>`, so a retrained
+bundle can be indexed beside the live one (blue/green) and the alias switched only once it is complete.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ class IndexReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped_rows: int = 0
     seconds: float = 0.0
+    physical: str = ""  # the collection behind the alias `collection`
+    previous: str | None = None  # what the alias served before this run switched it (kept for rollback)
+    switched: bool = False  # this run pointed the alias at `physical`
 
     @property
     def embedded(self) -> int:
@@ -71,23 +77,68 @@ def check_compatible(store: Store, collection: str, bundle: Bundle) -> dict[str,
     return meta
 
 
+def physical_name(collection: str, bundle: Bundle) -> str:
+    """One physical collection per (name, bundle): a retrained bundle never writes into the live one."""
+    return f"{collection}-{bundle.fingerprint[:8]}"
+
+
+def plan_target(store: Store, collection: str, bundle: Bundle, blue_green: bool) -> tuple[str, str | None, bool]:
+    """(physical collection to fill, the alias's current target, whether to switch the alias when done)."""
+    current = store.aliases().get(collection)
+    if current is None and store.exists(collection):  # a plain collection, indexed before aliases existed
+        if blue_green and store.info(collection).metadata.get("bundle_fingerprint") != bundle.fingerprint:
+            raise BundleError(f"collection {collection!r} predates blue/green indexing (it is not an alias), "
+                              "so it cannot be switched: index into a new --collection")
+        return collection, None, False
+    if current is not None and store.info(current).metadata.get("bundle_fingerprint") == bundle.fingerprint:
+        return current, None, False
+    if current is not None and not blue_green:
+        try:
+            check_compatible(store, collection, bundle)
+        except BundleError as e:
+            raise BundleError(f"{e}; or build it beside the live one and switch with --blue-green") from None
+    return physical_name(collection, bundle), current, True
+
+
 def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *, batch_size: int = 256,
                   prune: bool = False, progress: Progress | None = None,
-                  options: CollectionOptions | None = None) -> IndexReport:
-    """`options` shape the collection when this call creates it; an existing collection keeps its own."""
+                  options: CollectionOptions | None = None, blue_green: bool = False) -> IndexReport:
+    """`options` shape the collection when this call creates it; an existing collection keeps its own.
+    `collection` is an alias; with `blue_green`, another bundle's index is built beside the live one and
+    the alias switched only when it is complete, so queries never see a half-built collection."""
     progress = progress or NullProgress()
     t0 = time.perf_counter()
-    created = not store.exists(collection)
+    physical, previous, switch = plan_target(store, collection, bundle, blue_green)
+    created = not store.exists(physical)
     if created:
-        store.create(collection, CollectionSpec(vectors=bundle.vectors, metadata={
+        store.create(physical, CollectionSpec(vectors=bundle.vectors, metadata={
             "bundle_fingerprint": bundle.fingerprint, "bundle_path": str(bundle.path.resolve()),
             "members": list(bundle.vectors), "clusters": bundle.clusters.k,
             "catalog": str(catalog.root), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }, options=options))
-    else:
-        check_compatible(store, collection, bundle)
+    else:  # ours from an interrupted run, or the live one: incremental indexing fills in the rest
+        check_compatible(store, physical, bundle)
     report = IndexReport(collection, store.location, bundle.fingerprint, created,
-                         skipped_rows=len(catalog.skipped))
+                         skipped_rows=len(catalog.skipped), physical=physical, previous=previous)
+    _fill(catalog, bundle, store, physical, report, batch_size, prune, progress)
+    if switch:
+        _switch(store, collection, physical, previous)
+        report.switched = True
+    report.seconds = round(time.perf_counter() - t0, 2)
+    return report
+
+
+def _switch(store: Store, alias: str, physical: str, previous: str | None) -> None:
+    """Record where to roll back to, then switch: the alias moves only to a complete collection."""
+    if previous is not None:
+        meta = store.info(physical).metadata
+        store.set_metadata(physical, {**meta, "previous": previous})
+    store.set_alias(alias, physical)
+
+
+def _fill(catalog: Any, bundle: Bundle, store: Store, collection: str, report: IndexReport, batch_size: int,
+          prune: bool, progress: Progress) -> None:
+    created = report.created
 
     existing = {} if created else {
         pid: p for pid, p in store.scroll(collection, ["content_hash", "payload_hash", "cluster"])}
@@ -136,8 +187,6 @@ def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *
         if gone:
             store.delete(collection, gone)
         report.deleted = len(gone)
-    report.seconds = round(time.perf_counter() - t0, 2)
-    return report
 
 
 def failed_summary(failed: Sequence[tuple[str, str]], first: int = 3) -> str:

@@ -54,10 +54,18 @@ class Workspace:
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.home / STATE)
 
-    def remember(self, collection: str, bundle: Path, location: str) -> None:
+    def remember(self, collection: str, bundle: Path, location: str, *, physical: str | None = None,
+                 previous: str | None = None, default: bool = True) -> None:
+        """`physical`/`previous`: what the alias `collection` serves now and served before (for rollback)."""
         state = self._state()
-        state["default_collection"] = collection
-        state["collections"][collection] = {"bundle": str(Path(bundle).resolve()), "store": location}
+        if default:
+            state["default_collection"] = collection
+        entry = {"bundle": str(Path(bundle).resolve()), "store": location}
+        old = state["collections"].get(collection) or {}
+        if physical:  # an incremental run (no switch) keeps the recorded rollback target
+            kept = old.get("previous") if old.get("collection") == physical else None
+            entry |= {"collection": physical, "previous": previous or kept}
+        state["collections"][collection] = entry
         self._save(state)
 
     def default_collection(self) -> str:
@@ -65,6 +73,9 @@ class Workspace:
         if not name:
             raise EnclipError("no collection yet: run `enclip-qdrant index CATALOG` first, or pass --collection")
         return name
+
+    def entry(self, collection: str) -> dict[str, Any]:
+        return dict(self._state()["collections"].get(collection) or {})
 
     def bundle_for(self, collection: str) -> Path | None:
         entry = self._state()["collections"].get(collection)

@@ -44,7 +44,8 @@ def test_index_then_query_json_with_explain(indexed, bundle):
 def test_info_json_shows_named_vectors_and_integer_cluster_index(indexed, bundle, catalog):
     out = json.loads(run("info", "--json").stdout)
     (c,) = out["collections"]
-    assert c["name"] == "shop" and c["default"] and c["points"] == len(catalog.products)
+    assert c["name"] == f"shop-{bundle.fingerprint[:8]}" and c["aliases"] == ["shop"]  # the name is an alias
+    assert c["default"] and c["points"] == len(catalog.products)
     assert c["vectors"] == bundle.vectors
     assert c["payload_schema"]["cluster"] == "integer"
     assert c["bundle_fingerprint"] == bundle.fingerprint
@@ -103,3 +104,27 @@ def test_python_module_entry_point():
 
     r = subprocess.run([sys.executable, "-m", "enclip_qdrant", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "query" in r.stdout
+
+
+def test_blue_green_then_rollback(indexed, catalog_dir, bundle, other_bundle, capsys, monkeypatch):
+    out = json.loads(run("index", str(catalog_dir), "--bundle", str(other_bundle.path), "--blue-green",
+                         "--json").stdout)
+    assert out["switched"] and out["previous"] == f"shop-{bundle.fingerprint[:8]}"
+    assert len(json.loads(run("query", "red dress", "-k", "3", "--json").stdout)["results"]) == 3
+    back = json.loads(run("rollback", "--json").stdout)
+    assert back["switched_to"] == out["previous"] and back["bundle"] == str(bundle.path.resolve())
+    assert json.loads(run("query", "red dress", "--json").stdout)["results"]
+    monkeypatch.setattr("sys.argv", ["enclip-qdrant", "rollback"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 1 and err.startswith("error:") and "nothing to roll back to" in err
+
+
+def test_push_help_and_unreachable_target(indexed, capsys, monkeypatch):
+    assert "--url" in run("push", "--help").stdout
+    monkeypatch.setattr("sys.argv", ["enclip-qdrant", "push", "shop", "--url", "http://127.0.0.1:1"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 1 and err.startswith("error: cannot reach Qdrant") and "Traceback" not in err

@@ -270,6 +270,9 @@ def test_readme_walks_through_every_step() -> None:
         "enclip-qdrant info",
         "docker compose -f docker/docker-compose.cluster.yml up -d",
         "--shards 3 --replicas 2",
+        "--blue-green",
+        "enclip-qdrant rollback",
+        "enclip-qdrant push",
     ):
         assert step in section, step
 
@@ -284,7 +287,8 @@ def test_readme_flags_exist_in_the_cli() -> None:
     lines = [line for line in readme_section().splitlines() if "enclip" in line]
     checked = 0
     for line in lines:
-        for verb, args in re.findall(r"(?:enclip-qdrant|run --rm enclip) (index|query|info)\b([^`|]*)", line):
+        verbs = r"(?:enclip-qdrant|run --rm enclip) (index|query|info|rollback|push)\b([^`|]*)"
+        for verb, args in re.findall(verbs, line):
             known = {opt for p in group.commands[verb].params for opt in p.opts}  # type: ignore[attr-defined]
             for word in re.findall(r"(?<!\S)(--[a-z][a-z-]*)", args):
                 assert word in known, f"README: enclip-qdrant {verb} has no {word}"

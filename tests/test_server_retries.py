@@ -65,6 +65,8 @@ class FakeQdrant:
         """Qdrant's REST shapes for the endpoints ServerStore.create/list/exists/info/drop use."""
         if method == "GET" and path == "/collections":
             return 200, self.local.get_collections().model_dump(mode="json")
+        if method == "GET" and path == "/aliases":
+            return 200, self.local.get_aliases().model_dump(mode="json")
         match = re.fullmatch(r"/collections/([^/]+)(/exists|/index)?", path)
         if not match:
             return 404, {"status": {"error": f"Not found: {path}"}}
@@ -228,7 +230,7 @@ def test_missing_collection_is_not_retried(fake: tuple[FakeQdrant, str]) -> None
     state, url = fake
     with ServerStore(url, backoff=FAST) as store, pytest.raises(CollectionNotFound):
         store.info("nowhere")
-    assert len(state.requests) == 1
+    assert [p for _, p, _ in state.requests] == ["/aliases", "/collections/nowhere"]  # each sent once
     assert store.retried == 0
 
 
@@ -283,7 +285,7 @@ def test_create_without_options_sends_no_layout(fake: tuple[FakeQdrant, str]) ->
 def test_create_whose_reply_was_lost_is_not_an_error(fake: tuple[FakeQdrant, str]) -> None:
     """The first PUT created the collection but its reply was a 504; the retry's 409 is our own doing."""
     state, url = fake
-    state.plan = [Fault("ok"), Fault("lost", 504)]  # the exists check, then the create
+    state.plan = [Fault("ok"), Fault("ok"), Fault("lost", 504)]  # the alias and exists checks, the create
     with ServerStore(url, backoff=FAST) as store:
         store.create("shop", SPEC)
         assert store.retried == 1
@@ -313,7 +315,7 @@ def test_drop_whose_reply_was_lost_is_done(fake: tuple[FakeQdrant, str]) -> None
     state, url = fake
     with ServerStore(url, backoff=FAST) as store:
         store.create("shop", SPEC)
-        state.plan = [Fault("ok"), Fault("lost", 503)]  # describe, then the lost DELETE
+        state.plan = [Fault("ok"), Fault("ok"), Fault("lost", 503)]  # aliases, describe, the lost DELETE
         store.drop("shop")
         assert store.retried == 1
         assert not store.exists("shop")
@@ -538,4 +540,4 @@ def test_cli_info_retries_through_a_503(cli_home: Any, fake: tuple[FakeQdrant, s
     result = CliRunner().invoke(app, ["info", "--url", url, "--timeout", "3", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["collections"] == []
-    assert len(state.requests) == 2
+    assert [p for _, p, _ in state.requests] == ["/collections", "/collections", "/aliases"]  # the 503, its retry

@@ -66,6 +66,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     created: list[str] = []
     s.test_names = created  # type: ignore[attr-defined]
     yield s
+    for alias in set(created) & set(s.aliases()):  # aliases first: drop refuses aliased collections
+        s.delete_alias(alias)
     for name in created:  # a real server is shared: remove only what this test made
         if s.exists(name):
             s.drop(name)
@@ -533,3 +535,97 @@ def test_backends_fuse_identically(tmp_path, fusion):
             hits = store.query_fused("same", query, limit=15, prefetch_limit=40, fusion=fusion)
             rankings.append(([h.id for h in hits], [round(h.score, 4) for h in hits]))
     assert rankings[0] == rankings[1]
+
+
+# -- aliases -----------------------------------------------------------------------------------
+
+
+def test_alias_resolves_and_serves_every_call(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    alias = new_name(store)
+    store.set_alias(alias, name)
+    assert store.resolve(alias) == name and store.resolve(name) == name
+    assert store.aliases()[alias] == name
+    assert store.exists(alias)
+    assert alias not in store.list_collections()  # listings stay physical
+    info = store.info(alias)
+    assert info.name == name and info.points == N and info.metadata == SPEC.metadata
+    assert store.count(alias) == N
+    p = POINTS[4]
+    assert store.query_fused(alias, p.vectors, limit=3, prefetch_limit=10)[0].id == p.id
+    assert all(r[0].id == p.id for r in store.query_each(alias, p.vectors, limit=3).values())
+    assert store.retrieve(alias, [p.id])[0].payload == p.payload
+    store.set_payload(alias, p.id, {"cluster": 1, "colour": "red", "title": "via alias"})
+    assert dict(store.scroll(alias, ["title"]))[p.id] == {"title": "via alias"}
+    store.upsert(alias, make_points(N + 1)[-1:])
+    store.delete(alias, [POINTS[0].id])
+    assert store.count(name) == N
+    store.set_metadata(alias, {"fingerprint": "via alias"})
+    assert store.info(name).metadata == {"fingerprint": "via alias"}
+    assert store.facet_counts(alias, "colour") == store.facet_counts(name, "colour")
+
+
+def test_alias_switches_and_deletes(filled: tuple[Store, str]) -> None:
+    store, old = filled
+    new, alias = new_name(store), new_name(store)
+    store.create(new, SPEC)
+    store.upsert(new, POINTS[:10])
+    store.set_alias(alias, old)
+    store.set_alias(alias, new)  # switch
+    assert store.resolve(alias) == new and store.count(alias) == 10
+    store.delete_alias(alias)
+    assert alias not in store.aliases()
+    with pytest.raises(CollectionNotFound):
+        store.resolve(alias)
+    with pytest.raises(CollectionNotFound):
+        store.delete_alias(alias)
+    with pytest.raises(CollectionNotFound):
+        store.resolve(new_name(store))
+
+
+def test_alias_and_collection_cannot_share_a_name(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    other, alias = new_name(store), new_name(store)
+    store.create(other, SPEC)
+    with pytest.raises(StoreError, match="is a collection"):
+        store.set_alias(other, name)
+    store.set_alias(alias, name)
+    with pytest.raises(StoreError, match="is an alias"):
+        store.create(alias, SPEC)
+    with pytest.raises(CollectionNotFound):
+        store.set_alias(new_name(store), new_name(store))  # no such target
+
+
+def test_drop_refuses_an_aliased_collection(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    alias = new_name(store)
+    store.set_alias(alias, name)
+    with pytest.raises(StoreError, match=alias):
+        store.drop(name)
+    with pytest.raises(StoreError, match="is an alias"):
+        store.drop(alias)
+    assert store.count(name) == N
+    store.delete_alias(alias)
+    store.drop(name)
+    assert not store.exists(name)
+
+
+def test_scroll_points_carries_vectors_and_payload(filled: tuple[Store, str]) -> None:
+    store, name = filled
+    got = {p.id: p for p in store.scroll_points(name, batch=64)}
+    assert set(got) == {p.id for p in POINTS}
+    p = POINTS[11]
+    assert got[p.id].payload == p.payload and set(got[p.id].vectors) == set(NAMES)
+    for k, v in p.vectors.items():  # stored normalised (cosine): same direction
+        unit = np.asarray(v) / np.linalg.norm(v)
+        assert np.allclose(got[p.id].vectors[k], unit, atol=1e-5)
+
+
+def test_edge_aliases_persist_in_one_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with EdgeStore(home) as store:
+        store.create("shop-a", SPEC)
+        store.set_alias("shop", "shop-a")
+    assert json.loads((home / "collections" / ".aliases.json").read_text()) == {"shop": "shop-a"}
+    with EdgeStore(home) as again:
+        assert again.list_collections() == ["shop-a"] and again.resolve("shop") == "shop-a"

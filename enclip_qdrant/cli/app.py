@@ -139,6 +139,9 @@ def index(
     index_fields: Annotated[list[str] | None, typer.Option("--index-field", help="New collection: payload "
                                                            "index on a catalog field for --filter (keyword; "
                                                            "NAME:integer for numbers); repeatable.")] = None,
+    blue_green: Annotated[bool, typer.Option("--blue-green", help="Collection built by another bundle: build "
+                                             "a new one beside it and switch the name over when complete "
+                                             "(`rollback` undoes it).")] = False,
 ) -> None:
     """Embed every image with every member into a Qdrant collection (training first if needed)."""
     options = _collection_options(on_disk, quantization.value, shards, replicas, index_fields)
@@ -149,7 +152,7 @@ def index(
     with RichProgress() as progress:
         report = api.index(catalog, bundle=bundle, collection=collection,
                            conn=_conn(home, url, api_key, prefer_grpc, timeout), config=config, prune=prune,
-                           progress=progress, options=options,
+                           progress=progress, options=options, blue_green=blue_green,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
     if options is not None and not report.created:
         err.print(f"[yellow]note:[/] collection {report.collection!r} already existed, so its layout options "
@@ -237,6 +240,44 @@ def info(
     else:
         for t in render.info_tables(data):
             out.print(t)
+
+
+@app.command()
+def rollback(
+    collection: Annotated[str | None, typer.Argument(help="Collection name (default: the last indexed).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    timeout: Timeout = None,
+) -> None:
+    """Point the name back at the collection a blue/green index replaced; queries use its bundle again."""
+    report = api.rollback(collection, conn=_conn(home, url, api_key, prefer_grpc, timeout))
+    if json_out:
+        render.print_json(out, vars(report))
+    else:
+        err.print(f"[green]{report.collection!r}[/] now serves {report.switched_to!r} (was {report.switched_from!r});"
+                  f" bundle {report.bundle}", highlight=False)
+
+
+@app.command()
+def push(
+    collection: Annotated[str | None, typer.Argument(help="Embedded collection (default: the last indexed).")]
+    = None,
+    url: Annotated[str | None, typer.Option("--url", envvar="QDRANT_URL", help="Target Qdrant server URL "
+                                            "(required).")] = None,
+    api_key: ApiKey = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Points per upsert.")] = 256,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    home: Home = None,
+) -> None:
+    """Copy an embedded collection (vectors, payload, metadata, name) to a Qdrant server; resumable."""
+    if not url:
+        raise EnclipError("push needs a target: --url URL (or QDRANT_URL)")
+    with RichProgress() as progress:
+        report = api.push(collection, url, api_key, home=home, batch_size=batch_size, progress=progress)
+    if json_out:
+        render.print_json(out, vars(report))
+    else:
+        out.print(render.push_table(report))
 
 
 from .eval_cmd import eval_command  # noqa: E402 - here, after the shared options it imports from this module

@@ -53,6 +53,18 @@ def index_table(report: IndexReport) -> Table:
     t.add_row("failed", failed_summary(report.failed))
     t.add_row("catalog rows skipped", f"{report.skipped_rows:,}")
     t.add_row("bundle", report.bundle)
+    if report.physical and report.physical != report.collection:
+        switch = f"switched from {report.previous!r}" if report.previous else "new"
+        t.add_row("serves", f"{report.physical} ({switch})" if report.switched else report.physical)
+    t.add_row("seconds", f"{report.seconds:,.1f}")
+    return t
+
+
+def push_table(report: Any) -> Table:
+    t = Table(title=f"pushed {report.collection!r} ({report.physical}) to {report.url}", show_header=False,
+              title_justify="left")
+    t.add_row("copied", f"{report.copied:,}")
+    t.add_row("skipped (already there)", f"{report.skipped:,}")
     t.add_row("seconds", f"{report.seconds:,.1f}")
     return t
 
@@ -68,7 +80,8 @@ def info_tables(data: dict[str, Any]) -> list[Table]:
         t = Table(title=f"{store['kind']} store at {store['location']}: no collections")
         return [t]
     for c in data["collections"]:
-        t = Table(title=f"{c.name}{' (default)' if c.default else ''}  [{store['kind']}: {store['location']}]",
+        names = f"{', '.join(c.aliases)} -> {c.name}" if c.aliases else c.name
+        t = Table(title=f"{names}{' (default)' if c.default else ''}  [{store['kind']}: {store['location']}]",
                   show_header=False, title_justify="left")
         t.add_row("points", f"{c.points:,}")
         t.add_row("vectors", ", ".join(f"{k} ({v}d, cosine)" for k, v in c.vectors.items()))

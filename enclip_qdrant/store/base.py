@@ -166,6 +166,10 @@ class Store(ABC):
         """Every point as (id, payload restricted to `fields`; all of it when None)."""
 
     @abstractmethod
+    def scroll_points(self, name: str, batch: int = 256) -> Iterator[PointRecord]:
+        """Every point with its vectors and payload, for copying a collection elsewhere (`push`)."""
+
+    @abstractmethod
     def retrieve(self, name: str, ids: Sequence[str]) -> list[Hit]:
         """Points by id with payload (score 0); unknown ids are left out."""
 
@@ -199,6 +203,23 @@ class Store(ABC):
     @abstractmethod
     def facet_counts(self, name: str, key: str) -> dict[Any, int]:
         """Points per value of an indexed payload field (cluster sizes for `info`)."""
+
+    # -- aliases: a stable name in front of a physical collection, switched atomically ------------
+
+    @abstractmethod
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point `alias` at `collection` in one step: readers see the old target or the new, never nothing."""
+
+    @abstractmethod
+    def resolve(self, name: str) -> str:
+        """The physical collection behind `name` (itself when it is one); CollectionNotFound otherwise."""
+
+    @abstractmethod
+    def aliases(self) -> dict[str, str]:
+        """alias -> physical collection, for the collections this store may touch."""
+
+    @abstractmethod
+    def delete_alias(self, alias: str) -> None: ...
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files or connections."""

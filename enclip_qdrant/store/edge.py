@@ -3,7 +3,9 @@
 Layout: `home/collections/<name>/shard/` holds the shard and `home/collections/<name>/enclip.json` the
 spec (qdrant-edge has no collection metadata). A collection counts only once its folder has
 `enclip.json`, and the folder is built under a hidden temporary name and renamed into place, so an
-interrupted `create` never shows up as a half collection.
+interrupted `create` never shows up as a half collection. Aliases live in `home/collections/.aliases.json`
+(hidden, so no collection name can clash with it), replaced whole with os.replace: a reader always sees
+a complete mapping, the old or the new.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ FORMAT = 1  # value of the "enclip_format" marker both backends write
 MARKER = "enclip_format"
 SPEC_FILE = "enclip.json"
 SHARD_DIR = "shard"
+ALIASES_FILE = ".aliases.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SCHEMA_TYPES = {t.lower(): t for t in ("Keyword", "Integer", "Float", "Bool", "Datetime", "Uuid", "Text")}
 # Qdrant's own HNSW defaults: qdrant-edge wants all three numbers when any one is set.
@@ -164,10 +167,16 @@ class EdgeStore(Store):
         )
 
     def exists(self, name: str) -> bool:
+        """True for a collection or an alias of one: either way the name is taken."""
+        return self._is_collection(name) or name in self.aliases()
+
+    def _is_collection(self, name: str) -> bool:
         return (self._root / check_name(name) / SPEC_FILE).is_file()
 
     def create(self, name: str, spec: CollectionSpec) -> None:
         check_name(name)
+        if name in self.aliases():
+            raise StoreError(f"{name!r} is an alias in {self.location}: a collection cannot take its name")
         if self.exists(name):
             raise StoreError(f"collection {name!r} already exists in {self.location}")
         if not spec.vectors:
@@ -204,6 +213,7 @@ class EdgeStore(Store):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def drop(self, name: str) -> None:
+        refuse_drop(self.aliases(), name, self.location)
         self._shard(name)  # takes the lock: never delete a shard another process has open
         self._forget(name)
         trash = self._root / f".dropping-{name}-{uuid.uuid4().hex[:8]}"
@@ -211,6 +221,7 @@ class EdgeStore(Store):
         shutil.rmtree(trash, ignore_errors=True)
 
     def info(self, name: str) -> CollectionInfo:
+        name = self.resolve(name)
         spec = self._spec(name)
         with self._errors(name, "info"):
             shard_info = self._shard(name).info()
@@ -225,6 +236,7 @@ class EdgeStore(Store):
         )
 
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
+        name = self.resolve(name)
         doc = dict(self._spec(name))
         doc["metadata"] = json_copy(metadata)
         _write_json(self._root / name / SPEC_FILE, doc)
@@ -265,6 +277,19 @@ class EdgeStore(Store):
                 )
             for rec in records:
                 yield str(rec.id), dict(rec.payload or {})
+            if offset is None:
+                return
+
+    def scroll_points(self, name: str, batch: int = 256) -> Iterator[PointRecord]:
+        shard = self._shard(name)
+        offset: Any = None
+        while True:
+            with self._errors(name, "scroll"):
+                records, offset = shard.scroll(
+                    ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=True)
+                )
+            for rec in records:
+                yield PointRecord(str(rec.id), dict(rec.vector or {}), dict(rec.payload or {}))
             if offset is None:
                 return
 
@@ -330,6 +355,40 @@ class EdgeStore(Store):
             response = shard.facet(FacetRequest(key, limit=limit, exact=True))
         return {h.value: int(h.count) for h in response}
 
+    # -- aliases -------------------------------------------------------------------------------
+
+    def aliases(self) -> dict[str, str]:
+        path = self._root / ALIASES_FILE
+        try:
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise StoreError(f"cannot read {path}: {e}") from e
+
+    def resolve(self, name: str) -> str:
+        target = self.aliases().get(check_name(name))
+        if target is not None:
+            return target
+        if self._is_collection(name):
+            return name
+        raise CollectionNotFound(f"no collection {name!r} in {self.location}")
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        check_name(alias)
+        if self._is_collection(alias):
+            raise StoreError(f"{alias!r} is a collection in {self.location}: an alias cannot take its name")
+        if not self._is_collection(collection):
+            raise CollectionNotFound(f"no collection {collection!r} in {self.location} for alias {alias!r}")
+        self._root.mkdir(parents=True, exist_ok=True)
+        _write_json(self._root / ALIASES_FILE, {**self.aliases(), alias: collection})
+
+    def delete_alias(self, alias: str) -> None:
+        current = self.aliases()
+        if current.pop(check_name(alias), None) is None:
+            raise CollectionNotFound(f"no alias {alias!r} in {self.location}")
+        _write_json(self._root / ALIASES_FILE, current)
+
     def close(self) -> None:
         for name in list(self._shards):
             self._forget(name)
@@ -337,6 +396,7 @@ class EdgeStore(Store):
     # -- internals -----------------------------------------------------------------------------
 
     def _spec(self, name: str) -> dict[str, Any]:
+        name = self.aliases().get(check_name(name), name)
         if name not in self._specs:
             path = self._root / check_name(name) / SPEC_FILE
             try:
@@ -351,6 +411,7 @@ class EdgeStore(Store):
         return self._specs[name]
 
     def _shard(self, name: str) -> EdgeShard:
+        name = self.aliases().get(check_name(name), name)  # read per call: another process may switch it
         shard = self._shards.get(name)
         if shard is None:
             self._spec(name)
@@ -384,6 +445,17 @@ class EdgeStore(Store):
             raise
         except Exception as e:
             raise StoreError(f"{op} on collection {name!r} failed: {_line(e)}") from e
+
+
+def refuse_drop(aliases: Mapping[str, str], name: str, location: str) -> None:
+    """Dropping what an alias serves would leave the alias pointing at nothing."""
+    if name in aliases:
+        raise StoreError(f"{name!r} is an alias (of {aliases[name]!r}) in {location}, not a collection: "
+                         "delete the alias instead")
+    users = sorted(a for a, target in aliases.items() if target == name)
+    if users:
+        raise StoreError(f"collection {name!r} is in use by alias {', '.join(map(repr, users))} in {location}: "
+                         "point the alias elsewhere (or delete it) first")
 
 
 def _nonempty(vectors: Mapping[str, Vector]) -> dict[str, Vector]:

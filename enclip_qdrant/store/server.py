@@ -39,7 +39,7 @@ from enclip_qdrant.store.base import (
     Vector,
     batched,
 )
-from enclip_qdrant.store.edge import FORMAT, MARKER, as_list, check_name, indexed_fields, json_copy
+from enclip_qdrant.store.edge import FORMAT, MARKER, as_list, check_name, indexed_fields, json_copy, refuse_drop
 
 # Declared indexes, kept in metadata because local mode (":memory:") ignores payload indexes and so
 # reports no payload_schema; a real server's own schema always wins.
@@ -212,10 +212,12 @@ class ServerStore(Store):
     def exists(self, name: str) -> bool:
         """True when the name is taken, even by a foreign collection, since `create` would collide."""
         check_name(name)
-        return bool(self._call("exists", name, self.client.collection_exists, name))
+        return bool(self._call("exists", name, self.client.collection_exists, name)) or name in self._raw_aliases()
 
     def create(self, name: str, spec: CollectionSpec) -> None:
-        if self.exists(name):
+        if check_name(name) in self._raw_aliases():
+            raise StoreError(f"{name!r} is an alias at {self.location}: a collection cannot take its name")
+        if self._call("exists", name, self.client.collection_exists, name):
             raise StoreError(f"collection {name!r} already exists at {self.location}")
         if not spec.vectors:
             raise StoreError("a collection needs at least one named vector")
@@ -265,6 +267,7 @@ class ServerStore(Store):
         self._owned.add(name)
 
     def drop(self, name: str) -> None:
+        refuse_drop(self._raw_aliases(), check_name(name), self.location)
         self._describe(name)
         before = self.retried
         try:
@@ -275,6 +278,7 @@ class ServerStore(Store):
         self._owned.discard(name)
 
     def info(self, name: str) -> CollectionInfo:
+        name = self.resolve(name)
         desc = self._describe(name)
         meta = desc.config.metadata or {}
         vectors = desc.config.params.vectors
@@ -291,6 +295,7 @@ class ServerStore(Store):
         )
 
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
+        name = self.resolve(name)
         old = self._describe(name).config.metadata or {}
         new = {**json_copy(metadata), MARKER: FORMAT, INDEXED_KEY: old.get(INDEXED_KEY, {})}
         if OPTIONS_KEY in old:
@@ -334,6 +339,20 @@ class ServerStore(Store):
             )
             for rec in records:
                 yield str(rec.id), dict(rec.payload or {})
+            if offset is None:
+                return
+
+    def scroll_points(self, name: str, batch: int = 256) -> Iterator[PointRecord]:
+        self._check(name)
+        offset: Any = None
+        while True:
+            records, offset = self._call(
+                "scroll", name, self.client.scroll,
+                name, limit=batch, offset=offset, with_payload=True, with_vectors=True,
+            )
+            for rec in records:
+                vectors = rec.vector if isinstance(rec.vector, Mapping) else {}
+                yield PointRecord(str(rec.id), dict(vectors), dict(rec.payload or {}))
             if offset is None:
                 return
 
@@ -398,6 +417,43 @@ class ServerStore(Store):
         limit = max(1, self.count(name))  # distinct values <= points: never truncated
         response = self._call("facet", name, self.client.facet, name, key=key, limit=limit, exact=True)
         return {h.value: int(h.count) for h in response.hits}
+
+    # -- aliases -------------------------------------------------------------------------------
+
+    def aliases(self) -> dict[str, str]:
+        """Only aliases of our own collections: a shared server's other aliases are not ours to show."""
+        raw = self._raw_aliases()
+        mine = set(self.list_collections()) if raw else set()
+        return {a: c for a, c in raw.items() if c in mine}
+
+    def resolve(self, name: str) -> str:
+        target = self._raw_aliases().get(check_name(name))
+        self._describe(target or name)  # exists and is ours, or a clear error
+        return target or name
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        raw = self._raw_aliases()
+        if check_name(alias) not in raw and self._call("alias", alias, self.client.collection_exists, alias):
+            raise StoreError(f"{alias!r} is a collection at {self.location}: an alias cannot take its name")
+        if collection in raw:
+            raise StoreError(f"{collection!r} is an alias, not a collection: point {alias!r} at a collection")
+        self._describe(collection)
+        ops: list[Any] = []
+        if alias in raw:  # Qdrant applies the whole list at once: no moment without the alias
+            ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+        ops.append(models.CreateAliasOperation(
+            create_alias=models.CreateAlias(collection_name=collection, alias_name=alias)))
+        self._call("alias", alias, self.client.update_collection_aliases, change_aliases_operations=ops)
+
+    def delete_alias(self, alias: str) -> None:
+        if check_name(alias) not in self._raw_aliases():
+            raise CollectionNotFound(f"no alias {alias!r} at {self.location}")
+        op = models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+        self._call("alias", alias, self.client.update_collection_aliases, change_aliases_operations=[op])
+
+    def _raw_aliases(self) -> dict[str, str]:
+        response = self._call("aliases", None, self.client.get_aliases)
+        return {a.alias_name: a.collection_name for a in response.aliases}
 
     def close(self) -> None:
         if self._own_client:
