@@ -53,8 +53,15 @@ class Connection:
 
 def open_catalog(catalog: str | Path | Catalog, columns: Mapping[str, str | None] | None, require_text: bool,
              progress: Progress) -> Catalog:
-    if isinstance(catalog, Catalog):
-        return catalog
+    """A catalog from a path (with a progress bar over the image checks), its skipped rows summarised."""
+    cat = catalog if isinstance(catalog, Catalog) else _load_catalog(catalog, columns, require_text, progress)
+    if cat.skipped:
+        progress.log(f"catalog: {cat.summary()}")
+    return cat
+
+
+def _load_catalog(catalog: str | Path, columns: Mapping[str, str | None] | None, require_text: bool,
+                  progress: Progress) -> Catalog:
     task, seen = None, 0
 
     def tick(done: int, total: int) -> None:
@@ -77,8 +84,6 @@ def train(catalog: str | Path | Catalog, out: str | Path | None = None, config: 
     """Train an ensemble and its clusters; `out` defaults to `.enclip/bundles/<catalog name>`."""
     progress = progress or NullProgress()
     cat = open_catalog(catalog, columns, True, progress)
-    if cat.skipped:
-        progress.log(f"catalog: {cat.summary()}")
     out = Path(out) if out else (conn or Connection()).workspace.default_bundle_dir(collection_name_for(cat.root))
     return train_bundle(cat, out, config, progress=progress, overwrite=overwrite)
 
@@ -94,8 +99,6 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
     progress = progress or NullProgress()
     conn = conn or Connection()
     cat = open_catalog(catalog, columns, False, progress)
-    if cat.skipped:
-        progress.log(f"catalog: {cat.summary()}")
     name = collection or collection_name_for(cat.root)
     if isinstance(bundle, Bundle):
         b = bundle

@@ -261,12 +261,12 @@ def train(catalog: Any, out: str | Path, config: TrainConfig | None = None,
         progress.log(f"member {name}: val R@10 {report['val']['r@10']:.3f}, MRR {report['val']['mrr']:.3f}, "
                      f"{report['pairs_per_second']} pairs/s")
 
-    return _finish(out, catalog, pairs, products, train_idx, val_idx, members, reports, cfg, config, progress)
+    return _finish(out, catalog, fingerprint, pairs, products, train_idx, val_idx, members, reports, cfg, progress)
 
 
-def _finish(out: Path, catalog: Any, pairs: Pairs, products: Sequence[Any], train_idx: np.ndarray,
+def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: Sequence[Any], train_idx: np.ndarray,
             val_idx: np.ndarray, members: list[Member], reports: list[dict[str, Any]], cfg: dict[str, Any],
-            config: TrainConfig, progress: Progress) -> Bundle:
+            progress: Progress) -> Bundle:
     """Cluster the catalog in the ensemble's joint space, fit the routers, write clusters + manifest."""
     ensemble = Ensemble(members)
     task = progress.task("embedding the catalog for clustering", total=2)
@@ -296,7 +296,7 @@ def _finish(out: Path, catalog: Any, pairs: Pairs, products: Sequence[Any], trai
         ],
         "clusters": {"k": clusters.k, "criterion": clusters.criterion, "sizes": sizes.tolist(),
                      "router_val_accuracy": router_acc},
-        "training": {"catalog_fingerprint": catalog.fingerprint(), "catalog": str(catalog.root),
+        "training": {"catalog_fingerprint": fingerprint, "catalog": str(catalog.root),
                      "pairs": len(products), "train": len(train_idx), "val": len(val_idx),
                      "config": {k: cfg[k] for k in sorted(cfg)}},
         "validation": {"ensemble": ens_val},
