@@ -94,11 +94,20 @@ class Member:
         feats = self.model.encode_image(pixels, normalize=True)
         return feats.float().numpy()
 
+    @property
+    def tokenizer_key(self) -> str:
+        """Members with equal keys tokenize identically, so an ensemble tokenizes a query once for them."""
+        text_cfg = self.model_cfg["text_cfg"]
+        return json.dumps([text_cfg.get("hf_tokenizer_name"), text_cfg.get("context_length", 77),
+                           text_cfg.get("tokenizer_kwargs", {})], sort_keys=True)
+
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_texts(self, texts: Sequence[str], tokens: torch.Tensor | None = None) -> np.ndarray:
         self.model.eval()
-        feats = self.model.encode_text(self.tokenizer(list(texts)), normalize=True)
-        return feats.float().numpy()
+        tokens = self.tokenizer(list(texts)) if tokens is None else tokens
+        if _causal_argmax_tower(self.model):
+            return _encode_by_length(self.model, tokens).float().numpy()
+        return self.model.encode_text(tokens, normalize=True).float().numpy()
 
     def save(self, folder: Path) -> str:
         """Write an open_clip local-dir folder; returns the weights' sha256 (for the bundle fingerprint)."""
@@ -211,9 +220,48 @@ class Ensemble:
         return {k: _concat(v, self.dims[k]) for k, v in out.items()}
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 512) -> dict[str, np.ndarray]:
-        return {m.name: _concat([m.encode_texts(texts[s:s + batch_size])
-                                 for s in range(0, len(texts), batch_size)], m.dim)
-                for m in self.members}
+        out: dict[str, list[np.ndarray]] = {m.name: [] for m in self.members}
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start:start + batch_size])
+            tokens: dict[str, torch.Tensor] = {}
+            for m in self.members:
+                if m.tokenizer_key not in tokens:
+                    tokens[m.tokenizer_key] = m.tokenizer(chunk)
+                out[m.name].append(m.encode_texts(chunk, tokens[m.tokenizer_key]))
+        return {k: _concat(v, self.dims[k]) for k, v in out.items()}
+
+
+def _causal_argmax_tower(model: torch.nn.Module) -> bool:
+    """A standard CLIP text tower: causal mask, pooled at the EOT token (the highest token id)."""
+    return (isinstance(model, open_clip.CLIP) and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_pool_type", None) == "argmax")
+
+
+def _encode_by_length(model: open_clip.CLIP, tokens: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """`model.encode_text(tokens, normalize=True)`, computed only up to each text's EOT token.
+
+    With a causal mask, the padding after a text's EOT never reaches the EOT position the feature is
+    pooled from, so dropping it changes nothing but the cost. Short queries ("red dress": 4 of 24-77
+    positions) get several times cheaper; batches are sorted by length so each chunk is cut to its own max.
+    """
+    eot = tokens.argmax(dim=-1)
+    order = torch.argsort(eot, stable=True)
+    cast = model.transformer.get_cast_dtype()
+    parts = []
+    for start in range(0, len(tokens), chunk):
+        text = tokens[order[start:start + chunk]]
+        n = int(text.argmax(dim=-1).max()) + 1
+        text = text[:, :n]
+        x = model.token_embedding(text).to(cast) + model.positional_embedding[:n].to(cast)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+        x = x[torch.arange(len(text)), text.argmax(dim=-1)]
+        if isinstance(model.text_projection, torch.nn.Linear):
+            x = model.text_projection(x)
+        elif model.text_projection is not None:
+            x = x @ model.text_projection
+        parts.append(torch.nn.functional.normalize(x, dim=-1))
+    feats = torch.cat(parts) if parts else model.encode_text(tokens, normalize=True)
+    return feats[torch.argsort(order)]
 
 
 def joint_embedding(per_member: Mapping[str, np.ndarray]) -> np.ndarray:
