@@ -147,7 +147,7 @@ def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: 
     """The catalog's default bundle: reused when complete (retraining is an explicit `train`), else trained."""
     if (path / "manifest.json").is_file():
         trained = read_manifest(path)["training"]["config"]
-        if config is not None and any(trained.get(k) != v for k, v in config.resolved().items()):
+        if config is not None and config.differs_from(trained):
             raise BundleError(f"{path} holds an ensemble trained with other settings; retrain it explicitly with "
                               f"`enclip-qdrant train {cat.root} --overwrite ...`, or pass --bundle")
         progress.log(f"using the trained ensemble in {path} (run `enclip-qdrant train` to retrain)")

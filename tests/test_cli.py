@@ -73,6 +73,7 @@ def test_reindex_reports_nothing_to_embed(indexed, catalog_dir, bundle, catalog)
         (["query", "dress", "--clusters", "x,y"], "--clusters"),
         (["query", "dress", "--filter", "colour"], "field=value"),
         (["train", "/definitely/not/here"], "catalog not found"),
+        (["train", "/definitely/not/here", "--precision", "fp16"], "--precision must be auto, bf16 or fp32"),
     ],
 )
 def test_errors_are_one_line_with_exit_code_1(indexed, capsys, monkeypatch, args, message):

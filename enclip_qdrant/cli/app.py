@@ -44,6 +44,11 @@ Diversity = Annotated[str, typer.Option("--diversity", help="'seed' (default) or
 Model = Annotated[str | None, typer.Option("--model", help="open_clip model name to fine-tune (e.g. ViT-B-32).")]
 Pretrained = Annotated[str | None, typer.Option("--pretrained", help="Checkpoint: tag, hf-hub:ID or a "
                                                   "local .safetensors / open_clip folder.")]
+Parallel = Annotated[int | None, typer.Option("--parallel", min=1, help="Members trained at once, each in its "
+                                              "own process on its share of the cores (default: one per core, "
+                                              "up to 4; 1 = one after another).")]
+Precision = Annotated[str, typer.Option("--precision", help="Training arithmetic: auto (bf16 where the CPU has "
+                                        "it natively, else fp32), bf16 or fp32.")]
 
 
 class Quantization(str, Enum):
@@ -80,14 +85,16 @@ def _collection_options(on_disk: bool, quantization: str, shards: int | None, re
 
 
 def _config(members: int, preset: str, epochs: int | None, batch_size: int | None, seed: int, clusters: str,
-            diversity: str, model: str | None, pretrained: str | None) -> TrainConfig:
+            diversity: str, model: str | None, pretrained: str | None, parallel: int | None = None,
+            precision: str = "auto") -> TrainConfig:
     if diversity not in ("seed", "bootstrap"):
         raise EnclipError(f"--diversity must be 'seed' or 'bootstrap', not {diversity!r}")
     if clusters != "auto" and not clusters.isdigit():
         raise EnclipError(f"--clusters must be a number or 'auto', not {clusters!r}")
     return TrainConfig(members=members, preset=preset, epochs=epochs, batch_size=batch_size, seed=seed,
                        clusters=None if clusters == "auto" else int(clusters), diversity=diversity,  # type: ignore[arg-type]
-                       base_model=model, pretrained=pretrained)
+                       base_model=model, pretrained=pretrained, parallel=parallel,
+                       precision=precision)  # type: ignore[arg-type]
 
 
 @app.command()
@@ -96,13 +103,15 @@ def train(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Bundle folder.")] = None,
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
+    parallel: Parallel = None, precision: Precision = "auto",
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
     home: Home = None,
 ) -> None:
     """Train an ensemble of CLIP members and fit the clusters; resumes an interrupted run."""
-    config = _config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained)
+    config = _config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained, parallel,
+                     precision)
     with RichProgress() as progress:
         bundle = api.train(catalog, out=out_dir, config=config, conn=_conn(home, None, None), overwrite=overwrite,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col},
@@ -123,6 +132,7 @@ def index(
     prune: Annotated[bool, typer.Option("--prune", help="Delete products gone from the catalog.")] = False,
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
+    parallel: Parallel = None, precision: Precision = "auto",
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
@@ -145,10 +155,10 @@ def index(
 ) -> None:
     """Embed every image with every member into a Qdrant collection (training first if needed)."""
     options = _collection_options(on_disk, quantization.value, shards, replicas, index_fields)
-    trained_flags = (members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained) != \
-        (5, "small", None, None, 0, "auto", "seed", None, None)
-    config = _config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained) \
-        if trained_flags else None
+    config = _config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained, parallel,
+                     precision)
+    if config == TrainConfig():
+        config = None  # no training flag given: an existing bundle is used whatever it was trained with
     with RichProgress() as progress:
         report = api.index(catalog, bundle=bundle, collection=collection,
                            conn=_conn(home, url, api_key, prefer_grpc, timeout), config=config, prune=prune,

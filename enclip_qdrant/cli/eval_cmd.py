@@ -26,6 +26,8 @@ from .app import (
     ImageCol,
     Members,
     Model,
+    Parallel,
+    Precision,
     Preset,
     Pretrained,
     TextCol,
@@ -76,6 +78,7 @@ def eval_command(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results per query.")] = 10,
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
+    parallel: Parallel = None, precision: Precision = "auto",
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print markdown tables.")] = False,
@@ -85,7 +88,7 @@ def eval_command(
     if json_out and markdown:
         raise EnclipError("--json and --markdown are exclusive: choose one")
     config = None if bundle else _config(members, preset, epochs, batch_size, seed, clusters, diversity, model,
-                                         pretrained)
+                                         pretrained, parallel, precision)
     # Kept in the workspace so an interrupted evaluation resumes its training instead of starting over.
     workdir = Workspace(home).home / "eval" / collection_name_for(catalog if catalog.is_dir() else catalog.parent)
     with RichProgress() as progress:
