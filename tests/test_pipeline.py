@@ -41,6 +41,8 @@ def indexed(store, bundle, catalog):
 def test_index_writes_one_named_vector_per_member_and_cluster_payload(indexed, bundle, catalog):
     store, report = indexed
     assert report.added == len(catalog.products) and report.failed == []
+    assert all(report.timings[k] > 0 for k in ("decode", "encode", "upsert"))  # where the time went
+    assert sum(report.timings.values()) <= report.seconds
     info = store.info("shop")
     assert info.points == len(catalog.products)
     assert info.vectors == bundle.vectors and len(info.vectors) == 3
@@ -121,6 +123,7 @@ def test_reindex_unchanged_catalog_embeds_nothing(indexed, bundle, catalog):
     again = index_catalog(catalog, bundle, store, "shop")
     assert (again.added, again.changed, again.payload_updated, again.embedded) == (0, 0, 0, 0)
     assert again.unchanged == len(catalog.products)
+    assert again.timings == {"decode": 0.0, "encode": 0.0, "upsert": 0.0}
 
 
 def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:

@@ -57,6 +57,11 @@ def index_table(report: IndexReport) -> Table:
         switch = f"switched from {report.previous!r}" if report.previous else "new"
         t.add_row("serves", f"{report.physical} ({switch})" if report.switched else report.physical)
     t.add_row("seconds", f"{report.seconds:,.1f}")
+    if report.embedded:
+        tm = report.timings
+        rate = report.embedded / max(sum(tm.values()), 1e-9)
+        t.add_row("time split", f"decode {tm['decode']:,.1f} s, encode {tm['encode']:,.1f} s, "
+                                f"upsert {tm['upsert']:,.1f} s ({rate:,.0f} images/s)")
     return t
 
 
