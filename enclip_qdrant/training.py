@@ -347,10 +347,19 @@ def _train_and_save(job: MemberJob, pairs: Pairs, val_idx: np.ndarray, cfg: dict
                         pretrained=cfg["pretrained"])
     report = train_member(member, pairs, job.idx, val_idx, cfg, job.seed, progress, job.label, threads)
     report["started"], report["finished"] = round(started, 2), round(time.time(), 2)  # wall clock, for overlap
+    report["peak_rss_mib"] = _peak_rss_mib()  # of the process that trained it: a worker, or the caller's
     member.info["val"] = report["val"]
     report["sha256"] = member.save(job.folder)
     (job.folder / REPORT).write_text(json.dumps(report, indent=1))
     return report
+
+
+def _peak_rss_mib() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def _log_member(progress: Progress, name: str, report: dict[str, Any]) -> None:
