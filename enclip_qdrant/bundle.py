@@ -60,7 +60,8 @@ class Bundle:
 def save_clusters(path: Path, clusters: ClusterModel) -> None:
     arrays: dict[str, np.ndarray] = {"centroids": clusters.centroids}
     for name, r in (("text", clusters.text_router), ("image", clusters.image_router)):
-        arrays |= {f"{name}_coef": r.coef, f"{name}_intercept": r.intercept, f"{name}_classes": r.classes}
+        arrays |= {f"{name}_coef": r.coef, f"{name}_intercept": r.intercept, f"{name}_classes": r.classes,
+                   f"{name}_temperature": np.array([r.temperature], dtype=np.float64)}
     tmp = path.with_suffix(".tmp")
     save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp),
               metadata={"criterion": clusters.criterion})
@@ -72,7 +73,9 @@ def load_clusters(path: Path, criterion: str) -> ClusterModel:
     k = len(a["centroids"])
 
     def router(name: str) -> LinearRouter:
-        return LinearRouter(a[f"{name}_coef"], a[f"{name}_intercept"], a[f"{name}_classes"], k)
+        t = a.get(f"{name}_temperature")  # absent in bundles made before calibration: uncalibrated
+        return LinearRouter(a[f"{name}_coef"], a[f"{name}_intercept"], a[f"{name}_classes"], k,
+                            1.0 if t is None else float(t[0]))
 
     return ClusterModel(a["centroids"], router("text"), router("image"), criterion)
 

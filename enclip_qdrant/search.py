@@ -20,7 +20,9 @@ from .store import Fusion, SearchFilter, Store
 
 ClusterMode = Literal["auto", "all"] | Sequence[int]
 
-DEFAULT_THRESHOLD = 0.8
+# Routing searches the most likely clusters until their (calibrated) probability reaches this. On held-out
+# fashion-dev queries (13 clusters), 0.9 searched 2.4 clusters and cost 0.5 points of R@10; 0.8 cost 1.1.
+DEFAULT_THRESHOLD = 0.9
 DEFAULT_MAX_CLUSTERS = 3
 DEFAULT_OVERSAMPLE = 4
 

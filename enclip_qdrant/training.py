@@ -380,6 +380,8 @@ def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: S
     task.close()
     img_joint, txt_joint = joint_embedding(img), joint_embedding(txt)
     clusters, labels = fit_clusters(img_joint[train_idx], txt_joint[train_idx], cfg["clusters"], cfg["seed"])
+    # the routers were fitted on the training pairs; the validation pairs calibrate their confidence
+    clusters = clusters.calibrated(txt_joint[val_idx], img_joint[val_idx])
     val_labels = clusters.assign(img_joint[val_idx])
     router_acc = float((clusters.text_router.probs(txt_joint[val_idx]).argmax(1) == val_labels).mean())
     ens_val = retrieval_recall(img_joint[val_idx], txt_joint[val_idx], [pairs.texts[i] for i in val_idx])
@@ -398,7 +400,9 @@ def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: S
             for m, r in zip(members, reports, strict=True)
         ],
         "clusters": {"k": clusters.k, "criterion": clusters.criterion, "sizes": sizes.tolist(),
-                     "router_val_accuracy": router_acc},
+                     "router_val_accuracy": router_acc,
+                     "router_temperature": {"text": clusters.text_router.temperature,
+                                            "image": clusters.image_router.temperature}},
         "training": {"catalog_fingerprint": fingerprint, "catalog": str(catalog.root),
                      "pairs": len(products), "train": len(train_idx), "val": len(val_idx),
                      "config": {k: cfg[k] for k in sorted(cfg)}},

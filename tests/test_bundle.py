@@ -40,6 +40,9 @@ def test_round_trip_gives_identical_embeddings(bundle, catalog):
     _, tb = again.embed_texts(["red dress"])
     np.testing.assert_allclose(bundle.clusters.text_router.probs(ta), again.clusters.text_router.probs(tb), atol=1e-5)
     np.testing.assert_allclose(bundle.clusters.centroids, again.clusters.centroids)
+    # the routers' calibration travels with the bundle and is recorded in the manifest
+    t = bundle.manifest["clusters"]["router_temperature"]
+    assert again.clusters.text_router.temperature == t["text"] and again.clusters.image_router.temperature == t["image"]
 
 
 def test_bundle_holds_no_pickles_and_members_are_open_clip_folders(bundle):

@@ -50,3 +50,31 @@ def test_route_takes_fewest_clusters_reaching_the_mass():
     assert [c for c, _ in route(p, threshold=0.8)] == [1, 2]
     assert [c for c, _ in route(p, threshold=0.99, max_clusters=2)] == [1, 2]
     assert [c for c, _ in route(p, threshold=1.0, max_clusters=10)] == [1, 2, 3, 0]
+
+
+def test_calibration_tempers_an_overconfident_router_without_reordering():
+    # overlapping blobs: a weakly regularised regression is sure of itself on its own training points,
+    # and wrong on many new ones
+    x, y = make_blobs(1200, n_features=8, centers=4, cluster_std=2.5, random_state=4)
+    x = x.astype(np.float32)
+    model, labels = fit_clusters(x[:600], x[:600], 4)
+    held_out, truth = x[600:], model.assign(x[600:])
+    raw = model.text_router
+    tuned = model.calibrated(held_out, held_out)
+    assert tuned.text_router.temperature != 1.0 and tuned.image_router.temperature != 1.0
+    np.testing.assert_array_equal(raw.probs(held_out).argmax(1), tuned.text_router.probs(held_out).argmax(1))
+
+    def log_loss(router):
+        return -np.log(np.clip(router.probs(held_out)[np.arange(len(truth)), truth], 1e-12, None)).mean()
+
+    assert log_loss(tuned.text_router) < log_loss(raw)  # what the temperature was chosen for
+    # "p >= 0.8" now means about that: the confident queries are right at least ~as often as claimed
+    p = tuned.text_router.probs(held_out)
+    sure = p.max(1) >= 0.8
+    assert sure.any() and (p.argmax(1)[sure] == truth[sure]).mean() >= 0.75
+
+
+def test_calibration_leaves_a_single_cluster_alone():
+    x = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    model, _ = fit_clusters(x, x, None)
+    assert model.calibrated(x, x).text_router.temperature == 1.0
