@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import EnclipError
 from .progress import Progress, ProgressRelay, QueueProgress
+from .training import REPORT, MemberJob, _log_member
 
 EVENT_PREFIX = "@enclip "
 JOB_FILE = "job.json"
@@ -44,12 +45,11 @@ class MemberFailed(EnclipError):
 
 
 class _Worker:
-    def __init__(self, job: Any, folder: Path, events: queue.Queue, threads: int):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.job, self.folder = job, folder
-        self.log = open(folder / LOG_FILE, "w")  # noqa: SIM115 - closed in finish()
+    def __init__(self, job: MemberJob, events: queue.Queue, threads: int):
+        self.job, self.folder = job, job.folder
+        self.log = open(self.folder / LOG_FILE, "w")  # noqa: SIM115 - closed in finish()
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "enclip_qdrant.parallel", str(folder / JOB_FILE)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "enclip_qdrant.parallel", str(self.folder / JOB_FILE)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env=env)
         self.threads = threads
@@ -92,9 +92,9 @@ class _Worker:
         self.log.close()
 
 
-def train_members_parallel(jobs: Sequence[Any], products: Sequence[Any], val_idx: np.ndarray, cfg: dict[str, Any],
+def train_members_parallel(jobs: Sequence[MemberJob], products: Sequence[Any], val_idx: np.ndarray, cfg: dict[str, Any],
                            workers: int, budget: int, progress: Progress) -> None:
-    """Train `jobs` (training.MemberJob) in up to `workers` processes sharing `budget` threads.
+    """Train `jobs` in up to `workers` processes sharing `budget` threads.
 
     A member that fails does not take the others down: the running ones finish and are kept (a re-run
     resumes), no new one starts, and then the first failure is raised. Ctrl-C stops every worker.
@@ -113,7 +113,7 @@ def train_members_parallel(jobs: Sequence[Any], products: Sequence[Any], val_idx
                                  "folder": str(job.folder), "idx": job.idx.tolist()}
                 job.folder.mkdir(parents=True, exist_ok=True)
                 (job.folder / JOB_FILE).write_text(json.dumps(spec))
-                running.append(_Worker(job, job.folder, events, max(1, budget // workers)))
+                running.append(_Worker(job, events, max(1, budget // workers)))
             if not running:
                 break
             share = max(1, budget // len(running))
@@ -127,9 +127,7 @@ def train_members_parallel(jobs: Sequence[Any], products: Sequence[Any], val_idx
                 why = w.finish()
                 (w.folder / JOB_FILE).unlink(missing_ok=True)
                 if why is None:
-                    report = json.loads((w.folder / "report.json").read_text())
-                    progress.log(f"member {w.job.name}: val R@10 {report['val']['r@10']:.3f}, "
-                                 f"MRR {report['val']['mrr']:.3f}, {report['pairs_per_second']} pairs/s")
+                    _log_member(progress, w.job.name, json.loads((w.folder / REPORT).read_text()))
                 else:
                     failures.append(f"member {w.job.name} failed: {why}")
                     progress.log(failures[-1])
@@ -166,7 +164,7 @@ def _watch_stdin(state: dict[str, int]) -> None:
 def _worker_main(job_file: str) -> None:
     import torch
 
-    from .training import MemberJob, Pairs, _train_and_save, decode_image
+    from .training import Pairs, _train_and_save, decode_image
 
     spec = json.loads(Path(job_file).read_text())
     state = {"threads": int(os.environ.get("OMP_NUM_THREADS", "1"))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue as queue_module
 from typing import Any, Protocol
 
 
@@ -79,8 +80,6 @@ class ProgressRelay:
         self.tasks: dict[str, Task] = {}
 
     def drain(self) -> None:
-        import queue as queue_module
-
         while True:
             try:
                 event = self.queue.get_nowait()

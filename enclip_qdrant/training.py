@@ -52,6 +52,9 @@ PLAN = "training.json"
 MIN_PAIRS = 16
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 @dataclass
 class TrainConfig:
     members: int = 5
@@ -71,7 +74,9 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the CPU computes it natively
 
     def __post_init__(self) -> None:  # fail before any catalog is read or member trained
-        resolve_precision(self.precision)
+        if self.precision not in PRECISIONS:
+            raise BundleError(f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, "
+                              f"not {self.precision!r}")
         if self.parallel is not None and self.parallel < 1:
             raise BundleError(f"--parallel must be at least 1, not {self.parallel}")
 
@@ -109,8 +114,7 @@ def native_bf16() -> bool:
 
 
 def resolve_precision(precision: str) -> str:
-    if precision not in ("auto", "bf16", "fp32"):
-        raise BundleError(f"--precision must be auto, bf16 or fp32, not {precision!r}")
+    """`auto` becomes what this CPU should use; TrainConfig has checked the name already."""
     if precision == "auto":
         return "bf16" if native_bf16() else "fp32"
     return precision
@@ -210,8 +214,9 @@ def train_member(member: Member, pairs: Pairs, train_idx: np.ndarray, val_idx: n
         order = rng.permutation(train_idx)
         losses = []
         for b in range(steps_per_epoch):
-            if threads is not None and threads() != torch.get_num_threads():
-                torch.set_num_threads(threads())
+            wanted = threads() if threads is not None else None
+            if wanted is not None and wanted != torch.get_num_threads():
+                torch.set_num_threads(wanted)
             batch = order[b * bs:(b + 1) * bs]
             images = torch.stack([tf(pairs.images[i]) for i in batch])
             for g in opt.param_groups:
