@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +149,11 @@ def test_dockerfile_copies_exist_and_reach_the_build() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     readme = re.search(r'^readme\s*=\s*"([^"]+)"', pyproject, re.M)
     assert {"pyproject.toml", "enclip_qdrant"} <= set(sources)
+    # every folder pyproject maps a package to (the CLI lives in cli/) must reach the image too
+    mapped = tomllib.loads(pyproject)["tool"]["setuptools"].get("package-dir", {})
+    assert "cli" in mapped.values()
+    missing = set(mapped.values()) - set(sources)
+    assert not missing, f"the image would be built without {missing}"
     assert readme and readme.group(1) in sources
     # and the .dockerignore beside the Dockerfile lets exactly those through
     ignore = [line.strip() for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()]

@@ -12,9 +12,10 @@ import typer
 from rich import box
 from rich.table import Table
 
-from ..errors import EnclipError
-from ..evaluation import EvalReport, best_values, evaluate, format_value
-from ..workspace import Workspace, collection_name_for
+from enclip_qdrant.errors import EnclipError
+from enclip_qdrant.evaluation import EvalReport, best_values, evaluate, format_value
+from enclip_qdrant.workspace import Workspace, collection_name_for
+
 from . import render
 from .app import (
     Batch,

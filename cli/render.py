@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw, ImageOps
 from rich.console import Console
 from rich.table import Table
 
-from ..indexing import IndexReport, failed_summary
-from ..search import SearchResponse
+from enclip_qdrant.indexing import IndexReport, failed_summary
+from enclip_qdrant.search import SearchResponse
 
 SHOWN_FIELDS = ("articleType", "baseColour", "gender", "pattern", "subCategory")
 

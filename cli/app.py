@@ -10,11 +10,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from .. import api
-from ..errors import EnclipError
-from ..search import DEFAULT_MAX_CLUSTERS, DEFAULT_OVERSAMPLE, DEFAULT_THRESHOLD
-from ..store.base import EXTRA_INDEX_TYPES, CollectionOptions
-from ..training import TrainConfig
+from enclip_qdrant import api
+from enclip_qdrant.errors import EnclipError
+from enclip_qdrant.search import DEFAULT_MAX_CLUSTERS, DEFAULT_OVERSAMPLE, DEFAULT_THRESHOLD
+from enclip_qdrant.store.base import EXTRA_INDEX_TYPES, CollectionOptions
+from enclip_qdrant.training import TrainConfig
+
 from . import render
 from .progress import RichProgress
 

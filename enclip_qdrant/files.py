@@ -1,0 +1,110 @@
+"""Crash-consistent files and cross-process locks: the one place state files are written.
+
+Every state file (manifests, training plans, member reports, workspace state, the embedded store's alias
+file) is replaced whole: written to a temp file with a per-process name, fsynced, then renamed over the
+target, so a reader (or a rerun after kill -9) sees the old file or the new one, never half of one.
+Every read-modify-write of shared state runs under `locked()` so two processes never interleave.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .errors import EnclipError
+
+DEFAULT_LOCK_TIMEOUT = 600.0  # a second writer waits this long, then gets a clear "busy" error
+_LOCKS: dict[str, FileLock] = {}  # one FileLock per path and process: flock on a second fd would self-deadlock
+_LOCKS_GUARD = threading.Lock()
+
+
+class BusyError(EnclipError):
+    """Another enclip-qdrant process holds the lock on this state and did not release it in time."""
+
+
+class DiskFullError(EnclipError):
+    """The disk (or quota) is full: nothing was replaced, the previous file is intact."""
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` in one step (temp + fsync + rename); a full disk is one clear error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left on the device to write {path}; free some space and run again "
+                                "(nothing was lost)") from e
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str))
+
+
+def read_json(path: str | Path) -> Any | None:
+    """The JSON in `path`, or None when it is missing or unreadable (a torn write counts as not written)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+@contextmanager
+def locked(path: str | Path, *, timeout: float = DEFAULT_LOCK_TIMEOUT, what: str | None = None) -> Iterator[None]:
+    """Hold an exclusive cross-process lock on `path` (a `<name>.lock` file beside it).
+
+    Re-entrant within a process. A second process waits up to `timeout` seconds, then gets `BusyError`
+    naming what is busy, instead of writing over the first one's files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = str(path.resolve().with_name(path.name + ".lock"))
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(key, FileLock(key))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout as e:
+        raise BusyError(f"{what or path} is busy: another enclip-qdrant process is using it; wait for it to "
+                        "finish and run again") from e
+    try:
+        yield
+    finally:
+        lock.release()
