@@ -51,6 +51,11 @@ Parallel = Annotated[int | None, typer.Option("--parallel", min=1, help="Members
 Precision = Annotated[str, typer.Option("--precision", help="Training arithmetic: auto (bf16 where the CPU has "
                                         "it natively, else fp32), bf16 or fp32.")]
 
+TextEncoder = Annotated[str | None, typer.Option("--text-encoder", help="Text tower recipe: minilm (members share a "
+                                                 "frozen pretrained MiniLM, each learns an image tower + linear "
+                                                 "head) or none (open_clip text towers from scratch); default: "
+                                                 "the preset's.")]
+
 
 class Quantization(str, Enum):
     none = "none"
@@ -87,7 +92,7 @@ def _collection_options(on_disk: bool, quantization: str, shards: int | None, re
 
 def _config(members: int, preset: str, epochs: int | None, batch_size: int | None, seed: int, clusters: str,
             diversity: str, model: str | None, pretrained: str | None, parallel: int | None = None,
-            precision: str = "auto") -> TrainConfig:
+            precision: str = "auto", text_encoder: str | None = None) -> TrainConfig:
     if diversity not in ("seed", "bootstrap"):
         raise EnclipError(f"--diversity must be 'seed' or 'bootstrap', not {diversity!r}")
     if clusters != "auto" and not clusters.isdigit():
@@ -95,7 +100,7 @@ def _config(members: int, preset: str, epochs: int | None, batch_size: int | Non
     return TrainConfig(members=members, preset=preset, epochs=epochs, batch_size=batch_size, seed=seed,
                        clusters=None if clusters == "auto" else int(clusters), diversity=diversity,  # type: ignore[arg-type]
                        base_model=model, pretrained=pretrained, parallel=parallel,
-                       precision=precision)  # type: ignore[arg-type]
+                       precision=precision, text_encoder=text_encoder)  # type: ignore[arg-type]
 
 
 @app.command()
@@ -104,7 +109,7 @@ def train(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Bundle folder.")] = None,
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
-    parallel: Parallel = None, precision: Precision = "auto",
+    parallel: Parallel = None, precision: Precision = "auto", text_encoder: TextEncoder = None,
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
@@ -112,7 +117,7 @@ def train(
 ) -> None:
     """Train an ensemble of CLIP members and fit the clusters; resumes an interrupted run."""
     config = _config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained, parallel,
-                     precision)
+                     precision, text_encoder)
     with RichProgress() as progress:
         bundle = api.train(catalog, out=out_dir, config=config, conn=_conn(home, None, None), overwrite=overwrite,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col},
@@ -133,7 +138,7 @@ def index(
     prune: Annotated[bool, typer.Option("--prune", help="Delete products gone from the catalog.")] = False,
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
-    parallel: Parallel = None, precision: Precision = "auto",
+    parallel: Parallel = None, precision: Precision = "auto", text_encoder: TextEncoder = None,
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
@@ -157,7 +162,7 @@ def index(
     """Embed every image with every member into a Qdrant collection (training first if needed)."""
     options = _collection_options(on_disk, quantization.value, shards, replicas, index_fields)
     config = _config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained, parallel,
-                     precision)
+                     precision, text_encoder)
     if config == TrainConfig():
         config = None  # no training flag given: an existing bundle is used whatever it was trained with
     with RichProgress() as progress:

@@ -32,6 +32,7 @@ from .app import (
     Preset,
     Pretrained,
     TextCol,
+    TextEncoder,
     _config,
     err,
     out,
@@ -41,7 +42,8 @@ from .progress import RichProgress
 
 def _header(col: str) -> str:
     short = {"mrr": "MRR", "routing_accuracy": "route", "clusters_searched": "clus", "latency_ms": "ms"}
-    return short.get(col) or col.replace("recall", "R").replace("ndcg", "nDCG").replace("attribute_precision", "attr")
+    return short.get(col) or col.replace("recall", "R").replace("ndcg", "nDCG").replace("attribute_precision", "attr") \
+        .replace("type_precision", "type")
 
 
 def report_tables(report: EvalReport) -> list[Table]:
@@ -79,7 +81,7 @@ def eval_command(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results per query.")] = 10,
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
-    parallel: Parallel = None, precision: Precision = "auto",
+    parallel: Parallel = None, precision: Precision = "auto", text_encoder: TextEncoder = None,
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print markdown tables.")] = False,
@@ -89,7 +91,7 @@ def eval_command(
     if json_out and markdown:
         raise EnclipError("--json and --markdown are exclusive: choose one")
     config = None if bundle else _config(members, preset, epochs, batch_size, seed, clusters, diversity, model,
-                                         pretrained, parallel, precision)
+                                         pretrained, parallel, precision, text_encoder)
     # Kept in the workspace so an interrupted evaluation resumes its training instead of starting over.
     workdir = Workspace(home).home / "eval" / collection_name_for(catalog if catalog.is_dir() else catalog.parent)
     with RichProgress() as progress:

@@ -127,6 +127,10 @@ def load_member(folder: Path, name: str) -> Member:
         raise BundleError(f"member {name!r} is incomplete: {folder} needs {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
         config = json.loads(config_path.read_text())
+        if config.get("recipe") == "text_encoder":  # a shared pretrained text encoder + heads: see recipes.py
+            from .recipes import load_head_member
+
+            return load_head_member(folder, name, config)
         model = build_model(config["model_cfg"])
         model.load_state_dict(load_file(str(weights)), strict=True)
     except (json.JSONDecodeError, KeyError, RuntimeError, OSError) as e:

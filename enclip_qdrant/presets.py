@@ -25,6 +25,7 @@ class Preset:
     lr: float
     weight_decay: float
     description: str
+    text_encoder: str = "none"  # "minilm": members share a frozen pretrained text tower (recipes.py)
 
     def preprocess_cfg(self) -> dict[str, Any]:
         return {

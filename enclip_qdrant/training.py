@@ -47,6 +47,7 @@ from .errors import BundleError, CatalogError
 from .members import Ensemble, Member, file_sha256, joint_embedding, load_member, new_member
 from .presets import FINETUNE_LR, get_preset
 from .progress import NullProgress, Progress
+from .text_encoders import TEXT_ENCODERS
 
 PLAN = "training.json"
 MIN_PAIRS = 16
@@ -72,11 +73,16 @@ class TrainConfig:
     threads: int | None = None  # CPU threads for the whole run; None: every core this process may use
     parallel: int | None = None  # members trained at once; None: one per core (at most 4)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the CPU computes it natively
+    text_encoder: str | None = None  # "minilm": shared frozen pretrained text tower (recipes.py); None: the preset's
 
     def __post_init__(self) -> None:  # fail before any catalog is read or member trained
         if self.precision not in PRECISIONS:
             raise BundleError(f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, "
                               f"not {self.precision!r}")
+        if self.text_encoder is not None and self.text_encoder not in TEXT_ENCODERS:
+            raise BundleError(f"--text-encoder must be one of {', '.join(TEXT_ENCODERS)}, not {self.text_encoder!r}")
+        if self.text_encoder not in (None, "none") and (self.pretrained or self.base_model):
+            raise BundleError("--text-encoder applies to members trained from a preset, not to --model/--pretrained")
         if self.parallel is not None and self.parallel < 1:
             raise BundleError(f"--parallel must be at least 1, not {self.parallel}")
 
@@ -89,6 +95,7 @@ class TrainConfig:
         d["lr"] = self.lr or (FINETUNE_LR if finetune else preset.lr)
         d["weight_decay"] = preset.weight_decay
         d["precision"] = resolve_precision(self.precision)
+        d["text_encoder"] = "none" if finetune else (self.text_encoder or preset.text_encoder)
         return d
 
     def differs_from(self, trained: dict[str, Any]) -> list[str]:
@@ -122,7 +129,7 @@ def resolve_precision(precision: str) -> str:
 
 # The parts of the config that change what a member learns; `members` and `clusters` may change on resume.
 _PLAN_KEYS = ("preset", "epochs", "batch_size", "lr", "seed", "diversity", "val_fraction", "base_model",
-              "pretrained", "warmup_fraction", "weight_decay")
+              "pretrained", "warmup_fraction", "weight_decay", "text_encoder")
 
 
 @dataclass
@@ -293,6 +300,11 @@ def train(catalog: Any, out: str | Path, config: TrainConfig | None = None,
     pairs = load_pairs(products, progress)
     train_idx = np.array([pairs.index[i] for i in train_ids])
     val_idx = np.array([pairs.index[i] for i in val_ids])
+    if cfg.get("text_encoder", "none") != "none":  # frozen shared encoder: every caption encoded once per run
+        from .recipes import prepare_text_cache
+
+        progress.log(f"encoding {len(pairs.texts)} captions with the shared {cfg['text_encoder']} text encoder")
+        prepare_text_cache(out, pairs.texts, cfg["text_encoder"])
 
     jobs: list[MemberJob] = []
     for i in range(config.members):
@@ -348,8 +360,14 @@ class MemberJob:
 def _train_and_save(job: MemberJob, pairs: Pairs, val_idx: np.ndarray, cfg: dict[str, Any], progress: Progress,
                     threads: Callable[[], int] | None = None) -> dict[str, Any]:
     started = time.time()
-    member = new_member(job.name, get_preset(cfg["preset"]), seed=job.seed, base_model=cfg["base_model"],
-                        pretrained=cfg["pretrained"])
+    if cfg.get("text_encoder", "none") != "none":
+        from .recipes import load_text_cache, new_head_member
+
+        load_text_cache(job.folder.parent.parent, pairs.texts, cfg["text_encoder"])  # <bundle>/members/<name>
+        member: Member = new_head_member(job.name, get_preset(cfg["preset"]), cfg["text_encoder"], seed=job.seed)
+    else:
+        member = new_member(job.name, get_preset(cfg["preset"]), seed=job.seed, base_model=cfg["base_model"],
+                            pretrained=cfg["pretrained"])
     report = train_member(member, pairs, job.idx, val_idx, cfg, job.seed, progress, job.label, threads)
     report["started"], report["finished"] = round(started, 2), round(time.time(), 2)  # wall clock, for overlap
     report["peak_rss_mib"] = _peak_rss_mib()  # of the process that trained it: a worker, or the caller's
@@ -401,9 +419,11 @@ def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: S
             {"name": m.name, "vector": m.name, "dim": m.dim, "path": f"members/{m.name}",
              "sha256": r["sha256"], "seed": m.info.get("seed"), "preset": m.info.get("preset"),
              "base_model": m.info.get("base_model"), "pretrained": m.info.get("pretrained"),
+             "recipe": m.info.get("recipe", "open_clip"),
              "val": r["val"], "train_seconds": r["seconds"], "pairs_per_second": r["pairs_per_second"]}
             for m, r in zip(members, reports, strict=True)
         ],
+        "text_encoder": next((m.model_cfg["text_encoder"] for m in members if "text_encoder" in m.model_cfg), None),
         "clusters": {"k": clusters.k, "criterion": clusters.criterion, "sizes": sizes.tolist(),
                      "router_val_accuracy": router_acc,
                      "router_temperature": {"text": clusters.text_router.temperature,
