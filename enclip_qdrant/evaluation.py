@@ -42,7 +42,11 @@ from .training import MIN_PAIRS, TrainConfig, train
 
 MIN_TEST = 20
 ATTRIBUTES = ("articleType", "baseColour")  # what "the same kind of product" means for title queries
-TITLES, QUERIES = "titles", "queries"
+TITLES, QUERIES, KEYWORDS = "titles", "queries", "keywords"
+# Shopper keyword queries are made from these categorical columns when the catalog has them (fashion-dev does):
+# "<type>", "<colour> <type>", "<gender> <type>", with the values' own spelling (singular/plural as the data has it).
+TYPE_FIELD, KEYWORD_FIELDS = "articleType", ("baseColour", "gender")
+MIN_KEYWORD_RELEVANT = 10  # a keyword query needs this many relevant test products, so P@10 can reach 1
 COLLECTION = "enclip-eval"
 
 RowKind = Literal["member", "ensemble", "routed"]
@@ -78,11 +82,13 @@ class EvalRow:
     routing_accuracy: float | None  # routed rows only
     clusters_searched: float | None  # mean per query, routed rows only
     latency_ms: float  # mean store search time per query (encoding excluded, reported once)
+    type_precision: float | None = None  # share of the top k with the query's product type (TYPE_FIELD)
 
     def metrics(self, top_k: int) -> dict[str, float | None]:
         """The table's columns in display order; shared by the JSON, markdown and terminal outputs."""
         out: dict[str, float | None] = {f"recall@{k}": v for k, v in self.recall.items()}
-        out |= {"mrr": self.mrr, f"ndcg@{top_k}": self.ndcg, f"attribute_precision@{top_k}": self.attribute_precision,
+        out |= {"mrr": self.mrr, f"ndcg@{top_k}": self.ndcg, f"type_precision@{top_k}": self.type_precision,
+                f"attribute_precision@{top_k}": self.attribute_precision,
                 "routing_accuracy": self.routing_accuracy, "clusters_searched": self.clusters_searched,
                 "latency_ms": self.latency_ms}
         return out
@@ -220,6 +226,33 @@ def title_queries(test: Sequence[Product]) -> list[EvalQuery]:
             for p in test]
 
 
+def keyword_queries(test: Sequence[Product], min_relevant: int = MIN_KEYWORD_RELEVANT) -> list[EvalQuery]:
+    """Short shopper queries from the catalog's categorical fields: every product type, and every (colour, type)
+    and (gender, type) pair, with at least `min_relevant` test products; relevant = all the query's fields match.
+
+    Generated from the held-out products' field values only (never from titles), lower-cased as people type them.
+    Empty when the catalog has no TYPE_FIELD column.
+    """
+    groups: dict[tuple[tuple[str, str], ...], set[str]] = {}
+    for p in test:
+        kind = p.fields.get(TYPE_FIELD)
+        if kind is None or not str(kind).strip():
+            continue
+        keys = [((TYPE_FIELD, str(kind).strip()),)]
+        for f in KEYWORD_FIELDS:
+            v = p.fields.get(f)
+            if v is not None and str(v).strip() and str(v).strip().casefold() not in ("na", "nan", "none"):
+                keys.append(((f, str(v).strip()), (TYPE_FIELD, str(kind).strip())))
+        for k in keys:
+            groups.setdefault(k, set()).add(p.id)
+    out = []
+    for key, ids in sorted(groups.items()):
+        if len(ids) >= min_relevant:
+            text = " ".join(v for _, v in key).lower()
+            out.append(EvalQuery(text, frozenset(ids), None, dict(key)))
+    return out
+
+
 def read_queries(path: str | Path, catalog: Catalog) -> list[dict[str, Any]]:
     """JSONL lines `{"query": "...", "relevant": {"field": value or [values]}}`; mistakes name their line."""
     path = Path(path)
@@ -283,7 +316,7 @@ def ndcg_at(flags: Sequence[bool], n_relevant: int, k: int) -> float:
 def _row(query_set: str, ranking: _Ranking, queries: Sequence[EvalQuery], results: Sequence[list[str]],
          searched: Sequence[list[int] | None], latencies: Sequence[float], cluster_of: Mapping[str, int],
          by_id: Mapping[str, Product], ks: Sequence[int], top_k: int) -> EvalRow:
-    first, ndcg, precision, routed_ok = [], [], [], []
+    first, ndcg, precision, type_precision, routed_ok = [], [], [], [], []
     for q, ids, clusters in zip(queries, results, searched, strict=True):
         flags = [i in q.relevant for i in ids[:top_k]]
         first.append(flags.index(True) + 1 if any(flags) else math.inf)
@@ -291,6 +324,9 @@ def _row(query_set: str, ranking: _Ranking, queries: Sequence[EvalQuery], result
         if q.attributes:
             precision.append(sum(all(_same(by_id[i].fields.get(a), v) for a, v in q.attributes.items())
                                  for i in ids[:top_k]) / top_k)
+        if TYPE_FIELD in q.attributes:
+            want = q.attributes[TYPE_FIELD]
+            type_precision.append(sum(_same(by_id[i].fields.get(TYPE_FIELD), want) for i in ids[:top_k]) / top_k)
         if clusters is not None:
             routed_ok.append(_target_cluster(q, cluster_of) in clusters)
     ranks = np.array(first)
@@ -301,7 +337,8 @@ def _row(query_set: str, ranking: _Ranking, queries: Sequence[EvalQuery], result
         routing_accuracy=float(np.mean(routed_ok)) if routed_ok else None,
         clusters_searched=float(np.mean([len(c) for c in searched if c is not None]))
         if ranking.routing else None,
-        latency_ms=round(float(np.mean(latencies)) * 1e3, 3))
+        latency_ms=round(float(np.mean(latencies)) * 1e3, 3),
+        type_precision=float(np.mean(type_precision)) if type_precision else None)
 
 
 def _target_cluster(q: EvalQuery, cluster_of: Mapping[str, int]) -> int:
@@ -407,6 +444,9 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
 
             sets = {TITLES: title_queries(test)}
             skipped = {TITLES: 0}
+            keywords = keyword_queries(test)
+            if keywords:
+                sets[KEYWORDS], skipped[KEYWORDS] = keywords, 0
             if spec is not None:
                 sets[QUERIES], skipped[QUERIES] = file_queries(spec, test)
                 if not sets[QUERIES]:
