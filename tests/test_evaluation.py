@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from enclip_qdrant.bundle import seen_product_ids
 from enclip_qdrant.errors import BundleError, CatalogError, QueryError
-from enclip_qdrant.evaluation import QUERIES, TITLES, evaluate, ndcg_at, read_queries, split_test
+from enclip_qdrant.evaluation import KEYWORDS, QUERIES, TITLES, evaluate, ndcg_at, read_queries, split_test
 from enclip_qdrant.training import TrainConfig
 
 RANKINGS = ["member m0", "member m1", "ensemble RRF", "ensemble DBSF", "routed top-1", "routed p>=0.9"]
@@ -35,7 +35,7 @@ def report(catalog, queries_file, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_every_ranking_is_scored_on_both_query_sets(report):
-    for query_set in (TITLES, QUERIES):
+    for query_set in (TITLES, QUERIES, KEYWORDS):
         assert [r.ranking for r in report.rows_for(query_set)] == RANKINGS
     assert report.query_sets[TITLES].queries == report.test_products
     # the purple cap line has no relevant product (no purple in the catalog): counted, not scored
@@ -72,7 +72,7 @@ def test_ensemble_is_far_above_chance_on_held_out_titles(report, catalog):
 def test_markdown_has_a_table_per_query_set_with_one_line_per_ranking(report):
     md = report.to_markdown()
     tables = [block for block in md.split("\n\n") if block.startswith("| ranking |")]
-    assert len(tables) == 2
+    assert len(tables) == 3  # titles, the queries file, the keyword queries made from the catalog's fields
     for block in tables:
         lines = block.strip().splitlines()
         assert lines[0].startswith("| ranking | recall@1 | recall@5 | recall@10 | mrr | ndcg@10 |")
@@ -86,7 +86,7 @@ def test_to_dict_is_json_with_the_split_and_rows(report):
     assert d["split"] == {"seed": 0, "test_fraction": 0.2, "train": report.train_products,
                           "test": report.test_products}
     assert d["bundle"]["fingerprint"] == report.bundle_fingerprint
-    assert len(d["rows"]) == 2 * len(RANKINGS)
+    assert len(d["rows"]) == 3 * len(RANKINGS)
     assert {"query_set", "ranking", "recall@1", "recall@10", "mrr", "ndcg@10", "attribute_precision@10",
             "routing_accuracy", "latency_ms"} <= set(d["rows"][0])
 
@@ -149,7 +149,10 @@ def test_cli_eval_json(catalog_dir, tmp_path, monkeypatch):
     assert out["split"]["test"] == 48 and out["split"]["train"] == 432
     assert out["bundle"]["trained"]
     assert Path(out["bundle"]["path"]).is_relative_to((tmp_path / "home" / "eval").resolve())
-    assert [r["ranking"] for r in out["rows"]] == RANKINGS and set(out["query_sets"]) == {TITLES}
+    assert [r["ranking"] for r in out["rows"]] == RANKINGS and set(out["query_sets"]) == {TITLES, KEYWORDS}
     for r in out["rows"]:
+        if r["query_set"] == KEYWORDS:
+            assert r["type_precision@10"] is not None
+            continue
         assert r["query_set"] == TITLES and r["queries"] == 48
         assert 0 <= r["recall@1"] <= r["recall@5"] <= r["recall@10"] <= 1
