@@ -294,6 +294,8 @@ def push(
 from .eval_cmd import eval_command  # noqa: E402 - here, after the shared options it imports from this module
 
 app.command("eval")(eval_command)
+from .serve_cmd import serve_command  # noqa: E402, I001 - the query service (enclip_qdrant.service)
+app.command("serve")(serve_command)
 
 
 def main() -> None:

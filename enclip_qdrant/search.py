@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -56,6 +56,14 @@ class SearchResponse:
         return {"query": self.query, "clusters": self.clusters, "results": results}
 
 
+class QueryEncoder(Protocol):
+    """What encodes queries: a Bundle itself, or the query service's micro-batcher in front of it."""
+
+    def embed_texts(self, texts: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]: ...
+
+    def embed_images(self, images: list[Image.Image]) -> tuple[dict[str, np.ndarray], np.ndarray]: ...
+
+
 @dataclass
 class EncodedQuery:
     vectors: dict[str, np.ndarray]  # per member, unit length
@@ -72,19 +80,22 @@ def load_query_image(path: str | Path) -> Image.Image:
         raise QueryError(f"cannot read query image {path}: {str(e).splitlines()[0]}") from None
 
 
-def encode_query(bundle: Bundle, text: str | None = None, image: Image.Image | None = None) -> EncodedQuery:
-    """Text, image, or both (the members' two unit vectors are summed and renormalised)."""
+def encode_query(bundle: Bundle, text: str | None = None, image: Image.Image | None = None, *,
+                 encoder: QueryEncoder | None = None) -> EncodedQuery:
+    """Text, image, or both (the members' two unit vectors are summed and renormalised).
+    `encoder`: who runs the members (default the bundle; the service passes its micro-batcher)."""
     text = (text or "").strip() or None
     if text is None and image is None:
         raise QueryError("empty query: give some text or --image")
+    enc = encoder or bundle
     parts: list[dict[str, np.ndarray]] = []
     probs: list[np.ndarray] = []
     if text is not None:
-        per, joint = bundle.embed_texts([text])
+        per, joint = enc.embed_texts([text])
         parts.append(per)
         probs.append(bundle.clusters.text_router.probs(joint)[0])
     if image is not None:
-        per, joint = bundle.embed_images([image])
+        per, joint = enc.embed_images([image])
         parts.append(per)
         probs.append(bundle.clusters.image_router.probs(joint)[0])
     vectors = {}
@@ -94,30 +105,67 @@ def encode_query(bundle: Bundle, text: str | None = None, image: Image.Image | N
     return EncodedQuery(vectors, np.mean(probs, axis=0))
 
 
+def choose_clusters(bundle: Bundle, probs: np.ndarray, clusters: ClusterMode = "auto",
+                    threshold: float = DEFAULT_THRESHOLD,
+                    max_clusters: int = DEFAULT_MAX_CLUSTERS) -> list[tuple[int, float]]:
+    """The clusters a query searches, as (id, probability); empty means all. Public so the query service's
+    /v1/encode hands an application the same cluster filter that `search` uses."""
+    if clusters == "all" or bundle.clusters.k == 1:
+        return []
+    if clusters == "auto":
+        return route(probs, threshold, max_clusters)
+    ids = [int(c) for c in clusters]
+    bad = [c for c in ids if not 0 <= c < bundle.clusters.k]
+    if bad:
+        raise QueryError(f"no cluster {bad[0]}: this bundle has clusters 0..{bundle.clusters.k - 1}")
+    return [(c, float(probs[c])) for c in ids]
+
+
+def parse_clusters(text: str) -> ClusterMode:
+    """'auto', 'all' or ids like '3,7' (the CLI's --clusters and the service's `clusters` parameter)."""
+    if text in ("auto", "all"):
+        return text  # type: ignore[return-value]
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise QueryError(f"--clusters must be auto, all or ids like 3,7; not {text!r}") from None
+
+
+def parse_filters(specs: Sequence[str]) -> dict[str, list[str | int | float]]:
+    """`field=value` strings (repeatable; values of one field are OR-ed), numbers typed as numbers."""
+    parsed: dict[str, list[str | int | float]] = {}
+    for f in specs:
+        key, sep, value = f.partition("=")
+        if not sep or not key.strip():
+            raise QueryError(f"--filter takes field=value, not {f!r}")
+        parsed.setdefault(key.strip(), []).append(_scalar(value.strip()))
+    return parsed
+
+
+def _scalar(v: str) -> str | int | float:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
 def search(bundle: Bundle, store: Store, collection: str, text: str | None = None, *,
            image: str | Path | Image.Image | None = None, top_k: int = 10, clusters: ClusterMode = "auto",
            fusion: Fusion = "rrf", filters: Mapping[str, Sequence[Any]] | None = None,
            threshold: float = DEFAULT_THRESHOLD, max_clusters: int = DEFAULT_MAX_CLUSTERS,
-           oversample: int = DEFAULT_OVERSAMPLE, explain: bool = False) -> SearchResponse:
+           oversample: int = DEFAULT_OVERSAMPLE, explain: bool = False,
+           encoder: QueryEncoder | None = None) -> SearchResponse:
     if top_k < 1:
         raise QueryError("--top-k must be at least 1")
     if fusion not in ("rrf", "dbsf"):
         raise QueryError(f"unknown fusion {fusion!r}: use rrf or dbsf")
     t0 = time.perf_counter()
     pil = load_query_image(image) if isinstance(image, (str, Path)) else image
-    q = encode_query(bundle, text, pil)
+    q = encode_query(bundle, text, pil, encoder=encoder)
     t1 = time.perf_counter()
-
-    if clusters == "all" or bundle.clusters.k == 1:
-        chosen: list[tuple[int, float]] = []
-    elif clusters == "auto":
-        chosen = route(q.cluster_probs, threshold, max_clusters)
-    else:
-        ids = [int(c) for c in clusters]
-        bad = [c for c in ids if not 0 <= c < bundle.clusters.k]
-        if bad:
-            raise QueryError(f"no cluster {bad[0]}: this bundle has clusters 0..{bundle.clusters.k - 1}")
-        chosen = [(c, float(q.cluster_probs[c])) for c in ids]
+    chosen = choose_clusters(bundle, q.cluster_probs, clusters, threshold, max_clusters)
     flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=dict(filters or {}))
     hits = store.query_fused(collection, q.vectors, limit=top_k, prefetch_limit=top_k * oversample,
                              fusion=fusion, filter=None if flt.is_empty() else flt)

@@ -139,6 +139,22 @@ def _response_error(e: UnexpectedResponse) -> str:
         return _line(e.content.decode("utf-8", "replace")) or e.reason_phrase
 
 
+def fused_query_request(vectors: Mapping[str, Vector], *, limit: int, prefetch_limit: int, fusion: Fusion = "rrf",
+                        filter: SearchFilter | None = None) -> models.QueryRequest:
+    """The one fused Query API request `query_fused` sends: a prefetch per named vector (each filtered), then
+    RRF (k=RRF_K) or DBSF. Public so the query service hands applications exactly this body
+    (`.model_dump(mode="json", exclude_none=True)` is the REST JSON for POST /collections/NAME/points/query)."""
+    flt = _filter(filter)
+    prefetch = [
+        models.Prefetch(query=v, using=k, limit=prefetch_limit, filter=flt) for k, v in _vectors(vectors).items()
+    ]
+    if fusion not in ("rrf", "dbsf"):
+        raise QueryError(f"unknown fusion {fusion!r}: use 'rrf' or 'dbsf'")
+    query = models.RrfQuery(rrf=models.Rrf(k=RRF_K)) if fusion == "rrf" else models.FusionQuery(
+        fusion=models.Fusion.DBSF)
+    return models.QueryRequest(prefetch=prefetch, query=query, limit=limit, with_payload=True, with_vector=False)
+
+
 class ServerStore(Store):
     """Collections on a Qdrant server; `url=":memory:"` gives qdrant-client's in-process stand-in.
 
@@ -377,17 +393,10 @@ class ServerStore(Store):
         filter: SearchFilter | None = None,
     ) -> list[Hit]:
         self._check(name)
-        flt = _filter(filter)
-        prefetch = [
-            models.Prefetch(query=v, using=k, limit=prefetch_limit, filter=flt) for k, v in _vectors(vectors).items()
-        ]
-        if fusion not in ("rrf", "dbsf"):
-            raise QueryError(f"unknown fusion {fusion!r}: use 'rrf' or 'dbsf'")
-        query = models.RrfQuery(rrf=models.Rrf(k=RRF_K)) if fusion == "rrf" else models.FusionQuery(
-            fusion=models.Fusion.DBSF)
+        req = fused_query_request(vectors, limit=limit, prefetch_limit=prefetch_limit, fusion=fusion, filter=filter)
         result = self._call(
             "query", name, self.client.query_points,
-            name, prefetch=prefetch, query=query, limit=limit, with_payload=True, with_vectors=False,
+            name, prefetch=req.prefetch, query=req.query, limit=limit, with_payload=True, with_vectors=False,
         )
         return [_hit(p) for p in result.points]
 
