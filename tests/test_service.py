@@ -244,7 +244,10 @@ def test_api_key_on_every_v1_call(qdrant, bundle):
         assert c.post("/v1/encode", json={"text": "x"}).status_code == 401
         pid = c.get("/v1/search?text=cap&top_k=1", headers={"X-API-Key": KEY}).json()["results"][0]["point_id"]
         assert c.get(f"/images/{pid}").status_code == 401
-        assert c.get(f"/images/{pid}", cookies={"enclip_key": KEY}).status_code == 200
+        c.cookies.set("enclip_key", KEY)  # the page's way: <img> requests cannot send headers
+        assert c.get(f"/images/{pid}").status_code == 200
+        assert c.get("/v1/collections").status_code == 401  # the cookie opens images only, never /v1
+        c.cookies.clear()
         assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
 
 
@@ -256,6 +259,7 @@ def test_off_localhost_without_a_key_warns(bundle, catalog_dir, tmp_path, monkey
     # through the CLI: the warning is printed, then uvicorn would start (stubbed here: no port is opened)
     import uvicorn
 
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # serve() tightens it; restore after
     ran: dict[str, object] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw))
     monkeypatch.delenv("ENCLIP_API_KEY", raising=False)
@@ -333,7 +337,7 @@ def test_concurrent_queries_share_forward_passes(qdrant, bundle, monkeypatch):
     slow(bundle, monkeypatch, 0.2, calls)
     texts = ["red dress", "blue cap", "green sneakers", "black handbag", "white dress", "yellow cap",
              "red handbag", "blue sneakers"]
-    app = create_app(ServeOptions(max_wait_ms=150), searcher_factory=searcher_factory(qdrant, bundle))
+    app = create_app(ServeOptions(max_wait_ms=400), searcher_factory=searcher_factory(qdrant, bundle))
     with live_server(app) as base:
         answers = concurrent_posts(base, [{"text": t, "top_k": 3} for t in texts])
         stats = httpx.get(f"{base}/readyz").json()["batches"]

@@ -164,18 +164,38 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.limit:
             await _error(413, message)(scope, receive, send)
             return
-        seen = 0
+        seen, tripped, replaced = 0, False, False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, tripped
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.limit:
+                    tripped = True
                     raise ServiceError(413, message)
             return msg
 
-        await self.app(scope, counted, send)
+        async def respond_413() -> None:
+            nonlocal replaced
+            if not replaced:
+                replaced = True
+                await _error(413, message)(scope, receive, send)
+
+        async def guarded_send(msg: Message) -> None:
+            # Once the body is over the limit, whatever the app answers (its error handlers may see the
+            # exception wrapped in other exceptions) is replaced by the 413.
+            if tripped:
+                await respond_413()
+            else:
+                await send(msg)
+
+        try:
+            await self.app(scope, counted, guarded_send)
+        except Exception:
+            if not tripped:
+                raise
+            await respond_413()
 
 
 def is_loopback(host: str) -> bool:
@@ -271,7 +291,9 @@ class Service:
                 return im.convert("RGB")
         except Image.DecompressionBombError:
             raise QueryError(f"image {name} is too large to decode safely") from None
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except UnidentifiedImageError:
+            raise QueryError(f"cannot read query image {name}: not an image format Pillow knows") from None
+        except (OSError, ValueError) as e:
             raise QueryError(f"cannot read query image {name}: {str(e).splitlines()[0] if str(e) else 'bad data'}"
                              ) from None
 

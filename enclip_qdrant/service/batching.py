@@ -92,7 +92,7 @@ class MicroBatcher:
             except FutureTimeout:
                 for g in futures:
                     g.cancel()  # still queued: the worker skips it
-                raise EncodeTimeout(f"query not encoded within {timeout:g} s") from None
+                raise EncodeTimeout(f"request timed out: query not encoded within {timeout:g} s") from None
         per = {name: np.concatenate([r[0][name] for r in rows]) for name in rows[0][0]}
         return per, np.concatenate([r[1] for r in rows])
 
