@@ -5,6 +5,7 @@ Needs Debian's `chromium` and `chromium-driver`; skipped with that reason where 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -133,11 +134,11 @@ def test_search_page_in_a_real_browser(browser: Browser, bundle, catalog, tmp_pa
         status = browser.js("return document.getElementById('status').textContent")
         assert "8 results for red dress" in status
         assert "m" in browser.js("return document.querySelector('#results .card .ranks').textContent")
-        browser.screenshot(tmp_path / "text.png")
+        browser.screenshot(Path(os.environ.get("ENCLIP_SCREENSHOT_DIR", tmp_path)) / "search-page.png")
 
         # an image upload searches by that photo: the product itself comes first
         product = catalog.products[11]
-        browser.js("document.getElementById('results').textContent = ''")
+        browser.js("document.getElementById('results').textContent = ''; document.getElementById('q').value = ''")
         browser.type("#image", str(product.image))  # the change event runs the search
         browser.wait(LOADED)
         first_title = browser.js("return document.querySelector('#results .card .title').textContent")
