@@ -84,8 +84,10 @@ def train(catalog: str | Path | Catalog, out: str | Path | None = None, config: 
     """Train an ensemble and its clusters; `out` defaults to `.enclip/bundles/<catalog name>`."""
     progress = progress or NullProgress()
     cat = open_catalog(catalog, columns, True, progress)
-    out = Path(out) if out else (conn or Connection()).workspace.default_bundle_dir(collection_name_for(cat.root))
-    return train_bundle(cat, out, config, progress=progress, overwrite=overwrite)
+    workspace = (conn or Connection()).workspace
+    out = Path(out) if out else workspace.default_bundle_dir(collection_name_for(cat.root))
+    return train_bundle(cat, out, config, progress=progress, overwrite=overwrite,
+                        protected=[("workspace home", workspace.home)])
 
 
 def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None = None, collection: str | None = None,
@@ -146,8 +148,8 @@ def rollback(collection: str | None = None, *, conn: Connection | None = None) -
 def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: Progress) -> Bundle:
     """The catalog's default bundle: reused when complete (retraining is an explicit `train`), else trained."""
     if (path / "manifest.json").is_file():
-        trained = read_manifest(path)["training"]["config"]
-        if config is not None and config.differs_from(trained):
+        trained = read_manifest(path).get("training", {}).get("config")
+        if config is not None and (not isinstance(trained, dict) or config.differs_from(trained)):
             raise BundleError(f"{path} holds an ensemble trained with other settings; retrain it explicitly with "
                               f"`enclip-qdrant train {cat.root} --overwrite ...`, or pass --bundle")
         progress.log(f"using the trained ensemble in {path} (run `enclip-qdrant train` to retrain)")

@@ -345,7 +345,7 @@ def _run(store: Store, bundle: Bundle, ranking: _Ranking, q: EncodedQuery, top_k
 
 def _train_dir(workdir: Path, train_catalog: Catalog, config: TrainConfig) -> Path:
     """One folder per (training products, settings): re-running an interrupted evaluation resumes its training."""
-    key = json.dumps([train_catalog.fingerprint(), config.resolved()], sort_keys=True, default=str)
+    key = json.dumps([train_catalog.fingerprint(), config.resolved().to_dict()], sort_keys=True, default=str)
     return workdir / f"bundle-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 

@@ -99,8 +99,8 @@ def test_auto_stays_in_process_for_small_runs(small_catalog, tmp_path, monkeypat
 
 
 def test_precision_is_resolved_and_checked():
-    assert TrainConfig(precision="fp32").resolved()["precision"] == "fp32"
-    assert TrainConfig().resolved()["precision"] == ("bf16" if training_mod.native_bf16() else "fp32")
+    assert TrainConfig(precision="fp32").resolved().precision == "fp32"
+    assert TrainConfig().resolved().precision == ("bf16" if training_mod.native_bf16() else "fp32")
     with pytest.raises(BundleError, match="--precision must be auto, bf16 or fp32"):
         TrainConfig(precision="fp16")  # type: ignore[arg-type]
     with pytest.raises(BundleError, match="--parallel must be at least 1"):
