@@ -200,6 +200,12 @@ def test_workspace_state_keeps_every_concurrent_update(tmp_path):
 
 # --- bundles are verified, not believed --------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def bundle(small_catalog, tmp_path_factory):
+    """A cheap three-member bundle for this module (overrides the session one: these tests only tamper)."""
+    return train(small_catalog, tmp_path_factory.mktemp("bundles") / "b", TrainConfig(members=3, **QUICK))
+
+
 @pytest.fixture
 def copy(bundle, tmp_path):
     dst = tmp_path / "b"
