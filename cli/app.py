@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,7 +13,7 @@ from rich.console import Console
 from enclip_qdrant import api
 from enclip_qdrant.errors import EnclipError
 from enclip_qdrant.search import DEFAULT_MAX_CLUSTERS, DEFAULT_OVERSAMPLE, DEFAULT_THRESHOLD
-from enclip_qdrant.store.base import EXTRA_INDEX_TYPES, CollectionOptions
+from enclip_qdrant.store.base import EXTRA_INDEX_TYPES, CollectionOptions, ServerOptions
 from enclip_qdrant.training import TrainConfig
 
 from . import render
@@ -60,11 +60,8 @@ class Quantization(str, Enum):
 def _conn(home: Path | None, url: str | None, api_key: str | None, prefer_grpc: bool = False,
           timeout: float | None = None) -> api.Connection:
     """Server-only settings go in `options`, which reach ServerStore and are unused by the embedded store."""
-    options: dict[str, Any] = {}
-    if prefer_grpc:
-        options["prefer_grpc"] = True
-    if timeout is not None:
-        options["timeout"] = timeout
+    options = ServerOptions(prefer_grpc=prefer_grpc) if timeout is None else ServerOptions(prefer_grpc=prefer_grpc,
+                                                                                          timeout=timeout)
     return api.Connection(home=home, url=url, api_key=api_key, options=options)
 
 

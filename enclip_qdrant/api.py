@@ -23,7 +23,7 @@ from .errors import BundleError, EnclipError
 from .indexing import IndexReport, check_compatible, index_catalog
 from .progress import NullProgress, Progress, Task
 from .search import ClusterMode, SearchResponse, search
-from .store import CollectionSpec, EdgeStore, Fusion, PointRecord, ServerStore, Store, open_store
+from .store import CollectionSpec, EdgeStore, Fusion, PointRecord, ServerOptions, ServerStore, Store, open_store
 from .store.base import CollectionOptions
 from .training import TrainConfig
 from .training import train as train_bundle
@@ -39,7 +39,11 @@ class Connection:
     home: str | Path | None = None
     url: str | None = None
     api_key: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    # Server settings (gRPC, timeout, retries); a plain mapping of the same names is checked into one.
+    options: ServerOptions = field(default_factory=ServerOptions)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", ServerOptions.of(self.options))
 
     @property
     def workspace(self) -> Workspace:
@@ -48,7 +52,7 @@ class Connection:
     def open(self) -> Store:
         url = self.url or os.environ.get(ENV_URL) or None
         api_key = self.api_key or os.environ.get(ENV_API_KEY) or None
-        return open_store(self.workspace.home, url=url, api_key=api_key, **self.options)
+        return open_store(self.workspace.home, url=url, api_key=api_key, options=self.options)
 
 
 def open_catalog(catalog: str | Path | Catalog, columns: Mapping[str, str | None] | None, require_text: bool,
