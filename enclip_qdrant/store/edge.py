@@ -141,8 +141,8 @@ class EdgeStore(Store):
             try:
                 with locked(self._root / LAYOUT_LOCK, timeout=0):
                     self._sweep()
-            except BusyError:
-                pass  # another process is changing the layout now; the next writer sweeps
+            except (BusyError, OSError):
+                pass  # busy (another process is changing the layout) or read-only: the next writer sweeps
 
     # -- collections ---------------------------------------------------------------------------
 
