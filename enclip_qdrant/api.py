@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .aliases import RollbackReport, switch_back
-from .catalog import Catalog, load_catalog
+from .catalog import Catalog
 from .errors import BundleError, EnclipError
+from .load import open_catalog
 from .meta import CollectionMeta, read_meta
 from .migrate import PushReport, migrate
 from .progress import NullProgress, Progress
@@ -63,33 +64,6 @@ class Connection:
         url = self.url or os.environ.get(ENV_URL) or None
         api_key = self.api_key or os.environ.get(ENV_API_KEY) or None
         return open_store(self.workspace.home, url=url, api_key=api_key, options=self.options)
-
-
-def open_catalog(catalog: str | Path | Catalog, columns: Mapping[str, str | None] | None, require_text: bool,
-             progress: Progress) -> Catalog:
-    """A catalog from a path (with a progress bar over the image checks), its skipped rows summarised."""
-    cat = catalog if isinstance(catalog, Catalog) else _load_catalog(catalog, columns, require_text, progress)
-    if cat.skipped:
-        progress.log(f"catalog: {cat.summary()}")
-    return cat
-
-
-def _load_catalog(catalog: str | Path, columns: Mapping[str, str | None] | None, require_text: bool,
-                  progress: Progress) -> Catalog:
-    task, seen = None, 0
-
-    def tick(done: int, total: int) -> None:
-        nonlocal task, seen
-        if task is None:
-            task = progress.task("reading catalog images", total=total)
-        task.advance(done - seen)
-        seen = done
-
-    try:
-        return load_catalog(catalog, require_text=require_text, progress=tick, **(columns or {}))
-    finally:
-        if task is not None:
-            task.close()
 
 
 def train(catalog: str | Path | Catalog, out: str | Path | None = None, config: TrainConfig | None = None, *,
