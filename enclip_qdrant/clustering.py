@@ -17,6 +17,8 @@ from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import silhouette_score
 
+from .search_options import DEFAULT_MAX_CLUSTERS, DEFAULT_THRESHOLD
+
 AUTO_MAX_K = 16
 POINTS_PER_CLUSTER = 50  # auto never makes clusters smaller than this on average
 
@@ -138,7 +140,8 @@ def fit_clusters(image_joint: np.ndarray, text_joint: np.ndarray, k: int | None,
     return model, labels
 
 
-def route(probs: np.ndarray, threshold: float = 0.8, max_clusters: int = 3) -> list[tuple[int, float]]:
+def route(probs: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+          max_clusters: int = DEFAULT_MAX_CLUSTERS) -> list[tuple[int, float]]:
     """The fewest most-likely clusters whose probability mass reaches `threshold`, at most `max_clusters`."""
     order = np.argsort(-probs)
     chosen: list[tuple[int, float]] = []

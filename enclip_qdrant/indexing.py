@@ -13,16 +13,19 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from PIL import Image
 
+from .aliases import physical_name, plan_target, switch_alias
 from .bundle import Bundle
-from .errors import BundleError
+from .meta import CollectionMeta, check_compatible
 from .progress import NullProgress, Progress
 from .store import CollectionSpec, PointRecord, Store
 from .store.base import CollectionOptions
+
+__all__ = ["IndexReport", "check_compatible", "failed_summary", "index_catalog", "physical_name", "point_id",
+           "product_payload"]
 
 RESERVED = ("cluster", "product_id", "text", "image", "content_hash", "payload_hash")
 _NAMESPACE = uuid.UUID("6b0e3f8e-5c55-4d6a-9a43-6f2d1f7c2a10")
@@ -68,41 +71,6 @@ class IndexReport:
         return self.added + self.changed
 
 
-def check_compatible(store: Store, collection: str, bundle: Bundle) -> dict[str, Any]:
-    """A collection can only be read or extended with the ensemble that built it."""
-    meta = store.info(collection).metadata
-    built_by = meta.get("bundle_fingerprint")
-    if built_by != bundle.fingerprint:
-        raise BundleError(
-            f"collection {collection!r} was built by bundle {built_by or 'unknown'}, but bundle "
-            f"{bundle.fingerprint} ({bundle.path}) was given: its vectors would not be comparable. "
-            f"Use that bundle, or index into another --collection")
-    return meta
-
-
-def physical_name(collection: str, bundle: Bundle) -> str:
-    """One physical collection per (name, bundle): a retrained bundle never writes into the live one."""
-    return f"{collection}-{bundle.fingerprint[:8]}"
-
-
-def plan_target(store: Store, collection: str, bundle: Bundle, blue_green: bool) -> tuple[str, str | None, bool]:
-    """(physical collection to fill, the alias's current target, whether to switch the alias when done)."""
-    current = store.aliases().get(collection)
-    if current is None and store.exists(collection):  # a plain collection, indexed before aliases existed
-        if blue_green and store.info(collection).metadata.get("bundle_fingerprint") != bundle.fingerprint:
-            raise BundleError(f"collection {collection!r} predates blue/green indexing (it is not an alias), "
-                              "so it cannot be switched: index into a new --collection")
-        return collection, None, False
-    if current is not None and store.info(current).metadata.get("bundle_fingerprint") == bundle.fingerprint:
-        return current, None, False
-    if current is not None and not blue_green:
-        try:
-            check_compatible(store, collection, bundle)
-        except BundleError as e:
-            raise BundleError(f"{e}; or build it beside the live one and switch with --blue-green") from None
-    return physical_name(collection, bundle), current, True
-
-
 def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *, batch_size: int = 256,
                   prune: bool = False, progress: Progress | None = None,
                   options: CollectionOptions | None = None, blue_green: bool = False) -> IndexReport:
@@ -114,29 +82,19 @@ def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *
     physical, previous, switch = plan_target(store, collection, bundle, blue_green)
     created = not store.exists(physical)
     if created:
-        store.create(physical, CollectionSpec(vectors=bundle.vectors, metadata={
-            "bundle_fingerprint": bundle.fingerprint, "bundle_path": str(bundle.path.resolve()),
-            "members": list(bundle.vectors), "clusters": bundle.clusters.k,
-            "catalog": str(catalog.root), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }, options=options))
+        store.create(physical, CollectionSpec(vectors=bundle.vectors,
+                                              metadata=CollectionMeta.for_bundle(bundle, catalog.root).to_dict(),
+                                              options=options))
     else:  # ours from an interrupted run, or the live one: incremental indexing fills in the rest
         check_compatible(store, physical, bundle)
     report = IndexReport(collection, store.location, bundle.fingerprint, created,
                          skipped_rows=len(catalog.skipped), physical=physical, previous=previous)
     _fill(catalog, bundle, store, physical, report, batch_size, prune, progress)
     if switch:
-        _switch(store, collection, physical, previous)
+        switch_alias(store, collection, physical, previous)
         report.switched = True
     report.seconds = round(time.perf_counter() - t0, 2)
     return report
-
-
-def _switch(store: Store, alias: str, physical: str, previous: str | None) -> None:
-    """Record where to roll back to, then switch: the alias moves only to a complete collection."""
-    if previous is not None:
-        meta = store.info(physical).metadata
-        store.set_metadata(physical, {**meta, "previous": previous})
-    store.set_alias(alias, physical)
 
 
 def _fill(catalog: Any, bundle: Bundle, store: Store, collection: str, report: IndexReport, batch_size: int,

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -16,16 +16,11 @@ from PIL import Image, UnidentifiedImageError
 from .bundle import Bundle
 from .clustering import route
 from .errors import QueryError
+from .search_options import DEFAULT_MAX_CLUSTERS, DEFAULT_OVERSAMPLE, DEFAULT_THRESHOLD, ClusterMode, SearchOptions
 from .store import Fusion, SearchFilter, Store
 
-ClusterMode = Literal["auto", "all"] | Sequence[int]
-
-# Routing searches the most likely clusters until their (calibrated) probability reaches this. On held-out
-# fashion-dev queries (13 clusters), 0.9 searched 2.4 clusters and cost 0.5 points of R@10; 0.8 cost 1.1.
-DEFAULT_THRESHOLD = 0.9
-DEFAULT_MAX_CLUSTERS = 3
-DEFAULT_OVERSAMPLE = 4
-
+__all__ = ["DEFAULT_MAX_CLUSTERS", "DEFAULT_OVERSAMPLE", "DEFAULT_THRESHOLD", "ClusterMode", "EncodedQuery", "Result",
+           "SearchOptions", "SearchResponse", "encode_query", "load_query_image", "search"]
 
 @dataclass
 class Result:
@@ -43,6 +38,7 @@ class SearchResponse:
     clusters: list[dict[str, float]]  # [{"id": 3, "p": 0.71}, ...]; empty when searching all
     results: list[Result]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    catalog_root: str | None = None  # where relative image paths in the payloads resolve (the contact sheet)
 
     def to_dict(self, explain: bool = False) -> dict[str, Any]:
         results = []
