@@ -20,7 +20,7 @@ from PIL import Image
 from .bundle import Bundle, load_bundle, read_manifest
 from .catalog import Catalog, load_catalog
 from .errors import BundleError, EnclipError
-from .indexing import IndexReport, check_compatible, index_catalog
+from .indexing import PRUNE_THRESHOLD, IndexReport, check_catalog, check_compatible, index_catalog
 from .progress import NullProgress, Progress, Task
 from .search import ClusterMode, SearchResponse, search
 from .store import CollectionSpec, EdgeStore, Fusion, PointRecord, ServerStore, Store, open_store
@@ -92,14 +92,19 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
           conn: Connection | None = None, config: TrainConfig | None = None,
           columns: Mapping[str, str | None] | None = None, prune: bool = False, batch_size: int = 256,
           progress: Progress | None = None, options: CollectionOptions | None = None,
-          blue_green: bool = False) -> IndexReport:
+          blue_green: bool = False, prune_threshold: float = PRUNE_THRESHOLD, confirm: bool = False) -> IndexReport:
     """Embed a catalog into a collection; with no bundle, reuse (or train) the workspace's own.
     `options` (on-disk vectors, quantization, shards...) apply when the collection is created.
-    `blue_green`: a collection built by another bundle is rebuilt beside it and switched when complete."""
+    `blue_green`: a collection built by another bundle is rebuilt beside it and switched when complete.
+    The default collection and bundle (named after the catalog's folder) refuse another folder of that name.
+    `prune` deleting more than `prune_threshold` of the collection needs `confirm` (CLI: --yes)."""
     progress = progress or NullProgress()
     conn = conn or Connection()
     cat = open_catalog(catalog, columns, False, progress)
     name = collection or collection_name_for(cat.root)
+    if collection is None:  # before any training: a clash must cost seconds, not an hour
+        with conn.open() as store:
+            check_catalog(store, name, cat)
     if isinstance(bundle, Bundle):
         b = bundle
     elif bundle is not None:
@@ -108,7 +113,8 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
         b = _own_bundle(cat, conn.workspace.default_bundle_dir(collection_name_for(cat.root)), config, progress)
     with conn.open() as store:
         report = index_catalog(cat, b, store, name, prune=prune, batch_size=batch_size, progress=progress,
-                               options=options, blue_green=blue_green)
+                               options=options, blue_green=blue_green, prune_threshold=prune_threshold,
+                               confirm=confirm)
         conn.workspace.remember(name, b.path, store.location, physical=report.physical, previous=report.previous)
     return report
 
@@ -146,7 +152,12 @@ def rollback(collection: str | None = None, *, conn: Connection | None = None) -
 def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: Progress) -> Bundle:
     """The catalog's default bundle: reused when complete (retraining is an explicit `train`), else trained."""
     if (path / "manifest.json").is_file():
-        trained = read_manifest(path)["training"]["config"]
+        training = read_manifest(path)["training"]
+        trained_on = training.get("catalog")
+        if trained_on and str(trained_on) != str(cat.root):
+            raise BundleError(f"the default bundle {path} was trained on the catalog at {trained_on}, not "
+                              f"{cat.root} (same folder name): pass --bundle (and --collection) to choose")
+        trained = training["config"]
         if config is not None and config.differs_from(trained):
             raise BundleError(f"{path} holds an ensemble trained with other settings; retrain it explicitly with "
                               f"`enclip-qdrant train {cat.root} --overwrite ...`, or pass --bundle")
