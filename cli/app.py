@@ -12,7 +12,14 @@ from rich.console import Console
 
 from enclip_qdrant import api
 from enclip_qdrant.errors import EnclipError
-from enclip_qdrant.search import DEFAULT_MAX_CLUSTERS, DEFAULT_OVERSAMPLE, DEFAULT_THRESHOLD
+from enclip_qdrant.search import (
+    DEFAULT_MAX_CLUSTERS,
+    DEFAULT_OVERSAMPLE,
+    DEFAULT_THRESHOLD,
+    FILTER_HELP,
+    parse_clusters,
+    parse_filters,
+)
 from enclip_qdrant.store.base import EXTRA_INDEX_TYPES, CollectionOptions
 from enclip_qdrant.training import TrainConfig
 
@@ -130,7 +137,10 @@ def index(
     catalog: Annotated[Path, typer.Argument(help="Catalog folder or table file.")],
     bundle: Annotated[Path | None, typer.Option("--bundle", help="Trained bundle; without it, train first.")] = None,
     collection: Annotated[str | None, typer.Option("--collection", help="Default: the catalog folder's name.")] = None,
-    prune: Annotated[bool, typer.Option("--prune", help="Delete products gone from the catalog.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Delete products whose id is gone from the catalog "
+                                        "table (not rows whose image failed to load).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm a --prune deleting more than 20% of the "
+                                      "collection.")] = False,
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
     parallel: Parallel = None, precision: Precision = "auto",
@@ -163,7 +173,7 @@ def index(
     with RichProgress() as progress:
         report = api.index(catalog, bundle=bundle, collection=collection,
                            conn=_conn(home, url, api_key, prefer_grpc, timeout), config=config, prune=prune,
-                           progress=progress, options=options, blue_green=blue_green,
+                           progress=progress, options=options, blue_green=blue_green, confirm=yes,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
     if options is not None and not report.created:
         err.print(f"[yellow]note:[/] collection {report.collection!r} already existed, so its layout options "
@@ -184,7 +194,7 @@ def query(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to return.")] = 10,
     clusters: Annotated[str, typer.Option("--clusters", help="'auto' (routing), 'all', or ids like 3,7.")] = "auto",
     fusion: Annotated[str, typer.Option("--fusion", help="rrf or dbsf.")] = "rrf",
-    filters: Annotated[list[str] | None, typer.Option("--filter", help="field=value; repeatable.")] = None,
+    filters: Annotated[list[str] | None, typer.Option("--filter", help=FILTER_HELP)] = None,
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
                                              help="Routing: probability mass to cover.")] = DEFAULT_THRESHOLD,
     max_clusters: Annotated[int, typer.Option("--max-clusters", min=1, help="Routing cap.")] = DEFAULT_MAX_CLUSTERS,
@@ -196,18 +206,7 @@ def query(
     timeout: Timeout = None,
 ) -> None:
     """Search: encode with every member, route to clusters, one fused Qdrant query."""
-    mode: str | list[int] = clusters
-    if clusters not in ("auto", "all"):
-        try:
-            mode = [int(c) for c in clusters.split(",") if c.strip()]
-        except ValueError:
-            raise EnclipError(f"--clusters must be auto, all or ids like 3,7; not {clusters!r}") from None
-    parsed: dict[str, list[str | int | float]] = {}
-    for f in filters or []:
-        key, sep, value = f.partition("=")
-        if not sep or not key.strip():
-            raise EnclipError(f"--filter takes field=value, not {f!r}")
-        parsed.setdefault(key.strip(), []).append(_scalar(value.strip()))
+    mode, parsed = parse_clusters(clusters), parse_filters(filters)
     conn = _conn(home, url, api_key, prefer_grpc, timeout)
     resp = api.query(text, image=image, collection=collection, bundle=bundle, conn=conn,
                      top_k=top_k, clusters=mode, fusion=fusion, filters=parsed, explain=explain,
@@ -226,15 +225,6 @@ def _catalog_root(conn: api.Connection, collection: str | None) -> Path | None:
     data = api.info(collection or conn.workspace.default_collection(), conn=conn)
     root = data["collections"][0].metadata.get("catalog")
     return Path(root) if root else None
-
-
-def _scalar(v: str) -> str | int | float:
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
 
 
 @app.command()
@@ -302,7 +292,7 @@ def main() -> None:
     except EnclipError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted:[/] finished members and indexed batches are kept; run the same "
-                  "command again to resume")
+    except KeyboardInterrupt as e:
+        err.print(f"[yellow]{e}[/]" if str(e) else "[yellow]interrupted:[/] finished members and indexed "
+                  "batches are kept; run the same command again to resume", highlight=False)
         sys.exit(130)

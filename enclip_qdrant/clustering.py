@@ -9,7 +9,6 @@ Everything is stored as plain arrays; no estimator is pickled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -151,9 +150,16 @@ def route(probs: np.ndarray, threshold: float = 0.8, max_clusters: int = 3) -> l
     return chosen
 
 
-def parse_cluster_list(text: str, k: int) -> Sequence[int]:
-    ids = [int(x) for x in text.replace(" ", "").split(",") if x]
-    bad = [c for c in ids if not 0 <= c < k]
-    if bad or not ids:
-        raise ValueError(f"clusters must be ids in 0..{k - 1}, got {text!r}")
+def parse_cluster_list(text: str, k: int | None = None) -> list[int]:
+    """'3,7' -> [3, 7]. An empty list (',' or '') is an error, never a silent "search everything";
+    with `k`, ids must be in 0..k-1."""
+    from .errors import QueryError
+
+    items = [t.strip() for t in text.split(",")]
+    if not any(items) or not all(items) or not all(t.isdigit() for t in items):
+        raise QueryError(f"--clusters must be auto, all or cluster ids like 3,7; not {text!r}")
+    ids = list(dict.fromkeys(int(t) for t in items))
+    bad = [c for c in ids if k is not None and not 0 <= c < k]
+    if bad:
+        raise QueryError(f"no cluster {bad[0]}: clusters are 0..{k - 1 if k else 0}")
     return ids
