@@ -44,6 +44,7 @@ from .bundle import (
 )
 from .clustering import fit_clusters
 from .errors import BundleError, CatalogError
+from .images import load_image
 from .members import Ensemble, Member, file_sha256, joint_embedding, load_member, new_member
 from .presets import FINETUNE_LR, get_preset
 from .progress import NullProgress, Progress
@@ -139,8 +140,7 @@ class Pairs:
 
 
 def decode_image(path: str | Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    return load_image(path)  # bounded (draft + thumbnail to 512 px): 64 12-MP photos no longer take 7 GB
 
 
 def load_pairs(products: Sequence[Any], progress: Progress) -> Pairs:

@@ -362,3 +362,10 @@ def test_filters_keep_the_stored_type(tmp_path: Path, edge, bundle) -> None:
     with pytest.raises(QueryError, match="--clusters"):
         search(bundle, edge, "shop", "dress", clusters=",")  # type: ignore[arg-type]
     assert edge.count("shop") == 12 and point_id("10001") in {pid for pid, _ in edge.scroll("shop", [])}
+
+
+def test_training_decodes_to_the_bound_too(tmp_path: Path) -> None:
+    from enclip_qdrant.training import decode_image
+
+    big = _noise_jpeg(tmp_path / "big.jpg", (4000, 3000))
+    assert max(decode_image(big).size) <= 512
