@@ -59,13 +59,14 @@ def make_catalog(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> Pa
 
 CHILD = """
 import sys, json, time
+import enclip_qdrant
 from enclip_qdrant import api
 t = time.perf_counter()
 r = api.index(sys.argv[1], bundle=sys.argv[2], collection="bench", batch_size=int(sys.argv[4]),
               conn=api.Connection(home=sys.argv[3]))
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"added": r.added, "failed": len(r.failed), "seconds": round(time.perf_counter() - t, 1),
-                  "peak_rss_mb": round(hwm / 1024, 1)}))
+                  "peak_rss_mb": round(hwm / 1024, 1), "code": enclip_qdrant.__path__[0]}))
 """
 TRAIN = """
 import sys
@@ -78,9 +79,10 @@ def index_in_child(catalog: Path, bundle: Path, home: Path, batch_size: int, cod
     shutil.rmtree(home, ignore_errors=True)
     env = dict(os.environ)
     if code is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code), env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code.resolve()), env.get("PYTHONPATH")) if p)
+    # cwd: `python -c` puts the current folder first on sys.path, which would shadow --code
     proc = subprocess.run([sys.executable, "-c", CHILD, str(catalog), str(bundle), str(home), str(batch_size)],
-                          stdout=subprocess.PIPE, text=True, env=env, check=False)
+                          stdout=subprocess.PIPE, text=True, env=env, check=False, cwd=home.parent)
     if proc.returncode:
         raise SystemExit(f"indexing {catalog} failed (exit {proc.returncode})")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -94,7 +96,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--code", type=Path, help="folder holding the enclip_qdrant to benchmark (default: installed)")
     args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="enclip-image-memory-"))
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="enclip-image-memory-"))).resolve()
     t0 = time.perf_counter()
     small, big = work / "small", work / "big"
     for cat, size, seed in ((small, (60, 80), 1), (big, (4000, 3000), 2)):
