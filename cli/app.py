@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from enclip_qdrant import DEFAULT_MAX_CLUSTERS, DEFAULT_OVERSAMPLE, DEFAULT_THRESHOLD, EnclipError, SearchOptions, api
+from enclip_qdrant import (
+    DEFAULT_MAX_CLUSTERS,
+    DEFAULT_OVERSAMPLE,
+    DEFAULT_THRESHOLD,
+    FILTER_HELP,
+    EnclipError,
+    SearchOptions,
+    api,
+    parse_clusters,
+    parse_filters,
+)
 from enclip_qdrant import contact_sheet as write_contact_sheet
 
 from . import render
@@ -76,7 +86,10 @@ def index(
     catalog: Annotated[Path, typer.Argument(help="Catalog folder or table file.")],
     bundle: Annotated[Path | None, typer.Option("--bundle", help="Trained bundle; without it, train first.")] = None,
     collection: Annotated[str | None, typer.Option("--collection", help="Default: the catalog folder's name.")] = None,
-    prune: Annotated[bool, typer.Option("--prune", help="Delete products gone from the catalog.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Delete products whose id is gone from the catalog "
+                                        "table (not rows whose image failed to load).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm a --prune deleting more than 20% of the "
+                                      "collection.")] = False,
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
     parallel: Parallel = None, precision: Precision = "auto",
@@ -109,7 +122,7 @@ def index(
     with RichProgress() as progress:
         report = api.index(catalog, bundle=bundle, collection=collection,
                            conn=conn_for(home, url, api_key, prefer_grpc, timeout), config=config, prune=prune,
-                           progress=progress, options=options, blue_green=blue_green,
+                           progress=progress, options=options, blue_green=blue_green, confirm=yes,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
     if options is not None and not report.created:
         err.print(f"[yellow]note:[/] collection {report.collection!r} already existed, so its layout options "
@@ -130,7 +143,7 @@ def query(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to return.")] = 10,
     clusters: Annotated[str, typer.Option("--clusters", help="'auto' (routing), 'all', or ids like 3,7.")] = "auto",
     fusion: Annotated[str, typer.Option("--fusion", help="rrf or dbsf.")] = "rrf",
-    filters: Annotated[list[str] | None, typer.Option("--filter", help="field=value; repeatable.")] = None,
+    filters: Annotated[list[str] | None, typer.Option("--filter", help=FILTER_HELP)] = None,
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
                                              help="Routing: probability mass to cover.")] = DEFAULT_THRESHOLD,
     max_clusters: Annotated[int, typer.Option("--max-clusters", min=1, help="Routing cap.")] = DEFAULT_MAX_CLUSTERS,
@@ -142,23 +155,11 @@ def query(
     timeout: Timeout = None,
 ) -> None:
     """Search: encode with every member, route to clusters, one fused Qdrant query."""
-    mode: str | list[int] = clusters
-    if clusters not in ("auto", "all"):
-        try:
-            mode = [int(c) for c in clusters.split(",") if c.strip()]
-        except ValueError:
-            raise EnclipError(f"--clusters must be auto, all or ids like 3,7; not {clusters!r}") from None
-    parsed: dict[str, list[str | int | float]] = {}
-    for f in filters or []:
-        key, sep, value = f.partition("=")
-        if not sep or not key.strip():
-            raise EnclipError(f"--filter takes field=value, not {f!r}")
-        parsed.setdefault(key.strip(), []).append(_scalar(value.strip()))
     conn = conn_for(home, url, api_key, prefer_grpc, timeout)
-    options = SearchOptions(top_k=top_k, clusters=mode, fusion=fusion, threshold=threshold,  # type: ignore[arg-type]
-                            max_clusters=max_clusters, oversample=oversample, explain=explain)
-    resp = api.query(text, image=image, collection=collection, bundle=bundle, conn=conn, filters=parsed,
-                     options=options)
+    options = SearchOptions(top_k=top_k, clusters=parse_clusters(clusters), fusion=fusion,  # type: ignore[arg-type]
+                            threshold=threshold, max_clusters=max_clusters, oversample=oversample, explain=explain)
+    resp = api.query(text, image=image, collection=collection, bundle=bundle, conn=conn,
+                     filters=parse_filters(filters), options=options)
     if sheet:
         write_contact_sheet(resp, sheet)
         err.print(f"contact sheet written to {sheet}")
@@ -168,13 +169,6 @@ def query(
         out.print(render.search_table(resp, explain, out.size.width))
 
 
-def _scalar(v: str) -> str | int | float:
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
 
 
 @app.command()
@@ -241,7 +235,7 @@ def main() -> None:
     except EnclipError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted:[/] finished members and indexed batches are kept; run the same "
-                  "command again to resume")
+    except KeyboardInterrupt as e:
+        err.print(f"[yellow]{e}[/]" if str(e) else "[yellow]interrupted:[/] finished members and indexed "
+                  "batches are kept; run the same command again to resume", highlight=False)
         sys.exit(130)

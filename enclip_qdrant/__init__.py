@@ -16,6 +16,7 @@ _EXPORTS = {
     "PushReport": "migrate", "RollbackReport": "aliases", "CollectionMeta": "meta", "contact_sheet": "sheet",
     "SearchOptions": "search_options", "SearchResponse": "search", "DEFAULT_THRESHOLD": "search_options",
     "DEFAULT_MAX_CLUSTERS": "search_options", "DEFAULT_OVERSAMPLE": "search_options",
+    "FILTER_HELP": "search_options", "parse_clusters": "search_options", "parse_filters": "search_options",
     "CollectionOptions": "store.base", "ServerOptions": "store.base", "EXTRA_INDEX_TYPES": "store.base",
     "IndexReport": "indexing", "failed_summary": "indexing",
     "Bundle": "bundle", "load_bundle": "bundle", "Catalog": "catalog", "load_catalog": "catalog",

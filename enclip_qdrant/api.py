@@ -88,20 +88,27 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
           conn: Connection | None = None, config: TrainConfig | None = None,
           columns: Mapping[str, str | None] | None = None, prune: bool = False, batch_size: int = 256,
           progress: Progress | None = None, options: CollectionOptions | None = None,
-          blue_green: bool = False) -> IndexReport:
+          blue_green: bool = False, prune_threshold: float | None = None, confirm: bool = False) -> IndexReport:
     """Embed a catalog into a collection; with no bundle, reuse (or train) the workspace's own.
 
     `collection`: the name (default: the catalog folder's); `config`: training settings when a bundle must be
-    trained; `prune`: delete products gone from the catalog; `options` (on-disk vectors, quantization,
+    trained; `prune`: delete products gone from the catalog's table (more than `prune_threshold`, default
+    20 %, of the collection needs `confirm`; CLI: --yes); `options` (on-disk vectors, quantization,
     shards...) apply when the collection is created; `blue_green`: a collection built by another bundle is
-    rebuilt beside it and switched when complete."""
+    rebuilt beside it and switched when complete. The default collection and bundle (named after the
+    catalog's folder) refuse another folder of that name."""
     from .bundle import Bundle, load_bundle
-    from .indexing import index_catalog
+    from .indexing import PRUNE_THRESHOLD, check_catalog, index_catalog
 
+    if prune_threshold is None:
+        prune_threshold = PRUNE_THRESHOLD
     progress = progress or NullProgress()
     conn = conn or Connection()
     cat = open_catalog(catalog, columns, False, progress)
     name = collection or collection_name_for(cat.root)
+    if collection is None:  # before any training: a clash must cost seconds, not an hour
+        with conn.open() as store:
+            check_catalog(store, name, cat)
     if isinstance(bundle, Bundle):
         b = bundle
     elif bundle is not None:
@@ -110,7 +117,8 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
         b = _own_bundle(cat, conn.workspace.default_bundle_dir(collection_name_for(cat.root)), config, progress)
     with conn.open() as store:
         report = index_catalog(cat, b, store, name, prune=prune, batch_size=batch_size, progress=progress,
-                               options=options, blue_green=blue_green)
+                               options=options, blue_green=blue_green, prune_threshold=prune_threshold,
+                               confirm=confirm)
         conn.workspace.remember(name, b.path, store.location, physical=report.physical, previous=report.previous)
     return report
 
@@ -134,7 +142,12 @@ def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: 
     from .training import train as train_bundle
 
     if (path / "manifest.json").is_file():
-        trained = read_manifest(path).get("training", {}).get("config")
+        training = read_manifest(path).get("training", {})
+        trained_on = training.get("catalog")
+        if trained_on and str(trained_on) != str(cat.root):
+            raise BundleError(f"the default bundle {path} was trained on the catalog at {trained_on}, not "
+                              f"{cat.root} (same folder name): pass --bundle (and --collection) to choose")
+        trained = training.get("config")
         if config is not None and (not isinstance(trained, dict) or config.differs_from(trained)):
             raise BundleError(f"{path} holds an ensemble trained with other settings; retrain it explicitly with "
                               f"`enclip-qdrant train {cat.root} --overwrite ...`, or pass --bundle")

@@ -9,7 +9,6 @@ Everything is stored as plain arrays; no estimator is pickled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -17,7 +16,7 @@ from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import silhouette_score
 
-from .search_options import DEFAULT_MAX_CLUSTERS, DEFAULT_THRESHOLD
+from .search_options import DEFAULT_MAX_CLUSTERS, DEFAULT_THRESHOLD, parse_cluster_list  # noqa: F401
 
 AUTO_MAX_K = 16
 POINTS_PER_CLUSTER = 50  # auto never makes clusters smaller than this on average
@@ -152,11 +151,3 @@ def route(probs: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
         if mass >= threshold:
             break
     return chosen
-
-
-def parse_cluster_list(text: str, k: int) -> Sequence[int]:
-    ids = [int(x) for x in text.replace(" ", "").split(",") if x]
-    bad = [c for c in ids if not 0 <= c < k]
-    if bad or not ids:
-        raise ValueError(f"clusters must be ids in 0..{k - 1}, got {text!r}")
-    return ids

@@ -11,12 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .bundle import Bundle
 from .clustering import route
 from .errors import QueryError
-from .search_options import DEFAULT_MAX_CLUSTERS, DEFAULT_OVERSAMPLE, DEFAULT_THRESHOLD, ClusterMode, SearchOptions
+from .images import DEFAULT_BOUND, ImageRejected, image_bound, load_image
+from .search_options import (  # noqa: F401 - parsing is this module's API too
+    DEFAULT_MAX_CLUSTERS,
+    DEFAULT_OVERSAMPLE,
+    DEFAULT_THRESHOLD,
+    FILTER_HELP,
+    ClusterMode,
+    SearchOptions,
+    parse_clusters,
+    parse_filters,
+)
 from .store import Fusion, SearchFilter, Store
 
 __all__ = ["DEFAULT_MAX_CLUSTERS", "DEFAULT_OVERSAMPLE", "DEFAULT_THRESHOLD", "ClusterMode", "EncodedQuery", "Result",
@@ -58,14 +68,69 @@ class EncodedQuery:
     cluster_probs: np.ndarray
 
 
-def load_query_image(path: str | Path) -> Image.Image:
+_PEEK_POINTS = 512  # how far to look for a stored value when a field has no payload index
+
+
+def typed_filters(store: Store, collection: str, filters: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    """Give each filter value the type stored for its field; floats (and anything else) are one clear error.
+
+    The type comes from the collection's payload index when the field has one, else from a stored value."""
+    if not filters:
+        return {}
+    schema = store.info(collection).payload_schema
+    out: dict[str, list[Any]] = {}
+    for key, values in filters.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            values = [values]
+        kind = _field_kind(store, collection, key, schema)
+        out[key] = [_typed(key, v, kind) for v in values]
+    return out
+
+
+def _field_kind(store: Store, collection: str, key: str, schema: Mapping[str, str]) -> str | None:
+    kind = schema.get(key)
+    if kind:
+        return {"keyword": "str", "text": "str", "uuid": "str", "integer": "int", "float": "float",
+                "bool": "bool"}.get(kind.lower(), kind.lower())
+    for i, (_, payload) in enumerate(store.scroll(collection, [key])):
+        value = payload.get(key)
+        if value is not None:
+            return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value), "other")
+        if i >= _PEEK_POINTS:
+            break
+    return None  # no product has it: nothing can match, whatever the type
+
+
+def _typed(key: str, value: Any, kind: str | None) -> Any:
+    if isinstance(value, float) or kind == "float":
+        raise QueryError(f"--filter {key}={value}: {key!r} holds decimal numbers, and filters match exact "
+                         "text, whole numbers or true/false only")
+    if not isinstance(value, (str, int)):  # bool is an int
+        raise QueryError(f"--filter {key}: {value!r} is not text, a whole number or true/false")
+    if kind == "int" and isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise QueryError(f"--filter {key}={value}: {key!r} holds whole numbers") from None
+    if kind == "bool" and isinstance(value, str):
+        if value.strip().lower() not in ("true", "false"):
+            raise QueryError(f"--filter {key}={value}: {key!r} holds true/false")
+        return value.strip().lower() == "true"
+    if kind in ("str", None) and not isinstance(value, str):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    if kind == "other":
+        raise QueryError(f"--filter {key}: {key!r} holds lists or objects, which cannot be matched")
+    return value
+
+
+def load_query_image(path: str | Path, bound: int | None = DEFAULT_BOUND) -> Image.Image:
+    """The `--image` query, decoded with the same bounds as catalog images (bombs, FIFOs: one line)."""
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise QueryError(f"query image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise QueryError(f"cannot read query image {path}: {str(e).splitlines()[0]}") from None
+        return load_image(path, bound)
+    except ImageRejected as e:
+        if e.reason == "missing image":
+            raise QueryError(f"query image not found: {path}") from None
+        raise QueryError(f"cannot read query image {path}: {e}") from None
 
 
 def encode_query(bundle: Bundle, text: str | None = None, image: Image.Image | None = None) -> EncodedQuery:
@@ -100,10 +165,12 @@ def search(bundle: Bundle, store: Store, collection: str, text: str | None = Non
     if fusion not in ("rrf", "dbsf"):
         raise QueryError(f"unknown fusion {fusion!r}: use rrf or dbsf")
     t0 = time.perf_counter()
-    pil = load_query_image(image) if isinstance(image, (str, Path)) else image
+    pil = load_query_image(image, image_bound(bundle)) if isinstance(image, (str, Path)) else image
     q = encode_query(bundle, text, pil)
     t1 = time.perf_counter()
 
+    clusters = parse_clusters(clusters)
+    fields = typed_filters(store, collection, filters or {})
     if clusters == "all" or bundle.clusters.k == 1:
         chosen: list[tuple[int, float]] = []
     elif clusters == "auto":
@@ -114,7 +181,7 @@ def search(bundle: Bundle, store: Store, collection: str, text: str | None = Non
         if bad:
             raise QueryError(f"no cluster {bad[0]}: this bundle has clusters 0..{bundle.clusters.k - 1}")
         chosen = [(c, float(q.cluster_probs[c])) for c in ids]
-    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=dict(filters or {}))
+    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=fields)
     hits = store.query_fused(collection, q.vectors, limit=top_k, prefetch_limit=top_k * oversample,
                              fusion=fusion, filter=None if flt.is_empty() else flt)
     t2 = time.perf_counter()

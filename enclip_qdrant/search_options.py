@@ -41,3 +41,43 @@ class SearchOptions:
             raise QueryError(f"--threshold must be between 0 and 1, not {self.threshold!r}")
         if self.max_clusters < 1 or self.oversample < 1:
             raise QueryError("--max-clusters and --oversample must be at least 1")
+
+
+FILTER_HELP = ("field=value; the value is matched as the type the collection stores for that field (text "
+               "stays text: code=001 matches '001'; year=2012 matches the number when year holds numbers). "
+               "Repeat a field to match any of its values. Decimal-number fields cannot be filtered.")
+
+
+def parse_clusters(value: str | ClusterMode) -> ClusterMode:
+    """`--clusters`: 'auto', 'all' or ids like '3,7' (',' alone is an error, not 'all')."""
+    if not isinstance(value, str):
+        return [int(c) for c in value]
+    text = value.strip().lower()
+    if text in ("auto", "all"):
+        return text  # type: ignore[return-value]
+    return parse_cluster_list(value)
+
+
+def parse_filters(specs: Sequence[str] | None) -> dict[str, list[str]]:
+    """`--filter field=value` (repeatable) -> {field: [values]}. Values stay strings: `search` gives them
+    the type the collection stores, so '001' is never turned into the number 1."""
+    parsed: dict[str, list[str]] = {}
+    for spec in specs or []:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise QueryError(f"--filter takes field=value, not {spec!r}")
+        parsed.setdefault(key.strip(), []).append(value.strip())
+    return parsed
+
+
+def parse_cluster_list(text: str, k: int | None = None) -> list[int]:
+    """'3,7' -> [3, 7]. An empty list (',' or '') is an error, never a silent "search everything";
+    with `k`, ids must be in 0..k-1."""
+    items = [t.strip() for t in text.split(",")]
+    if not any(items) or not all(items) or not all(t.isdigit() for t in items):
+        raise QueryError(f"--clusters must be auto, all or cluster ids like 3,7; not {text!r}")
+    ids = list(dict.fromkeys(int(t) for t in items))
+    bad = [c for c in ids if k is not None and not 0 <= c < k]
+    if bad:
+        raise QueryError(f"no cluster {bad[0]}: clusters are 0..{k - 1 if k else 0}")
+    return ids

@@ -25,7 +25,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from enclip_qdrant.errors import CollectionNotFound, EnclipError, StoreError
+from enclip_qdrant.errors import CollectionNotFound, EnclipError, StoreError, redact_url
 from enclip_qdrant.store.base import (
     RRF_K,
     CollectionInfo,
@@ -177,10 +177,10 @@ class ServerStore(Store):
                     check_compatibility=False,
                 )
             except ValueError as e:
-                raise StoreError(f"invalid Qdrant URL {url!r}: {first_line(str(e))}") from e
+                raise StoreError(f"invalid Qdrant URL {redact_url(url)!r}: {first_line(str(e))}") from None
         else:
             raise StoreError("ServerStore needs a Qdrant URL (or a client)")
-        self.location = url or "qdrant-client"
+        self.location = redact_url(url) or "qdrant-client"  # printed in errors: never the password
         self._local = type(getattr(self.client, "_client", None)).__name__ == "QdrantLocal"
         self._owned: set[str] = set()
 
