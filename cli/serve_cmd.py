@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from .options import ApiKey, Home, PreferGrpc, Timeout, Url
+
 
 def serve_command(
     collection: Annotated[str | None, typer.Option("--collection", help="Default: the last indexed.")] = None,
@@ -16,15 +18,8 @@ def serve_command(
     key: Annotated[str | None, typer.Option("--key", envvar="ENCLIP_API_KEY", show_default=False,
                                             help="API key clients must send (Authorization: Bearer or "
                                                  "X-API-Key) on every /v1 call.")] = None,
-    home: Annotated[Path | None, typer.Option("--home", envvar="ENCLIP_HOME",
-                                              help="Workspace folder (default: ./.enclip).")] = None,
-    url: Annotated[str | None, typer.Option("--url", envvar="QDRANT_URL",
-                                            help="Qdrant server URL; without it the embedded engine is used.")]
-    = None,
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="QDRANT_API_KEY", show_default=False,
-                                                help="Qdrant API key.")] = None,
-    prefer_grpc: Annotated[bool, typer.Option("--prefer-grpc", help="Talk to Qdrant over gRPC.")] = False,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds per Qdrant request.")] = None,
+    home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    timeout: Timeout = None,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Queries encoded in one forward pass.")]
     = 32,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a query waits for others "

@@ -43,6 +43,7 @@ from enclip_qdrant.search import (
     parse_clusters,
     parse_filters,
     search,
+    typed_filters,
 )
 from enclip_qdrant.store import SearchFilter, Store
 from enclip_qdrant.store.server import fused_query_request
@@ -332,7 +333,8 @@ class Service:
             raise QueryError(f"unknown fusion {req.fusion!r}: use rrf or dbsf")
         q = encode_query(self.bundle, text, image, encoder=self.encoder)
         chosen = choose_clusters(self.bundle, q.cluster_probs, self._mode(req), req.threshold, req.max_clusters)
-        flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=parse_filters(req.filter))
+        flt = SearchFilter(clusters=[c for c, _ in chosen] or None,
+                           fields=typed_filters(self.store, self.collection, parse_filters(req.filter)))
         body = fused_query_request(q.vectors, limit=req.top_k, prefetch_limit=req.top_k * req.oversample,
                                    fusion=req.fusion, filter=None if flt.is_empty() else flt)  # type: ignore[arg-type]
         return {
