@@ -16,7 +16,7 @@ from enclip_qdrant.catalog import load_catalog
 from enclip_qdrant.members import Ensemble, new_member
 from enclip_qdrant.presets import PRESETS, get_preset
 from enclip_qdrant.progress import NullProgress
-from enclip_qdrant.training import load_pairs, train_member
+from enclip_qdrant.training import TrainConfig, load_pairs, train_member
 
 
 def main() -> None:
@@ -35,8 +35,7 @@ def main() -> None:
         preset = get_preset(name)
         member = new_member("m0", preset, seed=0)
         params = sum(p.numel() for p in member.model.parameters()) / 1e6
-        cfg = {"batch_size": preset.batch_size, "epochs": 1, "lr": preset.lr, "weight_decay": preset.weight_decay,
-               "warmup_fraction": 0.1}
+        cfg = TrainConfig(preset=name, epochs=1, precision="fp32").resolved()
         report = train_member(member, pairs, train_idx, val_idx, cfg, 0, NullProgress(), name)
         ens = Ensemble([member])
         images = pairs.images[:1024]

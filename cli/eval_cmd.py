@@ -1,43 +1,23 @@
-"""`enclip-qdrant eval CATALOG`: the held-out comparison of `enclip_qdrant.evaluation`, as a command.
-
-Registered by `cli/app.py`; import the app from there (this module imports app's shared options).
-"""
+"""`enclip-qdrant eval CATALOG`: the held-out comparison of `enclip_qdrant.evaluate`, as a command."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
 from rich.table import Table
 
-from enclip_qdrant.errors import EnclipError
-from enclip_qdrant.evaluation import EvalReport, best_values, evaluate, format_value
-from enclip_qdrant.workspace import Workspace, collection_name_for
+from enclip_qdrant import EnclipError, api
 
+from . import options as opt
 from . import render
-from .app import (
-    Batch,
-    Clusters,
-    Diversity,
-    Epochs,
-    Home,
-    IdCol,
-    ImageCol,
-    Members,
-    Model,
-    Parallel,
-    Precision,
-    Preset,
-    Pretrained,
-    TextCol,
-    TextEncoder,
-    _config,
-    err,
-    out,
-)
-from .progress import RichProgress
+from .options import err, out, train_config
+from .progress_bars import RichProgress
+
+if TYPE_CHECKING:
+    from enclip_qdrant import EvalReport
 
 
 def _header(col: str) -> str:
@@ -48,6 +28,8 @@ def _header(col: str) -> str:
 
 def report_tables(report: EvalReport) -> list[Table]:
     """One table per query set, one row per ranking, the best value of each column in bold."""
+    from enclip_qdrant import best_values, format_value
+
     cols = report.columns()
     tables = []
     for name, info in report.query_sets.items():
@@ -79,25 +61,25 @@ def eval_command(
     queries: Annotated[Path | None, typer.Option("--queries", help='JSONL of {"query": ..., "relevant": '
                                                  '{"field": value}}, scored as a second query set.')] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results per query.")] = 10,
-    members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None,
-    clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
-    parallel: Parallel = None, precision: Precision = "auto", text_encoder: TextEncoder = None,
-    image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
+    members: opt.Members = 5, preset: opt.Preset = "small", epochs: opt.Epochs = None, batch_size: opt.Batch = None,
+    clusters: opt.Clusters = "auto", diversity: opt.Diversity = "seed", model: opt.Model = None,
+    pretrained: opt.Pretrained = None,
+    parallel: opt.Parallel = None, precision: opt.Precision = "auto", text_encoder: opt.TextEncoder = None,
+    image_col: opt.ImageCol = None, text_col: opt.TextCol = None, id_col: opt.IdCol = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print markdown tables.")] = False,
-    home: Home = None,
+    home: opt.Home = None,
 ) -> None:
     """Held-out check of ENCLIP's claim on your catalog: each member alone vs the ensemble vs routing."""
     if json_out and markdown:
         raise EnclipError("--json and --markdown are exclusive: choose one")
-    config = None if bundle else _config(members, preset, epochs, batch_size, seed, clusters, diversity, model,
+    config = None if bundle else train_config(members, preset, epochs, batch_size, seed, clusters, diversity, model,
                                          pretrained, parallel, precision, text_encoder)
-    # Kept in the workspace so an interrupted evaluation resumes its training instead of starting over.
-    workdir = Workspace(home).home / "eval" / collection_name_for(catalog if catalog.is_dir() else catalog.parent)
+    workdir = api.eval_workdir(catalog, api.Connection(home))  # kept: an interrupted evaluation resumes
     with RichProgress() as progress:
-        report = evaluate(catalog, bundle=bundle, config=config, test_fraction=test_fraction, seed=seed,
-                          queries_file=queries, top_k=top_k, workdir=workdir, progress=progress,
-                          columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
+        report = api.evaluate(catalog, bundle=bundle, config=config, test_fraction=test_fraction, seed=seed,
+                              queries_file=queries, top_k=top_k, workdir=workdir, progress=progress,
+                              columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
     if json_out:
         render.print_json(out, report.to_dict())
     elif markdown:

@@ -1,18 +1,19 @@
-"""How results look in a terminal (rich tables) and as pictures (a PNG contact sheet)."""
+"""How results look in a terminal: rich tables and JSON. (The PNG contact sheet is library behaviour:
+`enclip_qdrant.contact_sheet`.)"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageDraw, ImageOps
 from rich.console import Console
 from rich.table import Table
 
-from enclip_qdrant.indexing import IndexReport, failed_summary
-from enclip_qdrant.search import SearchResponse
+from enclip_qdrant import CollectionMeta
+
+if TYPE_CHECKING:
+    from enclip_qdrant import IndexReport, PushReport, SearchResponse
 
 SHOWN_FIELDS = ("articleType", "baseColour", "gender", "pattern", "subCategory")
 
@@ -47,6 +48,8 @@ def search_table(resp: SearchResponse, explain: bool, width: int = 120) -> Table
 
 
 def index_table(report: IndexReport) -> Table:
+    from enclip_qdrant import failed_summary  # indexing loads the models: only after an index run
+
     t = Table(title=f"indexed into {report.collection!r} ({report.store})", show_header=False, title_justify="left")
     for k in ("added", "changed", "payload_updated", "unchanged", "deleted"):
         t.add_row(k.replace("_", " "), f"{getattr(report, k):,}")
@@ -65,7 +68,7 @@ def index_table(report: IndexReport) -> Table:
     return t
 
 
-def push_table(report: Any) -> Table:
+def push_table(report: PushReport) -> Table:
     t = Table(title=f"pushed {report.collection!r} ({report.physical}) to {report.url}", show_header=False,
               title_justify="left")
     t.add_row("copied", f"{report.copied:,}")
@@ -91,36 +94,9 @@ def info_tables(data: dict[str, Any]) -> list[Table]:
         t.add_row("points", f"{c.points:,}")
         t.add_row("vectors", ", ".join(f"{k} ({v}d, cosine)" for k, v in c.vectors.items()))
         t.add_row("payload indexes", ", ".join(f"{k}: {v}" for k, v in c.payload_schema.items()))
-        t.add_row("bundle", f"{c.bundle_fingerprint}  {c.metadata.get('bundle_path', '')}")
+        meta = CollectionMeta.from_dict(c.metadata)
+        t.add_row("bundle", f"{c.bundle_fingerprint}  {meta.bundle_path or ''}")
         t.add_row("clusters", "  ".join(f"{k}: {v:,}" for k, v in c.clusters.items()))
-        t.add_row("catalog", str(c.metadata.get("catalog", "")))
+        t.add_row("catalog", meta.catalog or "")
         tables.append(t)
     return tables
-
-
-def contact_sheet(resp: SearchResponse, catalog_root: Path | None, out: Path, thumb: tuple[int, int] = (120, 160),
-                  columns: int = 5) -> Path:
-    """The results as pictures: a grid of thumbnails with rank, id and title."""
-    n = max(1, len(resp.results))
-    cols, rows = min(columns, n), (n + columns - 1) // columns
-    cell_w, cell_h = thumb[0] + 10, thumb[1] + 40
-    sheet = Image.new("RGB", (cols * cell_w, rows * cell_h + 24), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((6, 6), f"query: {resp.query.get('text') or resp.query.get('image')}", fill="black")
-    for i, r in enumerate(resp.results):
-        x, y = (i % cols) * cell_w + 5, (i // cols) * cell_h + 28
-        path = Path(r.payload.get("image", ""))
-        if catalog_root is not None and not path.is_absolute():
-            path = catalog_root / path
-        try:
-            with Image.open(path) as im:
-                sheet.paste(ImageOps.pad(im.convert("RGB"), thumb, color="white"), (x, y))
-        except OSError:
-            draw.rectangle([x, y, x + thumb[0], y + thumb[1]], outline="grey")
-            draw.text((x + 4, y + thumb[1] // 2), "image missing", fill="grey")
-        label = f"{r.rank}. {r.payload.get('product_id', '')}"
-        draw.text((x, y + thumb[1] + 2), label, fill="black")
-        draw.text((x, y + thumb[1] + 16), str(r.payload.get("text", ""))[:22], fill="dimgray")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    return out

@@ -12,10 +12,17 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Connection": "api", "Searcher": "api", "index": "api", "info": "api", "query": "api", "train": "api",
-    "push": "api", "rollback": "api",
+    "push": "api", "rollback": "api", "evaluate": "api", "eval_workdir": "api",
+    "PushReport": "migrate", "RollbackReport": "aliases", "CollectionMeta": "meta", "contact_sheet": "sheet",
+    "SearchOptions": "search_options", "SearchResponse": "search", "DEFAULT_THRESHOLD": "search_options",
+    "DEFAULT_MAX_CLUSTERS": "search_options", "DEFAULT_OVERSAMPLE": "search_options",
+    "FILTER_HELP": "search_options", "parse_clusters": "search_options", "parse_filters": "search_options",
+    "CollectionOptions": "store.base", "ServerOptions": "store.base", "EXTRA_INDEX_TYPES": "store.base",
+    "IndexReport": "indexing", "failed_summary": "indexing",
     "Bundle": "bundle", "load_bundle": "bundle", "Catalog": "catalog", "load_catalog": "catalog",
     "BundleError": "errors", "CatalogError": "errors", "EnclipError": "errors", "QueryError": "errors",
-    "StoreError": "errors", "TrainConfig": "training", "evaluate": "evaluation", "EvalReport": "evaluation",
+    "StoreError": "errors", "TrainConfig": "training", "EvalReport": "evaluation",
+    "best_values": "evaluation", "format_value": "evaluation", "Progress": "progress", "Task": "progress",
 }
 __all__ = sorted(_EXPORTS)
 

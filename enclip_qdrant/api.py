@@ -9,25 +9,36 @@ callable from Python the same way the CLI calls them:
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-
-from .bundle import Bundle, load_bundle, read_manifest
-from .catalog import Catalog, load_catalog
+from .aliases import RollbackReport, switch_back
+from .catalog import Catalog
 from .errors import BundleError, EnclipError
-from .indexing import IndexReport, check_compatible, index_catalog
-from .progress import NullProgress, Progress, Task
-from .search import ClusterMode, SearchResponse, search
-from .store import CollectionSpec, EdgeStore, Fusion, PointRecord, ServerStore, Store, open_store
+from .load import open_catalog
+from .meta import CollectionMeta, read_meta
+from .migrate import PushReport, migrate
+from .progress import NullProgress, Progress
+from .search_options import SearchOptions
+from .store import ServerOptions, Store, open_store
 from .store.base import CollectionOptions
-from .training import TrainConfig
-from .training import train as train_bundle
 from .workspace import Workspace, collection_name_for
+
+if TYPE_CHECKING:  # these pull in torch and open_clip: loaded by the verbs that need them, not on import
+    from PIL import Image
+
+    from .bundle import Bundle
+    from .evaluation import EvalReport
+    from .indexing import IndexReport
+    from .search import SearchResponse
+    from .search_options import ClusterMode, Fusion
+    from .training import TrainConfig
+
+__all__ = ["CollectionMeta", "CollectionOptions", "Connection", "PushReport", "RollbackReport", "SearchOptions",
+           "Searcher", "ServerOptions", "evaluate", "eval_workdir", "index", "info", "push", "query", "rollback",
+           "train"]
 
 ENV_URL, ENV_API_KEY = "QDRANT_URL", "QDRANT_API_KEY"
 
@@ -39,7 +50,11 @@ class Connection:
     home: str | Path | None = None
     url: str | None = None
     api_key: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    # Server settings (gRPC, timeout, retries); a plain mapping of the same names is checked into one.
+    options: ServerOptions = field(default_factory=ServerOptions)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", ServerOptions.of(self.options))
 
     @property
     def workspace(self) -> Workspace:
@@ -48,58 +63,52 @@ class Connection:
     def open(self) -> Store:
         url = self.url or os.environ.get(ENV_URL) or None
         api_key = self.api_key or os.environ.get(ENV_API_KEY) or None
-        return open_store(self.workspace.home, url=url, api_key=api_key, **self.options)
-
-
-def open_catalog(catalog: str | Path | Catalog, columns: Mapping[str, str | None] | None, require_text: bool,
-             progress: Progress) -> Catalog:
-    """A catalog from a path (with a progress bar over the image checks), its skipped rows summarised."""
-    cat = catalog if isinstance(catalog, Catalog) else _load_catalog(catalog, columns, require_text, progress)
-    if cat.skipped:
-        progress.log(f"catalog: {cat.summary()}")
-    return cat
-
-
-def _load_catalog(catalog: str | Path, columns: Mapping[str, str | None] | None, require_text: bool,
-                  progress: Progress) -> Catalog:
-    task, seen = None, 0
-
-    def tick(done: int, total: int) -> None:
-        nonlocal task, seen
-        if task is None:
-            task = progress.task("reading catalog images", total=total)
-        task.advance(done - seen)
-        seen = done
-
-    try:
-        return load_catalog(catalog, require_text=require_text, progress=tick, **(columns or {}))
-    finally:
-        if task is not None:
-            task.close()
+        return open_store(self.workspace.home, url=url, api_key=api_key, options=self.options)
 
 
 def train(catalog: str | Path | Catalog, out: str | Path | None = None, config: TrainConfig | None = None, *,
           columns: Mapping[str, str | None] | None = None, conn: Connection | None = None,
           overwrite: bool = False, progress: Progress | None = None) -> Bundle:
-    """Train an ensemble and its clusters; `out` defaults to `.enclip/bundles/<catalog name>`."""
+    """Train an ensemble and its clusters; resumes an interrupted run.
+
+    `out`: the bundle folder (default `.enclip/bundles/<catalog name>` in `conn`'s workspace); `config`: the
+    training settings (default `TrainConfig()`); `columns`: image_col/text_col/id_col overrides;
+    `overwrite`: replace a run made with other settings; `progress`: hooks for bars (default silent)."""
+    from .training import train as train_bundle
+
     progress = progress or NullProgress()
     cat = open_catalog(catalog, columns, True, progress)
-    out = Path(out) if out else (conn or Connection()).workspace.default_bundle_dir(collection_name_for(cat.root))
-    return train_bundle(cat, out, config, progress=progress, overwrite=overwrite)
+    workspace = (conn or Connection()).workspace
+    out = Path(out) if out else workspace.default_bundle_dir(collection_name_for(cat.root))
+    return train_bundle(cat, out, config, progress=progress, overwrite=overwrite,
+                        protected=[("workspace home", workspace.home)])
 
 
 def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None = None, collection: str | None = None,
           conn: Connection | None = None, config: TrainConfig | None = None,
           columns: Mapping[str, str | None] | None = None, prune: bool = False, batch_size: int = 256,
           progress: Progress | None = None, options: CollectionOptions | None = None,
-          blue_green: bool = False) -> IndexReport:
+          blue_green: bool = False, prune_threshold: float | None = None, confirm: bool = False) -> IndexReport:
     """Embed a catalog into a collection; with no bundle, reuse (or train) the workspace's own.
-    `options` (on-disk vectors, quantization, shards...) apply when the collection is created.
-    `blue_green`: a collection built by another bundle is rebuilt beside it and switched when complete."""
+
+    `collection`: the name (default: the catalog folder's); `config`: training settings when a bundle must be
+    trained; `prune`: delete products gone from the catalog's table (more than `prune_threshold`, default
+    20 %, of the collection needs `confirm`; CLI: --yes); `options` (on-disk vectors, quantization,
+    shards...) apply when the collection is created; `blue_green`: a collection built by another bundle is
+    rebuilt beside it and switched when complete. The default collection and bundle (named after the
+    catalog's folder) refuse another folder of that name."""
+    from .bundle import Bundle, load_bundle
+    from .indexing import PRUNE_THRESHOLD, check_catalog, index_catalog
+
+    if prune_threshold is None:
+        prune_threshold = PRUNE_THRESHOLD
     progress = progress or NullProgress()
     conn = conn or Connection()
     cat = open_catalog(catalog, columns, False, progress)
     name = collection or collection_name_for(cat.root)
+    if collection is None:  # before any training: a clash must cost seconds, not an hour
+        with conn.open() as store:
+            check_catalog(store, name, cat)
     if isinstance(bundle, Bundle):
         b = bundle
     elif bundle is not None:
@@ -108,46 +117,38 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
         b = _own_bundle(cat, conn.workspace.default_bundle_dir(collection_name_for(cat.root)), config, progress)
     with conn.open() as store:
         report = index_catalog(cat, b, store, name, prune=prune, batch_size=batch_size, progress=progress,
-                               options=options, blue_green=blue_green)
+                               options=options, blue_green=blue_green, prune_threshold=prune_threshold,
+                               confirm=confirm)
         conn.workspace.remember(name, b.path, store.location, physical=report.physical, previous=report.previous)
     return report
 
 
-@dataclass
-class RollbackReport:
-    collection: str  # the alias
-    switched_from: str
-    switched_to: str
-    bundle: str | None  # the restored bundle's folder, now the workspace's bundle for `collection`
-
-
 def rollback(collection: str | None = None, *, conn: Connection | None = None) -> RollbackReport:
-    """Undo the last blue/green switch: the alias serves the previous collection, queries use its bundle."""
+    """Undo the last blue/green switch of `collection` (default: the workspace's): the alias serves the
+    previous collection again and queries use its bundle."""
     conn = conn or Connection()
     name = collection or conn.workspace.default_collection()
     with conn.open() as store:
-        current = store.aliases().get(name)
-        if current is None:
-            store.resolve(name)  # CollectionNotFound when it is nothing at all
-            raise EnclipError(f"{name!r} is a plain collection, not an alias: nothing to roll back to")
-        previous = store.info(current).metadata.get("previous")
-        if not previous:
-            raise EnclipError(f"nothing to roll back to: {name!r} serves {current!r}, which replaced no "
-                              "earlier collection")
-        if not store.exists(previous):
-            raise EnclipError(f"cannot roll back {name!r}: its previous collection {previous!r} is gone")
-        bundle = store.info(previous).metadata.get("bundle_path")
-        store.set_alias(name, previous)
-        if bundle:
-            conn.workspace.remember(name, Path(bundle), store.location, physical=previous, default=False)
-        return RollbackReport(name, current, previous, bundle)
+        report = switch_back(store, name)
+        if report.bundle:
+            conn.workspace.remember(name, Path(report.bundle), store.location, physical=report.switched_to,
+                                    default=False)
+        return report
 
 
 def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: Progress) -> Bundle:
     """The catalog's default bundle: reused when complete (retraining is an explicit `train`), else trained."""
+    from .bundle import load_bundle, read_manifest
+    from .training import train as train_bundle
+
     if (path / "manifest.json").is_file():
-        trained = read_manifest(path)["training"]["config"]
-        if config is not None and config.differs_from(trained):
+        training = read_manifest(path).get("training", {})
+        trained_on = training.get("catalog")
+        if trained_on and str(trained_on) != str(cat.root):
+            raise BundleError(f"the default bundle {path} was trained on the catalog at {trained_on}, not "
+                              f"{cat.root} (same folder name): pass --bundle (and --collection) to choose")
+        trained = training.get("config")
+        if config is not None and (not isinstance(trained, dict) or config.differs_from(trained)):
             raise BundleError(f"{path} holds an ensemble trained with other settings; retrain it explicitly with "
                               f"`enclip-qdrant train {cat.root} --overwrite ...`, or pass --bundle")
         progress.log(f"using the trained ensemble in {path} (run `enclip-qdrant train` to retrain)")
@@ -161,32 +162,46 @@ class Searcher:
 
     def __init__(self, collection: str | None = None, *, bundle: str | Path | Bundle | None = None,
                  conn: Connection | None = None):
+        """`collection`: default the workspace's; `bundle`: default the one that built the collection."""
+        from .bundle import Bundle, load_bundle
+        from .meta import check_compatible
+
         self.conn = conn or Connection()
         self.collection = collection or self.conn.workspace.default_collection()
         self.store = self.conn.open()
         try:
-            meta = self.store.info(self.collection).metadata
-            self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(self._bundle_path(bundle, meta))
+            self.meta = read_meta(self.store, self.collection)
+            self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(self._bundle_path(bundle))
             check_compatible(self.store, self.collection, self.bundle)
         except BaseException:
             self.store.close()
             raise
 
-    def _bundle_path(self, given: str | Path | None, meta: Mapping[str, Any]) -> Path:
+    def _bundle_path(self, given: str | Path | None) -> Path:
         if given is not None:
             return Path(given)
-        for candidate in (self.conn.workspace.bundle_for(self.collection), meta.get("bundle_path")):
+        for candidate in (self.conn.workspace.bundle_for(self.collection), self.meta.bundle_path):
             if candidate and Path(candidate, "manifest.json").is_file():
                 return Path(candidate)
         raise BundleError(f"collection {self.collection!r} was built by bundle "
-                          f"{meta.get('bundle_fingerprint', '?')}, which is not on this machine: pass --bundle")
+                          f"{self.meta.bundle_fingerprint or '?'}, which is not on this machine: pass --bundle")
 
-    def search(self, text: str | None = None, *, image: str | Path | Image.Image | None = None, top_k: int = 10,
-               clusters: ClusterMode = "auto", fusion: Fusion = "rrf",
-               filters: Mapping[str, Sequence[Any]] | None = None, explain: bool = False,
-               **routing: Any) -> SearchResponse:
-        return search(self.bundle, self.store, self.collection, text, image=image, top_k=top_k, clusters=clusters,
-                      fusion=fusion, filters=filters, explain=explain, **routing)
+    def search(self, text: str | None = None, *, image: str | Path | Image.Image | None = None,
+               filters: Mapping[str, Sequence[Any]] | None = None, options: SearchOptions | None = None,
+               top_k: int = 10, clusters: ClusterMode = "auto", fusion: Fusion = "rrf", explain: bool = False,
+               threshold: float = SearchOptions.threshold, max_clusters: int = SearchOptions.max_clusters,
+               oversample: int = SearchOptions.oversample) -> SearchResponse:
+        """Search by `text`, `image` (a path or a PIL image) or both; `filters`: field -> accepted values.
+        `options` (a `SearchOptions`) wins over the single keywords, which build one."""
+        from .search import search
+
+        o = options or SearchOptions(top_k=top_k, clusters=clusters, fusion=fusion, threshold=threshold,
+                                     max_clusters=max_clusters, oversample=oversample, explain=explain)
+        resp = search(self.bundle, self.store, self.collection, text, image=image, top_k=o.top_k,
+                      clusters=o.clusters, fusion=o.fusion, filters=filters, explain=o.explain,
+                      threshold=o.threshold, max_clusters=o.max_clusters, oversample=o.oversample)
+        resp.catalog_root = self.meta.catalog
+        return resp
 
     def close(self) -> None:
         self.store.close()
@@ -199,10 +214,11 @@ class Searcher:
 
 
 def query(text: str | None = None, *, image: str | Path | None = None, collection: str | None = None,
-          bundle: str | Path | None = None, conn: Connection | None = None, **options: Any) -> SearchResponse:
-    """One query; for many, open a `Searcher` once."""
+          bundle: str | Path | None = None, conn: Connection | None = None,
+          filters: Mapping[str, Sequence[Any]] | None = None, options: SearchOptions | None = None) -> SearchResponse:
+    """One query (see `Searcher.search`); for many, open a `Searcher` once so the bundle loads once."""
     with Searcher(collection, bundle=bundle, conn=conn) as s:
-        return s.search(text, image=image, **options)
+        return s.search(text, image=image, filters=filters, options=options or SearchOptions())
 
 
 @dataclass
@@ -219,6 +235,8 @@ class CollectionSummary:
 
 
 def info(collection: str | None = None, *, conn: Connection | None = None) -> dict[str, Any]:
+    """{"store": kind and location, "collections": [CollectionSummary]}: one collection (an alias resolves)
+    or all of them."""
     conn = conn or Connection()
     try:
         default = conn.workspace.default_collection()
@@ -233,83 +251,40 @@ def info(collection: str | None = None, *, conn: Connection | None = None) -> di
             sizes = {int(k): v for k, v in sorted(store.facet_counts(name, "cluster").items())}
             served = sorted(a for a, target in aliases.items() if target == name)
             out.append(CollectionSummary(name, ci.points, ci.vectors, ci.payload_schema,
-                                         ci.metadata.get("bundle_fingerprint"), sizes, ci.metadata,
+                                         CollectionMeta.from_dict(ci.metadata).bundle_fingerprint, sizes, ci.metadata,
                                          default=default is not None and default in [name, *served],
                                          aliases=served))
         return {"store": {"kind": store.kind, "location": store.location}, "collections": out}
 
 
-@dataclass
-class PushReport:
-    collection: str  # the name given (an alias, usually)
-    physical: str
-    url: str
-    copied: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
+def push(collection: str | None = None, target: Connection | None = None, *, source: Connection | None = None,
+         batch_size: int = 256, progress: Progress | None = None) -> PushReport:
+    """Copy an embedded collection (default: the source workspace's) to `target`, a server connection, under
+    the same physical name and alias. Resumable: points already there with the same hashes are skipped.
+    `source` defaults to the embedded store of the current workspace."""
+    source = source or Connection()
+    target = target or Connection(url=os.environ.get(ENV_URL) or None)
+    if not (target.url or os.environ.get(ENV_URL)):
+        raise EnclipError("push needs a target: a Qdrant server URL (--url or QDRANT_URL)")
+    name = collection or source.workspace.default_collection()
+    with open_store(source.workspace.home) as src, target.open() as dst:
+        return migrate(src, dst, name, batch_size=batch_size, progress=progress)
 
 
-def push(collection: str | None = None, url: str | None = None, api_key: str | None = None, *,
-         home: str | Path | None = None, batch_size: int = 256, progress: Progress | None = None,
-         store: Store | None = None) -> PushReport:
-    """Copy an embedded collection to a server under the same physical name and alias. Resumable: points
-    already there with the same content and payload hashes are skipped. `store`: a ready target (tests)."""
-    progress = progress or NullProgress()
-    t0 = time.perf_counter()
-    workspace = Workspace(home)
-    name = collection or workspace.default_collection()
-    target = store or ServerStore(url or os.environ.get(ENV_URL) or None,
-                                  api_key or os.environ.get(ENV_API_KEY) or None)
-    try:
-        with EdgeStore(workspace.home) as source:
-            physical = source.resolve(name)
-            report = PushReport(name, physical, target.location)
-            _ensure_target(source, target, physical)
-            _copy_points(source, target, physical, report, batch_size, progress)
-            if physical != name:
-                target.set_alias(name, physical)
-    finally:
-        if store is None:
-            target.close()
-    report.seconds = round(time.perf_counter() - t0, 2)
-    return report
+def eval_workdir(catalog: str | Path, conn: Connection | None = None) -> Path:
+    """Where `evaluate` keeps its bundle for a catalog, so an interrupted evaluation resumes its training."""
+    root = Path(catalog)
+    return (conn or Connection()).workspace.home / "eval" / collection_name_for(root if root.is_dir() else root.parent)
 
 
-def _ensure_target(source: Store, target: Store, physical: str) -> None:
-    """Same vectors, indexes and metadata; an existing target must hold the same bundle's vectors."""
-    ci = source.info(physical)
-    if not target.exists(physical):
-        target.create(physical, CollectionSpec(vectors=ci.vectors, metadata=ci.metadata,
-                                               indexed_fields=ci.payload_schema))
-        return
-    there = target.info(physical).metadata.get("bundle_fingerprint")
-    if there != ci.metadata.get("bundle_fingerprint"):
-        raise BundleError(f"{physical!r} at {target.location} was built by bundle {there or 'unknown'}, not "
-                          f"{ci.metadata.get('bundle_fingerprint')}: refusing to mix their vectors")
-    target.set_metadata(physical, ci.metadata)
+def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None = None,
+             config: TrainConfig | None = None, test_fraction: float = 0.2, seed: int = 0,
+             queries_file: str | Path | None = None, top_k: int = 10, workdir: str | Path | None = None,
+             columns: Mapping[str, str | None] | None = None, progress: Progress | None = None) -> EvalReport:
+    """Held-out check of ENCLIP on a catalog: train on a seeded split (or check `bundle` never saw it), score
+    each member alone, the ensemble and routing on the rest. `test_fraction`: share held out; `queries_file`:
+    JSONL of extra queries; `workdir`: keeps the trained bundle (see `eval_workdir`), else a temporary folder."""
+    from .evaluation import evaluate as run
 
-
-def _copy_points(source: Store, target: Store, physical: str, report: PushReport, batch_size: int,
-                 progress: Progress) -> None:
-    there = {pid: (p.get("content_hash"), p.get("payload_hash"))
-             for pid, p in target.scroll(physical, ["content_hash", "payload_hash"])}
-    task = progress.task(f"pushing {physical!r}", total=source.count(physical))
-    batch: list[PointRecord] = []
-    for point in source.scroll_points(physical, batch=batch_size):
-        if there.get(point.id) == (point.payload.get("content_hash"), point.payload.get("payload_hash")):
-            report.skipped += 1
-            task.advance(1)
-            continue
-        batch.append(point)
-        if len(batch) >= batch_size:
-            _send(target, physical, batch, report, task)
-    if batch:
-        _send(target, physical, batch, report, task)
-    task.close()
-
-
-def _send(target: Store, physical: str, batch: list[PointRecord], report: PushReport, task: Task) -> None:
-    target.upsert(physical, batch)
-    report.copied += len(batch)
-    task.advance(len(batch))
-    batch.clear()
+    return run(catalog, bundle=bundle, config=config, test_fraction=test_fraction, seed=seed,
+               queries_file=queries_file, top_k=top_k, workdir=workdir, columns=columns, progress=progress)

@@ -7,29 +7,37 @@
       training.json            the training plan, kept so an interrupted run resumes
 
 The manifest is written last: a directory without one is a training run still in progress.
+
+A bundle is verified, not believed: `load_bundle` recomputes the fingerprint from the files it covers
+(each member's weights and config, the clusters file), keeps every path inside the bundle folder, and turns
+any malformed or corrupt part into one `BundleError` line. Format 2 fingerprints cover the member configs
+(architecture, tokenizer, preprocessing); format 1 bundles (weights + clusters only) still load.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
 
 from .clustering import ClusterModel, LinearRouter
 from .errors import BundleError
-from .members import Ensemble, Member, file_sha256, joint_embedding, load_member
+from .files import atomic_write_bytes, atomic_write_json, read_json
+from .members import CONFIG_NAME, WEIGHTS_NAME, Ensemble, Member, file_sha256, joint_embedding, load_member
 
 FORMAT = "enclip-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the fingerprint also covers each member's open_clip_config.json
 MANIFEST = "manifest.json"
 CLUSTERS = "clusters.safetensors"
+PLAN = "training.json"
 
 
 @dataclass
@@ -62,75 +70,208 @@ def save_clusters(path: Path, clusters: ClusterModel) -> None:
     for name, r in (("text", clusters.text_router), ("image", clusters.image_router)):
         arrays |= {f"{name}_coef": r.coef, f"{name}_intercept": r.intercept, f"{name}_classes": r.classes,
                    f"{name}_temperature": np.array([r.temperature], dtype=np.float64)}
-    tmp = path.with_suffix(".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp),
-              metadata={"criterion": clusters.criterion})
-    os.replace(tmp, path)
+    data = save_safetensors({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                            metadata={"criterion": clusters.criterion})
+    atomic_write_bytes(path, data)
 
 
 def load_clusters(path: Path, criterion: str) -> ClusterModel:
-    a = load_file(str(path))
-    k = len(a["centroids"])
+    """The clusters and routers; a corrupt or incomplete file is one `BundleError`, never a traceback."""
+    try:
+        a = load_safetensors(path.read_bytes())
+        k = len(a["centroids"])
 
-    def router(name: str) -> LinearRouter:
-        t = a.get(f"{name}_temperature")  # absent in bundles made before calibration: uncalibrated
-        return LinearRouter(a[f"{name}_coef"], a[f"{name}_intercept"], a[f"{name}_classes"], k,
-                            1.0 if t is None else float(t[0]))
+        def router(name: str) -> LinearRouter:
+            t = a.get(f"{name}_temperature")  # absent in bundles made before calibration: uncalibrated
+            return LinearRouter(a[f"{name}_coef"], a[f"{name}_intercept"], a[f"{name}_classes"], k,
+                                1.0 if t is None else float(t[0]))
 
-    return ClusterModel(a["centroids"], router("text"), router("image"), criterion)
+        return ClusterModel(a["centroids"], router("text"), router("image"), criterion)
+    except Exception as e:  # safetensors raises its own error type; a missing array is a KeyError
+        raise BundleError(f"{path} is corrupt: {_first_line(e)}") from e
 
 
-def bundle_fingerprint(member_hashes: list[str], clusters_hash: str) -> str:
+def bundle_fingerprint(member_hashes: Sequence[str], clusters_hash: str,
+                       config_hashes: Sequence[str] | None = None) -> str:
+    """Format 1: weights + clusters. Format 2 (`config_hashes` given): each member's weights and config."""
     h = hashlib.sha256()
-    for part in [*member_hashes, clusters_hash]:
+    if config_hashes is None:
+        parts = [*member_hashes, clusters_hash]
+    else:
+        parts = [f"{FORMAT}/2", *(w + c for w, c in zip(member_hashes, config_hashes, strict=True)), clusters_hash]
+    for part in parts:
         h.update(part.encode())
     return h.hexdigest()[:16]
 
 
+def build_manifest(path: Path, *, members: Sequence[Member], reports: Sequence[Mapping[str, Any]],
+                   clusters: ClusterModel, sizes: Sequence[int], router_accuracy: float,
+                   training: Mapping[str, Any], config: Mapping[str, Any],
+                   validation: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest of a bundle whose member folders and clusters file are already written in `path`."""
+    entries = []
+    for m, r in zip(members, reports, strict=True):
+        folder = path / "members" / m.name
+        entries.append({
+            "name": m.name, "vector": m.name, "dim": m.dim, "path": f"members/{m.name}",
+            "sha256": r["sha256"], "config_sha256": file_sha256(folder / CONFIG_NAME),
+            "seed": m.info.get("seed"), "preset": m.info.get("preset"),
+            "base_model": m.info.get("base_model"), "pretrained": m.info.get("pretrained"),
+            "recipe": m.info.get("recipe", "open_clip"),
+            "val": r["val"], "train_seconds": r["seconds"], "pairs_per_second": r["pairs_per_second"]})
+    from_preset = config.get("pretrained") is None and config.get("base_model") is None
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "preset": config.get("preset") if from_preset else None,
+        "members": entries,
+        # the shared pretrained text encoder the members need (recipes.py), or None for open_clip text towers
+        "text_encoder": next((m.model_cfg["text_encoder"] for m in members if "text_encoder" in m.model_cfg), None),
+        "clusters": {"k": clusters.k, "criterion": clusters.criterion, "sizes": list(sizes),
+                     "router_val_accuracy": router_accuracy,
+                     "router_temperature": {"text": clusters.text_router.temperature,
+                                            "image": clusters.image_router.temperature}},
+        "training": dict(training) | {"config": {k: config[k] for k in sorted(config)}},
+        "validation": dict(validation),
+    }
+    manifest["fingerprint"] = bundle_fingerprint([e["sha256"] for e in entries], file_sha256(path / CLUSTERS),
+                                                 [e["config_sha256"] for e in entries])
+    return manifest
+
+
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    tmp = path / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path / MANIFEST)
+    atomic_write_json(Path(path) / MANIFEST, manifest)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    mpath = Path(path) / MANIFEST
+    """The manifest, checked for every key and type the loader relies on: one clear line when it is not."""
+    path = Path(path)
+    mpath = path / MANIFEST
     if not mpath.is_file():
         hint = " (training did not finish: run `enclip-qdrant train` again to resume)" \
-            if (Path(path) / "training.json").is_file() else ""
+            if (path / PLAN).is_file() else ""
         raise BundleError(f"{path} is not an enclip bundle: no {MANIFEST}{hint}")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{mpath} is corrupt: {e}") from e
-    if manifest.get("format") != FORMAT:
+    manifest = read_json(mpath)
+    if manifest is None:
+        raise BundleError(f"{mpath} is corrupt (unreadable JSON); retrain the bundle or restore it")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{mpath} is not an enclip bundle manifest")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise BundleError(f"{path} was written by a newer enclip-qdrant (format "
-                          f"{manifest['format_version']}); upgrade to read it")
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int):
+        raise BundleError(f"{mpath} is malformed: format_version must be a number")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{path} was written by a newer enclip-qdrant (format {version}); upgrade to read it")
+    _check_manifest(manifest, mpath)
     return manifest
+
+
+_MEMBER_KEYS: dict[str, type | tuple[type, ...]] = {"name": str, "vector": str, "dim": int, "path": str,
+                                                    "sha256": str}
+
+
+def _check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
+    def bad(what: str) -> BundleError:
+        return BundleError(f"{mpath} is malformed: {what}")
+
+    if not isinstance(manifest.get("fingerprint"), str):
+        raise bad("no fingerprint")
+    members = manifest.get("members")
+    if not isinstance(members, list) or not members:
+        raise bad("'members' must be a non-empty list")
+    wanted = _MEMBER_KEYS | ({"config_sha256": str} if manifest.get("format_version", 0) >= 2 else {})
+    for i, m in enumerate(members):
+        if not isinstance(m, dict):
+            raise bad(f"member {i} is not an object")
+        for key, kind in wanted.items():
+            if not isinstance(m.get(key), kind) or isinstance(m.get(key), bool):
+                raise bad(f"member {i} needs '{key}' ({getattr(kind, '__name__', kind)})")
+    vectors = [m["vector"] for m in members]
+    if len(set(vectors)) != len(vectors):
+        raise bad("two members share a vector name")
+    clusters = manifest.get("clusters")
+    if not isinstance(clusters, dict) or not isinstance(clusters.get("criterion"), str):
+        raise bad("'clusters' needs a 'criterion'")
+    for key in ("training", "validation"):
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise bad(f"'{key}' must be an object")
+
+
+def _inside(root: Path, rel: str, what: str) -> Path:
+    """`root/rel`, refused unless it stays inside `root` (no absolute path, no `..`, no symlink out)."""
+    pure = PurePosixPath(rel)
+    if not rel or pure.is_absolute() or Path(rel).is_absolute() or ".." in pure.parts or "\\" in rel:
+        raise BundleError(f"{what} path {rel!r} leaves the bundle folder: refused")
+    full = root / rel
+    real_root = root.resolve()
+    if not full.resolve().is_relative_to(real_root):
+        raise BundleError(f"{what} path {rel!r} leads outside the bundle folder (symlink?): refused")
+    return full
+
+
+def _check_folder_inside(root: Path, folder: Path, what: str) -> None:
+    """Every file of a member folder must really be in the bundle: a symlink to elsewhere is refused."""
+    real_root = root.resolve()
+    if not folder.is_dir():
+        return
+    for f in folder.iterdir():
+        if not f.resolve().is_relative_to(real_root):
+            raise BundleError(f"{what}: {f.name} leads outside the bundle folder (symlink?): refused")
 
 
 def seen_product_ids(path: str | Path) -> set[str]:
     """Catalog ids a bundle trained or selected epochs on: an evaluation must not test on these."""
-    plan = Path(path) / "training.json"
+    plan = Path(path) / PLAN
     if not plan.is_file():
-        raise BundleError(f"{path} records no training split (training.json), so its test products cannot be checked")
-    data = json.loads(plan.read_text())
-    return set(data.get("train_ids", [])) | set(data.get("val_ids", []))
+        raise BundleError(f"{path} records no training split ({PLAN}), so its test products cannot be checked")
+    data = read_json(plan)
+    ids = [data.get(k) for k in ("train_ids", "val_ids")] if isinstance(data, dict) else None
+    if not ids or not all(isinstance(x, list) for x in ids):
+        raise BundleError(f"{plan} is corrupt, so this bundle's test products cannot be checked; "
+                          "retrain the bundle or pass another")
+    return {str(i) for x in ids for i in x}
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Load a bundle; with `verify`, refuse it unless its files hash to the fingerprint it claims."""
     path = Path(path)
     manifest = read_manifest(path)
-    members: list[Member] = []
+    folders = []
     for m in manifest["members"]:
-        folder = path / m["path"]
-        if verify and file_sha256(folder / "open_clip_model.safetensors") != m["sha256"]:
-            raise BundleError(f"member {m['name']} weights do not match the manifest (file changed?)")
-        members.append(load_member(folder, m["vector"]))
-    cpath = path / CLUSTERS
+        folder = _inside(path, m["path"], f"member {m['name']!r}")
+        _check_folder_inside(path, folder, f"member {m['name']!r}")
+        folders.append(folder)
+    cpath = _inside(path, CLUSTERS, "clusters")
     if not cpath.is_file():
         raise BundleError(f"{path} has no {CLUSTERS}")
+    if verify:
+        _verify(path, manifest, folders, cpath)
+    members = [load_member(folder, m["vector"]) for m, folder in zip(manifest["members"], folders, strict=True)]
     clusters = load_clusters(cpath, manifest["clusters"]["criterion"])
     return Bundle(path, manifest, Ensemble(members), clusters)
+
+
+def _verify(path: Path, manifest: dict[str, Any], folders: list[Path], cpath: Path) -> None:
+    v2 = manifest.get("format_version", 0) >= 2
+    weights, configs = [], []
+    for m, folder in zip(manifest["members"], folders, strict=True):
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            if not (folder / name).is_file():
+                raise BundleError(f"member {m['name']!r} is incomplete: {folder} needs {name}")
+        weights.append(file_sha256(folder / WEIGHTS_NAME))
+        if weights[-1] != m["sha256"]:
+            raise BundleError(f"member {m['name']} weights do not match the manifest (file changed?)")
+        if v2:
+            configs.append(file_sha256(folder / CONFIG_NAME))
+            if configs[-1] != m["config_sha256"]:
+                raise BundleError(f"member {m['name']} config ({CONFIG_NAME}) does not match the manifest "
+                                  "(file changed?)")
+    actual = bundle_fingerprint(weights, file_sha256(cpath), configs if v2 else None)
+    if actual != manifest["fingerprint"]:
+        raise BundleError(f"{path} does not match its fingerprint {manifest['fingerprint']} (its files hash to "
+                          f"{actual}: changed or tampered with); refusing to load it")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

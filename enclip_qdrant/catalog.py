@@ -25,6 +25,7 @@ from typing import Any
 from PIL import Image
 
 from enclip_qdrant.errors import CatalogError
+from enclip_qdrant.images import MAX_IMAGE_BYTES, ImageRejected, bombs_as_errors, check_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 TABLE_EXTENSIONS = (".csv", ".jsonl", ".parquet")
@@ -77,6 +78,11 @@ class Catalog:
     columns: Columns
     products: list[Product]
     skipped: list[Skipped]
+    # Every product id the table names, usable or not: `--prune` deletes only ids gone from the table,
+    # never a product whose row is still there but whose image failed to load right now.
+    row_ids: frozenset[str] = frozenset()
+    # Rows so broken their id is unknown (malformed CSV/JSON): pruning cannot tell what they hold.
+    unreadable_rows: int = 0
 
     def __len__(self) -> int:
         return len(self.products)
@@ -153,17 +159,21 @@ def load_catalog(
             _type_csv_columns([h for h in header if h not in used], rows)
         if require_text and columns.text is None:
             raise CatalogError(
-                f"{table.name} has no text column (looked for {', '.join(TEXT_COLUMNS)}); "
-                f"available columns: {', '.join(header)}"
+                f"{table.name} has no text column (looked for {', '.join(TEXT_COLUMNS)}): pass --text-col; "
+                f"available columns: {', '.join(header)}{_delimiter_hint(header)}"
             )
         candidates, skipped = _table_rows(bases, table, header, rows, columns, require_text)
 
-    checked, bad = _check_images(candidates, progress)
+    row_ids = frozenset(c.id if c.id is not None else c.image_rel for c in candidates)
+    row_ids |= {s.ref for s in skipped if s.row is not None and _row_has_id(s, columns)}
+    unreadable = sum(1 for s in skipped if s.reason in _UNREADABLE_ROW)
+    checked, bad = _check_images(candidates, progress, str(root))
     skipped.extend(bad)
     products = _dedupe(checked, candidates, skipped)
     skipped.sort(key=lambda s: (s.row is None, s.row or 0, s.ref))
 
-    catalog = Catalog(root=root, table=table, columns=columns, products=products, skipped=skipped)
+    catalog = Catalog(root=root, table=table, columns=columns, products=products, skipped=skipped,
+                      row_ids=row_ids, unreadable_rows=unreadable)
     if not products:
         where = table.name if table else str(root)
         if not skipped:
@@ -361,14 +371,28 @@ def _detect_columns(
                 return by_lower[given.lower()]
             raise CatalogError(
                 f"{flag} {given!r} is not a column of {table.name}; available columns: {', '.join(header)}"
+                f"{_delimiter_hint(header)}"
             )
         return next((by_lower[c] for c in candidates if c in by_lower), None)
 
     return Columns(
-        image=pick("image column", image_col, IMAGE_COLUMNS),
-        text=pick("text column", text_col, TEXT_COLUMNS),
-        id=pick("id column", id_col, ID_COLUMNS),
+        image=pick("--image-col", image_col, IMAGE_COLUMNS),
+        text=pick("--text-col", text_col, TEXT_COLUMNS),
+        id=pick("--id-col", id_col, ID_COLUMNS),
     )
+
+
+_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _delimiter_hint(header: list[str]) -> str:
+    """A header read as one or two columns holding `;`, tab or `|` is a CSV with another delimiter."""
+    if len(header) > 2:
+        return ""
+    for sep, name in _DELIMITERS.items():
+        if any(h.count(sep) >= 1 for h in header):
+            return f" (the header looks {name}-separated ({sep!r}): save the table comma-separated)"
+    return ""
 
 
 # --------------------------------------------------------------------------- rows -> candidates
@@ -464,14 +488,15 @@ def _table_rows(
         if columns.id is None:
             raise CatalogError(
                 f"{table.name} has no image column (looked for {', '.join(IMAGE_COLUMNS)}) and no id "
-                f"column to find images by; available columns: {', '.join(header)}"
+                f"column to find images by: pass --image-col (or --id-col); available columns: "
+                f"{', '.join(header)}{_delimiter_hint(header)}"
             )
         ids = (_id_str(r.values.get(columns.id)) for r in rows if r.values is not None)
         if not any(i is not None and _id_image(bases, i, layout) for i in ids):
             raise CatalogError(
                 f"{table.name} has no image column (looked for {', '.join(IMAGE_COLUMNS)}) and no image "
-                f"is at images/<{columns.id}>.jpg or <{columns.id}>.jpg; pass the image column. "
-                f"Available columns: {', '.join(header)}"
+                f"is at images/<{columns.id}>.jpg or <{columns.id}>.jpg; pass the image column with "
+                f"--image-col. Available columns: {', '.join(header)}"
             )
 
     for r in rows:
@@ -537,6 +562,14 @@ def _folder_rows(root: Path) -> tuple[list[_Candidate], list[Skipped]]:
     return candidates, []
 
 
+_UNREADABLE_ROW = frozenset({"malformed row", "malformed JSON", "not UTF-8"})
+
+
+def _row_has_id(s: Skipped, columns: Columns) -> bool:
+    """A skipped row's ref is its product id when the table has an id column and the row had one."""
+    return columns.id is not None and s.reason not in _UNREADABLE_ROW and s.reason != "missing id"
+
+
 # --------------------------------------------------------------------------- images
 
 
@@ -548,45 +581,64 @@ def _realpath(path: str) -> str:
     if os.path.islink(path):
         return os.path.realpath(path)
     folder, name = os.path.split(path)
+    return os.path.join(_real_dir(folder), name)
+
+
+def _real_dir(folder: str) -> str:
     real = _REAL_DIRS.get(folder)
     if real is None:
         real = _REAL_DIRS[folder] = os.path.realpath(folder)
-    return os.path.join(real, name)
+    return real
 
 
-def _check_image(path: str) -> tuple[str | None, str]:
-    """Return (sha256, real path) for a decodable image, or (None, reason). Runs in worker threads."""
+def _within(path: str, base: str) -> bool:
+    return path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _check_image(path: str, root: str) -> tuple[str | None, str]:
+    """Return (sha256, real path) for a decodable image, or (None, reason). Runs in worker threads.
+
+    A symlinked *file* must point inside the catalog (or beside itself): a link to /etc/passwd or
+    /dev/zero is an escaping path like `../x`. A symlinked *folder* (images/ on another disk) is fine.
+    """
+    if os.path.islink(path):
+        real = os.path.realpath(path)
+        if not (_within(real, root) or _within(real, _real_dir(os.path.dirname(path)))):
+            return None, "path escapes catalog"
+    else:
+        real = _realpath(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        check_file(real, MAX_IMAGE_BYTES)  # before open(): a FIFO would block, /dev/zero never end
+        with open(real, "rb") as f:
+            data = f.read(MAX_IMAGE_BYTES + 1)
+    except ImageRejected as e:
+        return None, e.reason
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None, "missing image"
     except OSError:
         return None, "unreadable image"
     if not data:
         return None, "corrupt image"
+    if len(data) > MAX_IMAGE_BYTES:  # grew since the stat
+        return None, "image too large"
     digest = hashlib.sha256(data).hexdigest()
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format == "JPEG":
                 im.draft("RGB", _DRAFT_SIZE)
             im.load()
-    except Image.DecompressionBombError:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return None, "image too large"
     except Exception:  # any decoder failure (OSError, SyntaxError, struct.error...) = unusable file
         return None, "corrupt image"
-    return digest, _realpath(path)
+    return digest, real
 
 
 _CHUNK = 64
 
 
-def _check_chunk(chunk: list[_Candidate]) -> list[tuple[str | None, str]]:
-    return [_check_image(c.image) for c in chunk]
-
-
 def _check_images(
-    candidates: list[_Candidate], progress: Progress | None
+    candidates: list[_Candidate], progress: Progress | None, root: str
 ) -> tuple[list[tuple[int, Product]], list[Skipped]]:
     total = len(candidates)
     products: list[tuple[int, Product]] = []
@@ -599,8 +651,13 @@ def _check_images(
     # images Python overhead dominates, so: few workers, and chunks to keep task overhead small.
     workers = max(1, min(4, os.cpu_count() or 1))
     chunks = [candidates[i : i + _CHUNK] for i in range(0, total, _CHUNK)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = (r for chunk in pool.map(_check_chunk, chunks) for r in chunk)
+
+    def check_chunk(chunk: list[_Candidate]) -> list[tuple[str | None, str]]:
+        return [_check_image(c.image, root) for c in chunk]
+
+    # The warnings filter is process-wide: set once here, the workers see it too.
+    with bombs_as_errors(), ThreadPoolExecutor(max_workers=workers) as pool:
+        results = (r for chunk in pool.map(check_chunk, chunks) for r in chunk)
         for i, (c, (digest, info)) in enumerate(zip(candidates, results, strict=True), start=1):
             if digest is None:
                 skipped.append(Skipped(c.row, c.ref, info))

@@ -9,13 +9,14 @@ Everything is stored as plain arrays; no estimator is pickled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import silhouette_score
+
+from .search_options import DEFAULT_MAX_CLUSTERS, DEFAULT_THRESHOLD, parse_cluster_list  # noqa: F401
 
 AUTO_MAX_K = 16
 POINTS_PER_CLUSTER = 50  # auto never makes clusters smaller than this on average
@@ -138,7 +139,8 @@ def fit_clusters(image_joint: np.ndarray, text_joint: np.ndarray, k: int | None,
     return model, labels
 
 
-def route(probs: np.ndarray, threshold: float = 0.8, max_clusters: int = 3) -> list[tuple[int, float]]:
+def route(probs: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+          max_clusters: int = DEFAULT_MAX_CLUSTERS) -> list[tuple[int, float]]:
     """The fewest most-likely clusters whose probability mass reaches `threshold`, at most `max_clusters`."""
     order = np.argsort(-probs)
     chosen: list[tuple[int, float]] = []
@@ -149,11 +151,3 @@ def route(probs: np.ndarray, threshold: float = 0.8, max_clusters: int = 3) -> l
         if mass >= threshold:
             break
     return chosen
-
-
-def parse_cluster_list(text: str, k: int) -> Sequence[int]:
-    ids = [int(x) for x in text.replace(" ", "").split(",") if x]
-    bad = [c for c in ids if not 0 <= c < k]
-    if bad or not ids:
-        raise ValueError(f"clusters must be ids in 0..{k - 1}, got {text!r}")
-    return ids

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class EnclipError(Exception):
     """Base of every error a user can cause and fix (bad input, wrong bundle, unreachable server)."""
@@ -25,3 +27,14 @@ class CollectionNotFound(StoreError):
 
 class QueryError(EnclipError):
     """A query is empty or malformed."""
+
+
+class ConfirmationRequired(EnclipError):
+    """A destructive step (a large prune) needs an explicit yes; nothing was changed."""
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with its credentials (`user:password@`) replaced by `***@`, for messages and logs."""
+    if not url:
+        return url
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)?[^/?#]*@", lambda m: f"{m.group(1) or ''}***@", url, count=1)

@@ -29,12 +29,12 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.metrics import ndcg_score
 
-from .api import open_catalog
 from .bundle import Bundle, load_bundle, seen_product_ids
 from .catalog import Catalog, Product
 from .clustering import route
 from .errors import BundleError, CatalogError, QueryError
 from .indexing import index_catalog, point_id
+from .load import open_catalog
 from .progress import NullProgress, Progress
 from .search import DEFAULT_MAX_CLUSTERS, DEFAULT_OVERSAMPLE, DEFAULT_THRESHOLD, EncodedQuery, encode_query
 from .store import EdgeStore, Hit, SearchFilter, Store
@@ -382,7 +382,7 @@ def _run(store: Store, bundle: Bundle, ranking: _Ranking, q: EncodedQuery, top_k
 
 def _train_dir(workdir: Path, train_catalog: Catalog, config: TrainConfig) -> Path:
     """One folder per (training products, settings): re-running an interrupted evaluation resumes its training."""
-    key = json.dumps([train_catalog.fingerprint(), config.resolved()], sort_keys=True, default=str)
+    key = json.dumps([train_catalog.fingerprint(), config.resolved().to_dict()], sort_keys=True, default=str)
     return workdir / f"bundle-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 

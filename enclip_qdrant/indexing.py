@@ -13,19 +13,43 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
-from PIL import Image
-
+from .aliases import physical_name, plan_target, switch_alias
 from .bundle import Bundle
-from .errors import BundleError
+from .errors import BundleError, ConfirmationRequired
+from .images import ImageRejected, image_bound, load_image
+from .meta import CollectionMeta, check_compatible, read_meta
 from .progress import NullProgress, Progress
 from .store import CollectionSpec, PointRecord, Store
 from .store.base import CollectionOptions
 
+__all__ = ["IndexReport", "check_compatible", "failed_summary", "index_catalog", "physical_name", "point_id",
+           "product_payload"]
+
 RESERVED = ("cluster", "product_id", "text", "image", "content_hash", "payload_hash")
 _NAMESPACE = uuid.UUID("6b0e3f8e-5c55-4d6a-9a43-6f2d1f7c2a10")
+# A prune deleting more than this share of the collection needs an explicit confirmation (`--yes`):
+# a catalog read from the wrong folder, or half of it on an unmounted disk, must not empty the index.
+PRUNE_THRESHOLD = 0.2
+
+
+class IndexInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `index`: says what was kept. Still a KeyboardInterrupt, so callers stop as before."""
+
+
+def check_catalog(store: Store, collection: str, catalog: Any) -> None:
+    """A collection named after its catalog's folder must not be filled from another folder of that name.
+
+    Identity is the resolved root: the same folder with rows added or changed still indexes incrementally.
+    Only for the implicit default name; a `--collection` the user chose may hold anything."""
+    if not store.exists(collection):
+        return
+    built_from = read_meta(store, collection).catalog
+    if built_from and str(built_from) != str(catalog.root):
+        raise BundleError(
+            f"collection {collection!r} holds the catalog at {built_from}, not {catalog.root}: two catalogs "
+            f"share the folder name {collection!r}. Choose another name with --collection (and --bundle)")
 
 
 def point_id(product_id: str) -> str:
@@ -68,83 +92,42 @@ class IndexReport:
         return self.added + self.changed
 
 
-def check_compatible(store: Store, collection: str, bundle: Bundle) -> dict[str, Any]:
-    """A collection can only be read or extended with the ensemble that built it."""
-    meta = store.info(collection).metadata
-    built_by = meta.get("bundle_fingerprint")
-    if built_by != bundle.fingerprint:
-        raise BundleError(
-            f"collection {collection!r} was built by bundle {built_by or 'unknown'}, but bundle "
-            f"{bundle.fingerprint} ({bundle.path}) was given: its vectors would not be comparable. "
-            f"Use that bundle, or index into another --collection")
-    return meta
-
-
-def physical_name(collection: str, bundle: Bundle) -> str:
-    """One physical collection per (name, bundle): a retrained bundle never writes into the live one."""
-    return f"{collection}-{bundle.fingerprint[:8]}"
-
-
-def plan_target(store: Store, collection: str, bundle: Bundle, blue_green: bool) -> tuple[str, str | None, bool]:
-    """(physical collection to fill, the alias's current target, whether to switch the alias when done)."""
-    current = store.aliases().get(collection)
-    if current is None and store.exists(collection):  # a plain collection, indexed before aliases existed
-        if blue_green and store.info(collection).metadata.get("bundle_fingerprint") != bundle.fingerprint:
-            raise BundleError(f"collection {collection!r} predates blue/green indexing (it is not an alias), "
-                              "so it cannot be switched: index into a new --collection")
-        return collection, None, False
-    if current is not None and store.info(current).metadata.get("bundle_fingerprint") == bundle.fingerprint:
-        return current, None, False
-    if current is not None and not blue_green:
-        try:
-            check_compatible(store, collection, bundle)
-        except BundleError as e:
-            raise BundleError(f"{e}; or build it beside the live one and switch with --blue-green") from None
-    return physical_name(collection, bundle), current, True
-
-
 def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *, batch_size: int = 256,
                   prune: bool = False, progress: Progress | None = None,
-                  options: CollectionOptions | None = None, blue_green: bool = False) -> IndexReport:
+                  options: CollectionOptions | None = None, blue_green: bool = False,
+                  prune_threshold: float = PRUNE_THRESHOLD, confirm: bool = False) -> IndexReport:
     """`options` shape the collection when this call creates it; an existing collection keeps its own.
     `collection` is an alias; with `blue_green`, another bundle's index is built beside the live one and
-    the alias switched only when it is complete, so queries never see a half-built collection."""
+    the alias switched only when it is complete, so queries never see a half-built collection.
+    `prune` deletes only ids gone from the table; more than `prune_threshold` of the collection needs
+    `confirm` (else ConfirmationRequired, raised before anything is written)."""
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     physical, previous, switch = plan_target(store, collection, bundle, blue_green)
     created = not store.exists(physical)
     if created:
-        store.create(physical, CollectionSpec(vectors=bundle.vectors, metadata={
-            "bundle_fingerprint": bundle.fingerprint, "bundle_path": str(bundle.path.resolve()),
-            "members": list(bundle.vectors), "clusters": bundle.clusters.k,
-            "catalog": str(catalog.root), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }, options=options))
+        store.create(physical, CollectionSpec(vectors=bundle.vectors,
+                                              metadata=CollectionMeta.for_bundle(bundle, catalog.root).to_dict(),
+                                              options=options))
     else:  # ours from an interrupted run, or the live one: incremental indexing fills in the rest
         check_compatible(store, physical, bundle)
     report = IndexReport(collection, store.location, bundle.fingerprint, created,
                          skipped_rows=len(catalog.skipped), physical=physical, previous=previous)
-    _fill(catalog, bundle, store, physical, report, batch_size, prune, progress)
+    _fill(catalog, bundle, store, physical, report, batch_size, prune, progress, prune_threshold, confirm)
     if switch:
-        _switch(store, collection, physical, previous)
+        switch_alias(store, collection, physical, previous)
         report.switched = True
     report.seconds = round(time.perf_counter() - t0, 2)
     return report
 
 
-def _switch(store: Store, alias: str, physical: str, previous: str | None) -> None:
-    """Record where to roll back to, then switch: the alias moves only to a complete collection."""
-    if previous is not None:
-        meta = store.info(physical).metadata
-        store.set_metadata(physical, {**meta, "previous": previous})
-    store.set_alias(alias, physical)
-
-
 def _fill(catalog: Any, bundle: Bundle, store: Store, collection: str, report: IndexReport, batch_size: int,
-          prune: bool, progress: Progress) -> None:
+          prune: bool, progress: Progress, prune_threshold: float = PRUNE_THRESHOLD, confirm: bool = False) -> None:
     created = report.created
 
     existing = {} if created else {
         pid: p for pid, p in store.scroll(collection, ["content_hash", "payload_hash", "cluster"])}
+    gone = _prune_plan(catalog, existing, prune, prune_threshold, confirm)
     to_embed: list[tuple[Any, dict[str, Any]]] = []
     for product in catalog.products:
         pid, payload = point_id(product.id), product_payload(product)
@@ -162,41 +145,62 @@ def _fill(catalog: Any, bundle: Bundle, store: Store, collection: str, report: I
             report.unchanged += 1
 
     task = progress.task(f"embedding {len(to_embed)} images x {len(bundle.vectors)} members", total=len(to_embed))
-    for start in range(0, len(to_embed), batch_size):
-        chunk = to_embed[start:start + batch_size]
-        images, ok = [], []
-        t0 = time.perf_counter()
-        for product, payload in chunk:
-            try:
-                with Image.open(product.image) as im:
-                    images.append(im.convert("RGB"))
-                ok.append((product, payload))
-            except OSError as e:  # changed or vanished since the catalog was read
-                report.failed.append((product.id, str(e).splitlines()[0]))
-        t1 = time.perf_counter()
-        if ok:
-            per_member, joint = bundle.embed_images(images)
-            clusters = bundle.clusters.assign(joint)
-            t2 = time.perf_counter()
-            store.upsert(collection, [
-                PointRecord(point_id(p.id), {name: vecs[i] for name, vecs in per_member.items()},
-                            payload | {"cluster": int(clusters[i])})
-                for i, (p, payload) in enumerate(ok)])
-            report.timings["encode"] += t2 - t1
-            report.timings["upsert"] += time.perf_counter() - t2
-        report.timings["decode"] += t1 - t0
-        task.advance(len(chunk))
-    task.close()
+    bound = image_bound(bundle)
+    written = 0
+    try:
+        for start in range(0, len(to_embed), batch_size):
+            chunk = to_embed[start:start + batch_size]
+            images, ok = [], []
+            t0 = time.perf_counter()
+            for product, payload in chunk:
+                try:
+                    images.append(load_image(product.image, bound))
+                    ok.append((product, payload))
+                except ImageRejected as e:  # changed or vanished since the catalog was read
+                    report.failed.append((product.id, str(e)))
+            t1 = time.perf_counter()
+            if ok:
+                per_member, joint = bundle.embed_images(images)
+                del images  # the batch's pixels are not needed past this point
+                clusters = bundle.clusters.assign(joint)
+                t2 = time.perf_counter()
+                store.upsert(collection, [
+                    PointRecord(point_id(p.id), {name: vecs[i] for name, vecs in per_member.items()},
+                                payload | {"cluster": int(clusters[i])})
+                    for i, (p, payload) in enumerate(ok)])
+                written += len(ok)
+                report.timings["encode"] += t2 - t1
+                report.timings["upsert"] += time.perf_counter() - t2
+            report.timings["decode"] += t1 - t0
+            task.advance(len(chunk))
+    except KeyboardInterrupt:
+        raise IndexInterrupted(
+            f"interrupted: {written:,} of {len(to_embed):,} images embedded in this run were written to "
+            f"{collection!r} and are kept (nothing was pruned); run the same command again to resume") from None
+    finally:
+        task.close()
     report.timings = {k: round(v, 3) for k, v in report.timings.items()}
     report.added -= sum(1 for pid, _ in report.failed if point_id(pid) not in existing)
     report.changed -= sum(1 for pid, _ in report.failed if point_id(pid) in existing)
 
-    if prune and existing:
-        keep = {point_id(p.id) for p in catalog.products}
-        gone = [pid for pid in existing if pid not in keep]
-        if gone:
-            store.delete(collection, gone)
-        report.deleted = len(gone)
+    if gone:
+        store.delete(collection, gone)
+    report.deleted = len(gone)
+
+
+def _prune_plan(catalog: Any, existing: dict[str, Any], prune: bool, threshold: float, confirm: bool) -> list[str]:
+    """Point ids to delete: products whose id is gone from the table, not rows that failed to load now."""
+    if not prune or not existing:
+        return []
+    ids = set(getattr(catalog, "row_ids", ())) | {p.id for p in catalog.products}
+    keep = {point_id(i) for i in ids}
+    gone = [pid for pid in existing if pid not in keep]
+    if gone and len(gone) > threshold * len(existing) and not confirm:
+        raise ConfirmationRequired(
+            f"--prune would delete {len(gone):,} of the {len(existing):,} products in the collection "
+            f"({len(gone) / len(existing):.0%}, more than {threshold:.0%}); check the catalog path, then "
+            "pass --yes to confirm. Nothing was changed")
+    return gone
 
 
 def failed_summary(failed: Sequence[tuple[str, str]], first: int = 3) -> str:

@@ -8,8 +8,8 @@ too. We load the weights ourselves with safetensors so that nothing is ever unpi
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,11 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 
 from .errors import BundleError, EnclipError
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from .presets import Preset
 
 CONFIG_NAME = "open_clip_config.json"
@@ -38,13 +40,55 @@ def eval_transform(preprocess_cfg: Mapping[str, Any]) -> Callable[[Image.Image],
     )
 
 
-def _tokenizer(model_cfg: Mapping[str, Any]) -> Callable[[Sequence[str]], torch.Tensor]:
+# open_clip's own HFTokenizer options; anything else would reach transformers' from_pretrained, where
+# `trust_remote_code`, `revision`, `cache_dir`... could fetch or run code a bundle must never make us run.
+SAFE_TOKENIZER_KWARGS = frozenset({"clean", "strip_sep_token", "language"})
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+HF_TEXT_CONFIG = "config.json"  # a Hugging Face text tower's config, saved beside the weights
+
+
+def _tokenizer_kwargs(text_cfg: Mapping[str, Any], where: str) -> dict[str, Any]:
+    kwargs = text_cfg.get("tokenizer_kwargs", {}) or {}
+    if not isinstance(kwargs, Mapping):
+        raise BundleError(f"{where}: tokenizer_kwargs must be an object")
+    refused = sorted(set(kwargs) - SAFE_TOKENIZER_KWARGS)
+    if refused:
+        raise BundleError(f"{where}: tokenizer setting {', '.join(map(repr, refused))} is refused (only "
+                          f"{', '.join(sorted(SAFE_TOKENIZER_KWARGS))}): it could fetch or run code")
+    return dict(kwargs)
+
+
+def _tokenizer(model_cfg: Mapping[str, Any], folder: Path | None = None) -> Callable[[Sequence[str]], torch.Tensor]:
+    """The member's tokenizer. From a member folder (a bundle), a Hugging Face tokenizer is read from the
+    files saved in that folder, exactly as open_clip's `local-dir:` does: never from the hub by name."""
     text_cfg = model_cfg["text_cfg"]
     ctx = text_cfg.get("context_length", 77)
-    if text_cfg.get("hf_tokenizer_name"):
-        return open_clip.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=ctx,
-                                     **text_cfg.get("tokenizer_kwargs", {}))
-    return open_clip.SimpleTokenizer(context_length=ctx)
+    where = f"member {folder}" if folder is not None else "tokenizer"
+    kwargs = _tokenizer_kwargs(text_cfg, where)
+    if not text_cfg.get("hf_tokenizer_name"):
+        return open_clip.SimpleTokenizer(context_length=ctx)
+    from open_clip.tokenizer import HFTokenizer  # open_clip 3 no longer exports it at the top level
+
+    source = str(text_cfg["hf_tokenizer_name"])
+    if folder is not None:
+        _check_local_hf_files(folder, TOKENIZER_FILES, "a Hugging Face tokenizer")
+        source, kwargs = str(folder), kwargs | {"local_files_only": True}
+    return HFTokenizer(source, context_length=ctx, tokenizer_mode=text_cfg.get("tokenizer_mode"), **kwargs)
+
+
+def _check_local_hf_files(folder: Path, names: Sequence[str], what: str) -> None:
+    """A member folder must carry its own Hugging Face files, and they must not ask to run custom code."""
+    present = [n for n in names if (folder / n).is_file()]
+    if not present:
+        raise BundleError(f"member {folder} needs {what} but holds none of its files: a bundle must carry them "
+                          "(loading by name would fetch from the network)")
+    for name in ("tokenizer_config.json", HF_TEXT_CONFIG):
+        cfg = read_json(folder / name) if (folder / name).is_file() else {}
+        if not isinstance(cfg, dict):
+            raise BundleError(f"member {folder}: {name} is corrupt")
+        if "auto_map" in cfg or cfg.get("trust_remote_code"):
+            raise BundleError(f"member {folder}: {name} asks to run custom code (auto_map): refused")
 
 
 def _model_class(model_cfg: Mapping[str, Any]) -> type[torch.nn.Module]:
@@ -54,13 +98,18 @@ def _model_class(model_cfg: Mapping[str, Any]) -> type[torch.nn.Module]:
     return open_clip.CustomTextCLIP if custom else open_clip.CLIP
 
 
-def build_model(model_cfg: Mapping[str, Any]) -> torch.nn.Module:
-    """A randomly initialised model from a full open_clip model_cfg (no weight download, ever)."""
+def build_model(model_cfg: Mapping[str, Any], folder: Path | None = None) -> torch.nn.Module:
+    """A randomly initialised model from a full open_clip model_cfg (no weight download, ever).
+
+    From a member `folder`, a Hugging Face text tower is built from the config saved there, not by name."""
     cfg = json.loads(json.dumps(dict(model_cfg)))
     cfg.pop("custom_text", None)
     text_cfg = cfg.get("text_cfg", {})
     if "hf_model_name" in text_cfg:
         text_cfg["hf_model_pretrained"] = False
+        if folder is not None:
+            _check_local_hf_files(folder, (HF_TEXT_CONFIG,), "a Hugging Face text model config")
+            text_cfg["hf_model_name"] = str(folder)
     if "timm_model_name" in cfg.get("vision_cfg", {}):
         cfg["vision_cfg"]["timm_model_pretrained"] = False
     return _model_class(model_cfg)(**cfg)
@@ -75,9 +124,10 @@ class Member:
     model_cfg: dict[str, Any]
     preprocess_cfg: dict[str, Any]
     info: dict[str, Any]  # provenance: preset or base model, pretrained source, seed, val metrics
+    folder: Path | None = None  # where it was loaded from: its Hugging Face files are read from there
 
     def __post_init__(self) -> None:
-        self.tokenizer = _tokenizer(self.model_cfg)
+        self.tokenizer = _tokenizer(self.model_cfg, self.folder)
         self.preprocess = eval_transform(self.preprocess_cfg)
 
     @property
@@ -110,33 +160,52 @@ class Member:
         return self.model.encode_text(tokens, normalize=True).float().numpy()
 
     def save(self, folder: Path) -> str:
-        """Write an open_clip local-dir folder; returns the weights' sha256 (for the bundle fingerprint)."""
+        """Write an open_clip local-dir folder; returns the weights' sha256 (for the bundle fingerprint).
+
+        A Hugging Face tokenizer and text-tower config are saved beside the weights, so loading the folder
+        never needs the network. Every file is replaced atomically."""
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        tmp = folder / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, folder / WEIGHTS_NAME)
+        atomic_write_bytes(folder / WEIGHTS_NAME, save_tensors(state, metadata={"format": "pt"}))
+        hf_tokenizer = getattr(self.tokenizer, "tokenizer", None)
+        if self.model_cfg["text_cfg"].get("hf_tokenizer_name") and hf_tokenizer is not None \
+                and self.folder != folder:
+            hf_tokenizer.save_pretrained(str(folder))
+        text_config = getattr(getattr(self.model, "text", None), "config", None)
+        if "hf_model_name" in self.model_cfg["text_cfg"] and text_config is not None:
+            atomic_write_text(folder / HF_TEXT_CONFIG, text_config.to_json_string())
         config = {"model_cfg": self.model_cfg, "preprocess_cfg": self.preprocess_cfg, "enclip": self.info}
-        _write_json(folder / CONFIG_NAME, config)
+        atomic_write_json(folder / CONFIG_NAME, config, sort_keys=True)
         return file_sha256(folder / WEIGHTS_NAME)
 
 
 def load_member(folder: Path, name: str) -> Member:
+    """A member from its folder; anything malformed, corrupt or unsafe is one `BundleError` line."""
     config_path, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not config_path.is_file() or not weights.is_file():
         raise BundleError(f"member {name!r} is incomplete: {folder} needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        config = json.loads(config_path.read_text())
-        if config.get("recipe") == "text_encoder":  # a shared pretrained text encoder + heads: see recipes.py
-            from .recipes import load_head_member
+    config = read_json(config_path)
+    if isinstance(config, dict) and config.get("recipe") == "text_encoder":  # shared text encoder + heads
+        from .recipes import load_head_member
 
-            return load_head_member(folder, name, config)
-        model = build_model(config["model_cfg"])
+        return load_head_member(folder, name, config)
+    if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict) \
+            or not isinstance(config.get("preprocess_cfg"), dict) \
+            or not isinstance(config["model_cfg"].get("text_cfg"), dict):
+        raise BundleError(f"cannot load member {name!r}: {config_path} is corrupt or lacks model_cfg/preprocess_cfg")
+    info = config.get("enclip", {})
+    try:
+        model = build_model(config["model_cfg"], folder)
         model.load_state_dict(load_file(str(weights)), strict=True)
-    except (json.JSONDecodeError, KeyError, RuntimeError, OSError) as e:
-        raise BundleError(f"cannot load member {name!r} from {folder}: {str(e).splitlines()[0]}") from e
-    model.eval()
-    return Member(name, model, config["model_cfg"], config["preprocess_cfg"], config.get("enclip", {}))
+        model.eval()
+        return Member(name, model, config["model_cfg"], config["preprocess_cfg"],
+                      info if isinstance(info, dict) else {}, folder)
+    except BundleError:
+        raise
+    except Exception as e:  # torch, safetensors and transformers raise many types for a corrupt member
+        text = str(e).strip()
+        raise BundleError(f"cannot load member {name!r} from {folder}: "
+                          f"{text.splitlines()[0] if text else type(e).__name__}") from e
 
 
 def new_member(name: str, preset: Preset, *, seed: int, base_model: str | None = None,
@@ -152,25 +221,50 @@ def new_member(name: str, preset: Preset, *, seed: int, base_model: str | None =
     return Member(name, model, model_cfg, preprocess_cfg, info)
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".tar")
+
+
 def load_pretrained(model_name: str, pretrained: str | None) -> tuple[torch.nn.Module, dict, dict]:
     """Load a real open_clip checkpoint: a tag (`laion2b_s34b_b79k`), `hf-hub:org/repo`, or a local path.
 
-    Local files must be safetensors (or an open_clip local-dir folder holding one): we never unpickle.
+    Local files must be safetensors (or an open_clip local-dir folder holding one): we read those weights
+    ourselves, so open_clip's checkpoint loader (which falls back to torch.load, an unpickler) never sees a
+    local file; downloads are held to the same rule by `_no_unpickling`.
     """
+    weights: Path | None = None
     if pretrained and pretrained.startswith("hf-hub:"):
         model_name, pretrained = pretrained, None
-    elif pretrained and Path(pretrained).exists():
+    elif pretrained and (Path(pretrained).exists() or Path(pretrained).suffix in (*PICKLE_SUFFIXES, ".safetensors")):
         path = Path(pretrained)
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise EnclipError(f"refusing to unpickle {path}: only safetensors checkpoints are loaded (nothing is "
+                              "ever unpickled); convert it to .safetensors first")
+        if not path.exists():
+            raise EnclipError(f"--pretrained {path}: no such file or folder")
         if path.is_dir():
-            if not (path / WEIGHTS_NAME).is_file() and not list(path.glob("*.safetensors")):
-                raise EnclipError(f"{path} has no .safetensors weights (pickled checkpoints are refused)")
-            model_name, pretrained = f"local-dir:{path}", None
-        elif path.suffix != ".safetensors":
-            raise EnclipError(f"refusing to unpickle {path}: convert it to .safetensors first")
+            weights = _safetensors_in(path)
+            if not (path / CONFIG_NAME).is_file():
+                raise EnclipError(f"{path} is not an open_clip folder: it needs {CONFIG_NAME} beside the weights")
+            model_name = f"local-dir:{path}"
+        elif path.suffix.lower() != ".safetensors":
+            raise EnclipError(f"refusing to load {path}: only .safetensors checkpoints are loaded (nothing is "
+                              "ever unpickled); convert it to .safetensors first")
+        else:
+            weights = path
+        pretrained = None
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+        with _no_unpickling():
+            if weights is None:
+                model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+            else:
+                model, _, preprocess = open_clip.create_model_and_transforms(model_name, load_weights=False,
+                                                                      pretrained_text=False)
+                open_clip.load_checkpoint(model, str(weights))  # a .safetensors path: read by safetensors
+    except EnclipError:
+        raise
     except Exception as e:  # open_clip raises bare RuntimeError/ValueError for unknown tags and failed downloads
-        raise EnclipError(f"cannot load pretrained {model_name} ({pretrained}): {str(e).splitlines()[0]}") from e
+        raise EnclipError(f"cannot load pretrained {model_name} ({pretrained or weights}): "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     pp = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = pp.get("size", model.visual.image_size)
     preprocess_cfg = {
@@ -181,6 +275,38 @@ def load_pretrained(model_name: str, pretrained: str | None) -> tuple[torch.nn.M
         "resize_mode": pp.get("resize_mode", "shortest"),
     }
     return model, _model_cfg_of(model_name), preprocess_cfg
+
+
+def _safetensors_in(folder: Path) -> Path:
+    """The folder's safetensors weights, in open_clip's order of preference; pickled ones are never chosen."""
+    for name in (WEIGHTS_NAME, "open_clip_pytorch_model.safetensors", "model.safetensors"):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) == 1:
+        return found[0]
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickled:
+        raise EnclipError(f"{folder} holds only pickled weights ({', '.join(pickled)}): only safetensors are "
+                          "loaded (nothing is ever unpickled); convert them to .safetensors first")
+    raise EnclipError(f"{folder} has no .safetensors weights" if not found else
+                      f"{folder} holds several .safetensors files; name the one to use with --pretrained FILE")
+
+
+@contextmanager
+def _no_unpickling() -> Iterator[None]:
+    """Refuse torch.load while open_clip builds a model: a tag or hub repo that only offers pickled weights
+    is an error instead of an unpickled download."""
+    def refuse(f: Any, *args: Any, **kwargs: Any) -> Any:
+        raise EnclipError(f"refusing to unpickle {f}: this checkpoint is only available pickled; use a "
+                          "safetensors checkpoint (nothing is ever unpickled)")
+
+    real, real_jit = torch.load, torch.jit.load
+    torch.load = torch.jit.load = refuse  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.load, torch.jit.load = real, real_jit  # type: ignore[assignment]
 
 
 def _model_cfg_of(model_name: str) -> dict[str, Any]:
@@ -296,9 +422,3 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from .errors import EnclipError
+from .files import atomic_write_json
+from .member_job import MemberJob, Pairs, ResolvedConfig, decode_image, log_member, read_report, train_and_save
 from .progress import Progress, ProgressRelay, QueueProgress
-from .training import REPORT, MemberJob, _log_member
 
 EVENT_PREFIX = "@enclip "
 JOB_FILE = "job.json"
@@ -92,7 +93,7 @@ class _Worker:
         self.log.close()
 
 
-def train_members_parallel(jobs: Sequence[MemberJob], products: Sequence[Any], val_idx: np.ndarray, cfg: dict[str, Any],
+def train_members_parallel(jobs: Sequence[MemberJob], products: Sequence[Any], val_idx: np.ndarray, cfg: ResolvedConfig,
                            workers: int, budget: int, progress: Progress) -> None:
     """Train `jobs` in up to `workers` processes sharing `budget` threads.
 
@@ -100,7 +101,7 @@ def train_members_parallel(jobs: Sequence[MemberJob], products: Sequence[Any], v
     resumes), no new one starts, and then the first failure is raised. Ctrl-C stops every worker.
     """
     common = {"images": [str(p.image) for p in products], "texts": [p.text for p in products],
-              "val_idx": val_idx.tolist(), "cfg": cfg}
+              "val_idx": val_idx.tolist(), "cfg": cfg.to_dict()}
     events: queue.Queue = queue.Queue()
     relay = ProgressRelay(events, progress)
     waiting, running = list(jobs), []  # type: ignore[var-annotated]
@@ -111,8 +112,7 @@ def train_members_parallel(jobs: Sequence[MemberJob], products: Sequence[Any], v
                 job = waiting.pop(0)
                 spec = common | {"name": job.name, "label": job.label, "seed": job.seed,
                                  "folder": str(job.folder), "idx": job.idx.tolist()}
-                job.folder.mkdir(parents=True, exist_ok=True)
-                (job.folder / JOB_FILE).write_text(json.dumps(spec))
+                atomic_write_json(job.folder / JOB_FILE, spec, indent=None)
                 running.append(_Worker(job, events, max(1, budget // workers)))
             if not running:
                 break
@@ -126,8 +126,11 @@ def train_members_parallel(jobs: Sequence[MemberJob], products: Sequence[Any], v
                 relay.drain()
                 why = w.finish()
                 (w.folder / JOB_FILE).unlink(missing_ok=True)
-                if why is None:
-                    _log_member(progress, w.job.name, json.loads((w.folder / REPORT).read_text()))
+                report = read_report(w.folder) if why is None else None
+                if why is None and report is None:
+                    why = f"its report did not read back (full log: {w.folder / LOG_FILE})"
+                if report is not None:
+                    log_member(progress, w.job.name, report)
                 else:
                     failures.append(f"member {w.job.name} failed: {why}")
                     progress.log(failures[-1])
@@ -164,8 +167,6 @@ def _watch_stdin(state: dict[str, int]) -> None:
 def _worker_main(job_file: str) -> None:
     import torch
 
-    from .training import Pairs, _train_and_save, decode_image
-
     spec = json.loads(Path(job_file).read_text())
     state = {"threads": int(os.environ.get("OMP_NUM_THREADS", "1"))}
     torch.set_num_threads(state["threads"])
@@ -174,7 +175,8 @@ def _worker_main(job_file: str) -> None:
     pairs = Pairs([str(i) for i in range(len(images))], images, spec["texts"])
     job = MemberJob(spec["name"], spec["label"], spec["seed"], Path(spec["folder"]), np.asarray(spec["idx"]))
     progress = QueueProgress(_StdoutSink(), spec["name"])
-    _train_and_save(job, pairs, np.asarray(spec["val_idx"]), spec["cfg"], progress, threads=lambda: state["threads"])
+    train_and_save(job, pairs, np.asarray(spec["val_idx"]), ResolvedConfig.from_dict(spec["cfg"]), progress,
+                   threads=lambda: state["threads"])
 
 
 if __name__ == "__main__":

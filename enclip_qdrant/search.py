@@ -8,24 +8,29 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .bundle import Bundle
 from .clustering import route
 from .errors import QueryError
+from .images import DEFAULT_BOUND, ImageRejected, image_bound, load_image
+from .search_options import (  # noqa: F401 - parsing is this module's API too
+    DEFAULT_MAX_CLUSTERS,
+    DEFAULT_OVERSAMPLE,
+    DEFAULT_THRESHOLD,
+    FILTER_HELP,
+    ClusterMode,
+    SearchOptions,
+    parse_clusters,
+    parse_filters,
+)
 from .store import Fusion, SearchFilter, Store
 
-ClusterMode = Literal["auto", "all"] | Sequence[int]
-
-# Routing searches the most likely clusters until their (calibrated) probability reaches this. On held-out
-# fashion-dev queries (13 clusters), 0.9 searched 2.4 clusters and cost 0.5 points of R@10; 0.8 cost 1.1.
-DEFAULT_THRESHOLD = 0.9
-DEFAULT_MAX_CLUSTERS = 3
-DEFAULT_OVERSAMPLE = 4
-
+__all__ = ["DEFAULT_MAX_CLUSTERS", "DEFAULT_OVERSAMPLE", "DEFAULT_THRESHOLD", "ClusterMode", "EncodedQuery", "Result",
+           "SearchOptions", "SearchResponse", "encode_query", "load_query_image", "search"]
 
 @dataclass
 class Result:
@@ -43,6 +48,7 @@ class SearchResponse:
     clusters: list[dict[str, float]]  # [{"id": 3, "p": 0.71}, ...]; empty when searching all
     results: list[Result]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    catalog_root: str | None = None  # where relative image paths in the payloads resolve (the contact sheet)
 
     def to_dict(self, explain: bool = False) -> dict[str, Any]:
         results = []
@@ -56,35 +62,101 @@ class SearchResponse:
         return {"query": self.query, "clusters": self.clusters, "results": results}
 
 
+class QueryEncoder(Protocol):
+    """What encodes queries: a Bundle itself, or the query service's micro-batcher in front of it."""
+
+    def embed_texts(self, texts: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]: ...
+
+    def embed_images(self, images: list[Image.Image]) -> tuple[dict[str, np.ndarray], np.ndarray]: ...
+
+
 @dataclass
 class EncodedQuery:
     vectors: dict[str, np.ndarray]  # per member, unit length
     cluster_probs: np.ndarray
 
 
-def load_query_image(path: str | Path) -> Image.Image:
+_PEEK_POINTS = 512  # how far to look for a stored value when a field has no payload index
+
+
+def typed_filters(store: Store, collection: str, filters: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    """Give each filter value the type stored for its field; floats (and anything else) are one clear error.
+
+    The type comes from the collection's payload index when the field has one, else from a stored value."""
+    if not filters:
+        return {}
+    schema = store.info(collection).payload_schema
+    out: dict[str, list[Any]] = {}
+    for key, values in filters.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            values = [values]
+        kind = _field_kind(store, collection, key, schema)
+        out[key] = [_typed(key, v, kind) for v in values]
+    return out
+
+
+def _field_kind(store: Store, collection: str, key: str, schema: Mapping[str, str]) -> str | None:
+    kind = schema.get(key)
+    if kind:
+        return {"keyword": "str", "text": "str", "uuid": "str", "integer": "int", "float": "float",
+                "bool": "bool"}.get(kind.lower(), kind.lower())
+    for i, (_, payload) in enumerate(store.scroll(collection, [key])):
+        value = payload.get(key)
+        if value is not None:
+            return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value), "other")
+        if i >= _PEEK_POINTS:
+            break
+    return None  # no product has it: nothing can match, whatever the type
+
+
+def _typed(key: str, value: Any, kind: str | None) -> Any:
+    if isinstance(value, float) or kind == "float":
+        raise QueryError(f"--filter {key}={value}: {key!r} holds decimal numbers, and filters match exact "
+                         "text, whole numbers or true/false only")
+    if not isinstance(value, (str, int)):  # bool is an int
+        raise QueryError(f"--filter {key}: {value!r} is not text, a whole number or true/false")
+    if kind == "int" and isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise QueryError(f"--filter {key}={value}: {key!r} holds whole numbers") from None
+    if kind == "bool" and isinstance(value, str):
+        if value.strip().lower() not in ("true", "false"):
+            raise QueryError(f"--filter {key}={value}: {key!r} holds true/false")
+        return value.strip().lower() == "true"
+    if kind in ("str", None) and not isinstance(value, str):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    if kind == "other":
+        raise QueryError(f"--filter {key}: {key!r} holds lists or objects, which cannot be matched")
+    return value
+
+
+def load_query_image(path: str | Path, bound: int | None = DEFAULT_BOUND) -> Image.Image:
+    """The `--image` query, decoded with the same bounds as catalog images (bombs, FIFOs: one line)."""
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise QueryError(f"query image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise QueryError(f"cannot read query image {path}: {str(e).splitlines()[0]}") from None
+        return load_image(path, bound)
+    except ImageRejected as e:
+        if e.reason == "missing image":
+            raise QueryError(f"query image not found: {path}") from None
+        raise QueryError(f"cannot read query image {path}: {e}") from None
 
 
-def encode_query(bundle: Bundle, text: str | None = None, image: Image.Image | None = None) -> EncodedQuery:
-    """Text, image, or both (the members' two unit vectors are summed and renormalised)."""
+def encode_query(bundle: Bundle, text: str | None = None, image: Image.Image | None = None, *,
+                 encoder: QueryEncoder | None = None) -> EncodedQuery:
+    """Text, image, or both (the members' two unit vectors are summed and renormalised).
+    `encoder`: who runs the members (default the bundle; the service passes its micro-batcher)."""
     text = (text or "").strip() or None
     if text is None and image is None:
         raise QueryError("empty query: give some text or --image")
+    enc = encoder or bundle
     parts: list[dict[str, np.ndarray]] = []
     probs: list[np.ndarray] = []
     if text is not None:
-        per, joint = bundle.embed_texts([text])
+        per, joint = enc.embed_texts([text])
         parts.append(per)
         probs.append(bundle.clusters.text_router.probs(joint)[0])
     if image is not None:
-        per, joint = bundle.embed_images([image])
+        per, joint = enc.embed_images([image])
         parts.append(per)
         probs.append(bundle.clusters.image_router.probs(joint)[0])
     vectors = {}
@@ -94,31 +166,38 @@ def encode_query(bundle: Bundle, text: str | None = None, image: Image.Image | N
     return EncodedQuery(vectors, np.mean(probs, axis=0))
 
 
+def choose_clusters(bundle: Bundle, probs: np.ndarray, clusters: ClusterMode = "auto",
+                    threshold: float = DEFAULT_THRESHOLD,
+                    max_clusters: int = DEFAULT_MAX_CLUSTERS) -> list[tuple[int, float]]:
+    """The clusters a query searches, as (id, probability); empty means all. Public so the query service's
+    /v1/encode hands an application the same cluster filter that `search` uses."""
+    if clusters == "all" or bundle.clusters.k == 1:
+        return []
+    if clusters == "auto":
+        return route(probs, threshold, max_clusters)
+    ids = [int(c) for c in clusters]
+    bad = [c for c in ids if not 0 <= c < bundle.clusters.k]
+    if bad:
+        raise QueryError(f"no cluster {bad[0]}: this bundle has clusters 0..{bundle.clusters.k - 1}")
+    return [(c, float(probs[c])) for c in ids]
+
+
 def search(bundle: Bundle, store: Store, collection: str, text: str | None = None, *,
            image: str | Path | Image.Image | None = None, top_k: int = 10, clusters: ClusterMode = "auto",
            fusion: Fusion = "rrf", filters: Mapping[str, Sequence[Any]] | None = None,
            threshold: float = DEFAULT_THRESHOLD, max_clusters: int = DEFAULT_MAX_CLUSTERS,
-           oversample: int = DEFAULT_OVERSAMPLE, explain: bool = False) -> SearchResponse:
+           oversample: int = DEFAULT_OVERSAMPLE, explain: bool = False,
+           encoder: QueryEncoder | None = None) -> SearchResponse:
     if top_k < 1:
         raise QueryError("--top-k must be at least 1")
     if fusion not in ("rrf", "dbsf"):
         raise QueryError(f"unknown fusion {fusion!r}: use rrf or dbsf")
     t0 = time.perf_counter()
-    pil = load_query_image(image) if isinstance(image, (str, Path)) else image
-    q = encode_query(bundle, text, pil)
+    pil = load_query_image(image, image_bound(bundle)) if isinstance(image, (str, Path)) else image
+    q = encode_query(bundle, text, pil, encoder=encoder)
     t1 = time.perf_counter()
-
-    if clusters == "all" or bundle.clusters.k == 1:
-        chosen: list[tuple[int, float]] = []
-    elif clusters == "auto":
-        chosen = route(q.cluster_probs, threshold, max_clusters)
-    else:
-        ids = [int(c) for c in clusters]
-        bad = [c for c in ids if not 0 <= c < bundle.clusters.k]
-        if bad:
-            raise QueryError(f"no cluster {bad[0]}: this bundle has clusters 0..{bundle.clusters.k - 1}")
-        chosen = [(c, float(q.cluster_probs[c])) for c in ids]
-    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=dict(filters or {}))
+    chosen = choose_clusters(bundle, q.cluster_probs, parse_clusters(clusters), threshold, max_clusters)
+    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=typed_filters(store, collection, filters or {}))
     hits = store.query_fused(collection, q.vectors, limit=top_k, prefetch_limit=top_k * oversample,
                              fusion=fusion, filter=None if flt.is_empty() else flt)
     t2 = time.perf_counter()

@@ -13,44 +13,43 @@ independent initialisations already give most of the diversity.
 
 from __future__ import annotations
 
-import copy
-import json
-import math
 import os
 import random
 import shutil
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import open_clip
 import torch
-from PIL import Image
 
-from .augment import train_transform
-from .bundle import (
-    CLUSTERS,
-    FORMAT,
-    FORMAT_VERSION,
-    Bundle,
-    bundle_fingerprint,
-    load_bundle,
-    save_clusters,
-    write_manifest,
-)
+from .bundle import CLUSTERS, FORMAT, MANIFEST, PLAN, Bundle, build_manifest, load_bundle, save_clusters, write_manifest
 from .clustering import fit_clusters
 from .errors import BundleError, CatalogError
-from .members import Ensemble, Member, file_sha256, joint_embedding, load_member, new_member
+from .files import atomic_write_json, locked, read_json
+from .member_job import (  # noqa: F401 - Pairs, decode_image, train_member... are this module's API too
+    REPORT,
+    MemberJob,
+    Pairs,
+    ResolvedConfig,
+    decode_image,
+    evaluate_member,
+    log_member,
+    read_report,
+    retrieval_recall,
+    train_and_save,
+    train_member,
+)
+from .members import Ensemble, Member, joint_embedding, load_member
 from .presets import FINETUNE_LR, get_preset
 from .progress import NullProgress, Progress
 from .text_encoders import TEXT_ENCODERS
 
-PLAN = "training.json"
 MIN_PAIRS = 16
+# A second run training into the same folder gets a clear "busy" error at once rather than waiting for a
+# training that can take an hour; it is never allowed to write beside the first.
+TRAIN_LOCK_TIMEOUT = 2.0
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -86,21 +85,22 @@ class TrainConfig:
         if self.parallel is not None and self.parallel < 1:
             raise BundleError(f"--parallel must be at least 1, not {self.parallel}")
 
-    def resolved(self) -> dict[str, Any]:
+    def resolved(self) -> ResolvedConfig:
+        """The settings members really train with: the preset's defaults filled in, precision decided."""
         preset = get_preset(self.preset)
         finetune = self.pretrained is not None or self.base_model is not None
-        d = asdict(self)
-        d["epochs"] = self.epochs or preset.epochs
-        d["batch_size"] = self.batch_size or preset.batch_size
-        d["lr"] = self.lr or (FINETUNE_LR if finetune else preset.lr)
-        d["weight_decay"] = preset.weight_decay
-        d["precision"] = resolve_precision(self.precision)
-        d["text_encoder"] = "none" if finetune else (self.text_encoder or preset.text_encoder)
-        return d
+        return ResolvedConfig(**(asdict(self) | {
+            "epochs": self.epochs or preset.epochs,
+            "batch_size": self.batch_size or preset.batch_size,
+            "lr": self.lr or (FINETUNE_LR if finetune else preset.lr),
+            "weight_decay": preset.weight_decay,
+            "precision": resolve_precision(self.precision),
+            "text_encoder": "none" if finetune else (self.text_encoder or preset.text_encoder),
+        }))
 
     def differs_from(self, trained: dict[str, Any]) -> list[str]:
         """Settings (of those that change what members learn) in which a trained bundle's config differs."""
-        mine = self.resolved()
+        mine = self.resolved().to_dict()
         return [k for k in (*_PLAN_KEYS, "members", "clusters") if trained.get(k) != mine[k]]
 
 
@@ -132,24 +132,6 @@ _PLAN_KEYS = ("preset", "epochs", "batch_size", "lr", "seed", "diversity", "val_
               "pretrained", "warmup_fraction", "weight_decay", "text_encoder")
 
 
-@dataclass
-class Pairs:
-    """Decoded images and their captions, held in memory once for all members."""
-
-    ids: list[str]
-    images: list[Image.Image]
-    texts: list[str]
-    index: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.index = {pid: i for i, pid in enumerate(self.ids)}
-
-
-def decode_image(path: str | Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
 def load_pairs(products: Sequence[Any], progress: Progress) -> Pairs:
     task = progress.task("decoding images", total=len(products))
     images = []
@@ -169,106 +151,99 @@ def split_ids(ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[
     return order[n_val:], order[:n_val]
 
 
-def retrieval_recall(img: np.ndarray, txt: np.ndarray, texts: Sequence[str], ks=(1, 5, 10)) -> dict[str, float]:
-    """Text->image recall@k on a held-out set; an image counts as relevant when its caption is the query's."""
-    sims = txt @ img.T
-    order = np.argsort(-sims, axis=1)
-    labels = np.asarray(texts)
-    relevant = labels[order] == labels[:, None]
-    out = {f"r@{k}": float(relevant[:, :k].any(axis=1).mean()) for k in ks}
-    first = np.where(relevant.any(axis=1), relevant.argmax(axis=1) + 1, np.inf)
-    out["mrr"] = float(np.mean(1.0 / first))
-    return out
+# What a training run writes in its folder: the only entries `--overwrite` ever removes.
+_OURS = (PLAN, MANIFEST, CLUSTERS, "members", "text_features.safetensors")  # the last: recipes.TEXT_CACHE
 
 
-def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * base * (1 + math.cos(math.pi * progress))
+def _is_tmp(name: str) -> bool:
+    return name.endswith(".tmp")  # files.py's per-process temp files, and older fixed-name ones
 
 
-def train_member(member: Member, pairs: Pairs, train_idx: np.ndarray, val_idx: np.ndarray,
-                 cfg: dict[str, Any], seed: int, progress: Progress, label: str,
-                 threads: Callable[[], int] | None = None) -> dict[str, Any]:
-    """Contrastive training (open_clip's ClipLoss, AdamW, warm-up + cosine); keeps the best epoch on val.
-
-    `threads`, when given, is asked before every step how many CPU threads to use: a member training
-    beside others gets its share of the cores, and all of them once the others have finished.
-    """
-    torch.manual_seed(seed)
-    bf16 = cfg.get("precision") == "bf16"
-    rng = np.random.default_rng(seed)
-    model = member.model
-    tf = train_transform(member.preprocess_cfg, seed)
-    tokens = member.tokenizer(pairs.texts)
-    bs = min(cfg["batch_size"], len(train_idx))
-    steps_per_epoch = max(1, len(train_idx) // bs)
-    total = steps_per_epoch * cfg["epochs"]
-    warmup = max(1, int(total * cfg["warmup_fraction"]))
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6)
-    loss_fn = open_clip.ClipLoss()
-    task = progress.task(f"{label} training", total=total)
-    best: dict[str, Any] = {"score": -1.0}
-    history = []
-    step, t0 = 0, time.perf_counter()
-    for epoch in range(cfg["epochs"]):
-        model.train()
-        order = rng.permutation(train_idx)
-        losses = []
-        for b in range(steps_per_epoch):
-            wanted = threads() if threads is not None else None
-            if wanted is not None and wanted != torch.get_num_threads():
-                torch.set_num_threads(wanted)
-            batch = order[b * bs:(b + 1) * bs]
-            images = torch.stack([tf(pairs.images[i]) for i in batch])
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, warmup, cfg["lr"])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                img_f, txt_f, scale = model(images, tokens[batch])[:3]
-            loss = loss_fn(img_f.float(), txt_f.float(), scale.float())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():  # CLIP's clamp: a logit scale above 100 destabilises training
-                model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
-            step += 1
-            task.advance(loss=f"{np.mean(losses[-20:]):.3f}")
-        metrics = evaluate_member(member, pairs, val_idx)
-        metrics |= {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
-        history.append(metrics)
-        task.update(val=f"R@10 {metrics['r@10']:.3f}")
-        score = metrics["r@10"] + metrics["mrr"]
-        if score > best["score"]:
-            best = {"score": score, "state": copy.deepcopy(model.state_dict()), "metrics": metrics}
-    task.close()
-    model.load_state_dict(best["state"])
-    model.eval()
-    elapsed = time.perf_counter() - t0
-    return {"val": best["metrics"], "history": history, "seconds": round(elapsed, 1),
-            "pairs_per_second": round(total * bs / elapsed, 1), "precision": cfg.get("precision", "fp32")}
+def _valid_plan(plan: Any) -> bool:
+    return isinstance(plan, dict) and isinstance(plan.get("catalog_fingerprint"), str) \
+        and isinstance(plan.get("config"), dict) and isinstance(plan.get("train_ids"), list)
 
 
-def evaluate_member(member: Member, pairs: Pairs, val_idx: np.ndarray) -> dict[str, float]:
-    ens = Ensemble([member])
-    img = ens.encode_images([pairs.images[i] for i in val_idx])[member.name]
-    txt = ens.encode_texts([pairs.texts[i] for i in val_idx])[member.name]
-    return retrieval_recall(img, txt, [pairs.texts[i] for i in val_idx])
+def _our_manifest(out: Path) -> bool:
+    manifest = read_json(out / MANIFEST)
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
-def _read_plan(out: Path) -> dict[str, Any] | None:
-    p = out / PLAN
-    return json.loads(p.read_text()) if p.is_file() else None
+def _ownership(out: Path) -> str:
+    """"empty", "run" (a readable plan of ours), "torn" (a plan that does not read back, in a folder holding
+    nothing but our layout: a run of ours interrupted mid-write), "bundle" (our manifest, no plan), or
+    "foreign": anything else, which is never deleted."""
+    if not out.exists():
+        return "empty"
+    if not out.is_dir():
+        return "foreign"
+    entries = [e.name for e in out.iterdir()]
+    if not entries:
+        return "empty"
+    plan_file = out / PLAN
+    plan = read_json(plan_file) if plan_file.is_file() else None
+    if _valid_plan(plan):
+        return "run"
+    only_our_layout = all(n in _OURS or _is_tmp(n) for n in entries)
+    if plan_file.is_file() and plan is None and only_our_layout:  # JSON of another shape is not our plan
+        return "torn"
+    if _our_manifest(out) and only_our_layout:
+        return "bundle"
+    return "foreign"
+
+
+def _refuse_protected(out: Path, protected: Sequence[tuple[str, Path]]) -> None:
+    """--out may never be (or contain) the catalog or the workspace: training writes there and
+    --overwrite deletes there."""
+    real = out.resolve()
+    for what, path in protected:
+        p = Path(path).resolve()
+        if real == p or p.is_relative_to(real):
+            raise BundleError(f"--out {out} is {'the' if real == p else 'a folder holding the'} {what}: "
+                              "choose another --out for the bundle")
+
+
+def _remove_ours(out: Path) -> None:
+    """Delete a previous run's files: only the entries a training run writes, never the folder's other files."""
+    for entry in out.iterdir():
+        if entry.name in _OURS or _is_tmp(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def _prepare(out: Path, fingerprint: str, wanted: dict[str, Any], overwrite: bool, progress: Progress) -> None:
+    """Resume a matching run, restart one of ours with --overwrite, or refuse; foreign folders are never touched."""
+    state = _ownership(out)
+    if state == "foreign":
+        raise BundleError(f"{out} exists and is not an enclip bundle or training run (it holds other files); "
+                          "pick another --out: enclip only deletes folders it made")
+    if state == "run" and not overwrite:
+        plan = read_json(out / PLAN)
+        if plan["catalog_fingerprint"] != fingerprint or plan["config"] != wanted:
+            raise BundleError(f"{out} holds a training run with another catalog or settings; "
+                              "pass --overwrite to replace it or choose another --out")
+        progress.log(f"resuming the training run in {out}")
+        return
+    if state == "torn" and not overwrite:
+        raise BundleError(f"{out} holds an interrupted training run whose plan ({PLAN}) is unreadable; "
+                          "pass --overwrite to restart it cleanly or choose another --out")
+    if state == "bundle" and not overwrite:
+        raise BundleError(f"{out} holds an enclip bundle without its training plan; "
+                          "pass --overwrite to replace it or choose another --out")
+    if state != "empty":
+        progress.log(f"replacing the previous training run in {out}")
+        _remove_ours(out)
 
 
 def train(catalog: Any, out: str | Path, config: TrainConfig | None = None,
-          progress: Progress | None = None, overwrite: bool = False) -> Bundle:
-    """Train (or resume) an ensemble on a catalog's image/caption pairs and write a bundle to `out`."""
+          progress: Progress | None = None, overwrite: bool = False,
+          protected: Sequence[tuple[str, Path]] = ()) -> Bundle:
+    """Train (or resume) an ensemble on a catalog's image/caption pairs and write a bundle to `out`.
+
+    The whole run holds a lock on `out`: a second run into the same folder gets a clear "busy" error.
+    `protected`: (what, folder) pairs `out` must not be or contain, besides the catalog (the workspace home)."""
     config = config or TrainConfig()
     progress = progress or NullProgress()
     if config.members < 1:
@@ -279,60 +254,59 @@ def train(catalog: Any, out: str | Path, config: TrainConfig | None = None,
     if len(products) < MIN_PAIRS:
         raise CatalogError(f"training needs captions: {len(products)} products have text "
                            f"(at least {MIN_PAIRS} needed; set the text column with --text-col)")
+    _refuse_protected(out, [("catalog folder", Path(catalog.root)), *protected])
     fingerprint = catalog.fingerprint()
-    plan = _read_plan(out)
-    wanted = {k: cfg[k] for k in _PLAN_KEYS}
-    if plan is not None and not overwrite:
-        if plan["catalog_fingerprint"] != fingerprint or plan["config"] != wanted:
-            raise BundleError(f"{out} holds a training run with another catalog or settings; "
-                              "pass --overwrite to replace it or choose another --out")
-        progress.log(f"resuming the training run in {out}")
-    elif out.exists() and any(out.iterdir()):
-        if not overwrite and plan is None:
-            raise BundleError(f"{out} exists and is not an enclip training run; choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)  # the bundle is incomplete until the end
+    wanted = {k: getattr(cfg, k) for k in _PLAN_KEYS}
+    with locked(out, timeout=TRAIN_LOCK_TIMEOUT, what=f"the bundle folder {out}"):
+        _prepare(out, fingerprint, wanted, overwrite, progress)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)  # the bundle is incomplete until the end
+        train_ids, val_ids = split_ids([p.id for p in products], cfg.val_fraction, cfg.seed)
+        atomic_write_json(out / PLAN, {"catalog_fingerprint": fingerprint, "config": wanted,
+                                       "train_ids": train_ids, "val_ids": val_ids}, indent=1)
+        return _train_members(out, catalog, fingerprint, products, train_ids, val_ids, config.members, cfg, progress)
 
-    train_ids, val_ids = split_ids([p.id for p in products], cfg["val_fraction"], cfg["seed"])
-    (out / PLAN).write_text(json.dumps({"catalog_fingerprint": fingerprint, "config": wanted,
-                                        "train_ids": train_ids, "val_ids": val_ids}, indent=1))
+
+def _train_members(out: Path, catalog: Any, fingerprint: str, products: Sequence[Any], train_ids: list[str],
+                   val_ids: list[str], n_members: int, cfg: ResolvedConfig, progress: Progress) -> Bundle:
     pairs = load_pairs(products, progress)
     train_idx = np.array([pairs.index[i] for i in train_ids])
     val_idx = np.array([pairs.index[i] for i in val_ids])
-    if cfg.get("text_encoder", "none") != "none":  # frozen shared encoder: every caption encoded once per run
+    if cfg.text_encoder != "none":  # frozen shared encoder: every caption encoded once per run
         from .recipes import prepare_text_cache
 
-        progress.log(f"encoding {len(pairs.texts)} captions with the shared {cfg['text_encoder']} text encoder")
-        prepare_text_cache(out, pairs.texts, cfg["text_encoder"])
+        progress.log(f"encoding {len(pairs.texts)} captions with the shared {cfg.text_encoder} text encoder")
+        prepare_text_cache(out, pairs.texts, cfg.text_encoder)
 
     jobs: list[MemberJob] = []
-    for i in range(config.members):
-        name, seed = f"m{i}", cfg["seed"] * 1000 + i
+    for i in range(n_members):
+        name, seed = f"m{i}", cfg.seed * 1000 + i
         idx = train_idx
-        if cfg["diversity"] == "bootstrap":
+        if cfg.diversity == "bootstrap":
             idx = np.random.default_rng(seed).choice(train_idx, size=len(train_idx), replace=True)
-        jobs.append(MemberJob(name, f"{name} ({i + 1}/{config.members})", seed, out / "members" / name, idx))
-    todo = [j for j in jobs if not (j.folder / REPORT).is_file()]
+        jobs.append(MemberJob(name, f"{name} ({i + 1}/{n_members})", seed, out / "members" / name, idx))
+    todo = [j for j in jobs if read_report(j.folder) is None]  # missing, torn or stale: train it (again)
     for j in jobs:
         if j not in todo:
             progress.log(f"member {j.name}: already trained, kept")
-    budget = cfg["threads"] or available_cores()
-    workers = min(len(todo), cfg["parallel"] or _auto_workers(budget, len(train_idx) * cfg["epochs"]))
+    budget = cfg.threads or available_cores()
+    workers = min(len(todo), cfg.parallel or _auto_workers(budget, len(train_idx) * cfg.epochs))
     if workers > 1:
-        progress.log(f"training {len(todo)} members, {workers} at a time on {budget} threads ({cfg['precision']})")
+        progress.log(f"training {len(todo)} members, {workers} at a time on {budget} threads ({cfg.precision})")
         from .parallel import train_members_parallel
 
         train_members_parallel(todo, products, val_idx, cfg, workers, budget, progress)
     else:
-        if cfg["threads"]:
-            torch.set_num_threads(cfg["threads"])
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         for job in todo:
-            _log_member(progress, job.name, _train_and_save(job, pairs, val_idx, cfg, progress))
+            log_member(progress, job.name, train_and_save(job, pairs, val_idx, cfg, progress))
     members = [load_member(j.folder, j.name) for j in jobs]
-    reports = [json.loads((j.folder / REPORT).read_text()) for j in jobs]
-
-    return _finish(out, catalog, fingerprint, pairs, products, train_idx, val_idx, members, reports, cfg, progress)
+    reports = [read_report(j.folder) for j in jobs]
+    if any(r is None for r in reports):
+        raise BundleError(f"a member's report in {out / 'members'} did not read back after training; run again")
+    return _finish(out, catalog, fingerprint, pairs, products, train_idx, val_idx, members,
+                   [r for r in reports if r is not None], cfg, progress)
 
 
 # A worker process costs ~5 s to start (importing torch and open_clip); below this much training per
@@ -345,53 +319,8 @@ def _auto_workers(budget: int, pairs_per_member: int) -> int:
     return 1 if pairs_per_member < PARALLEL_MIN_PAIRS else min(budget, 4)
 
 
-REPORT = "report.json"  # written last in a member's folder: the member is complete
-
-
-@dataclass(frozen=True, eq=False)
-class MemberJob:
-    name: str
-    label: str
-    seed: int
-    folder: Path
-    idx: np.ndarray  # training pairs (a bootstrap resample under diversity="bootstrap")
-
-
-def _train_and_save(job: MemberJob, pairs: Pairs, val_idx: np.ndarray, cfg: dict[str, Any], progress: Progress,
-                    threads: Callable[[], int] | None = None) -> dict[str, Any]:
-    started = time.time()
-    if cfg.get("text_encoder", "none") != "none":
-        from .recipes import load_text_cache, new_head_member
-
-        load_text_cache(job.folder.parent.parent, pairs.texts, cfg["text_encoder"])  # <bundle>/members/<name>
-        member: Member = new_head_member(job.name, get_preset(cfg["preset"]), cfg["text_encoder"], seed=job.seed)
-    else:
-        member = new_member(job.name, get_preset(cfg["preset"]), seed=job.seed, base_model=cfg["base_model"],
-                            pretrained=cfg["pretrained"])
-    report = train_member(member, pairs, job.idx, val_idx, cfg, job.seed, progress, job.label, threads)
-    report["started"], report["finished"] = round(started, 2), round(time.time(), 2)  # wall clock, for overlap
-    report["peak_rss_mib"] = _peak_rss_mib()  # of the process that trained it: a worker, or the caller's
-    member.info["val"] = report["val"]
-    report["sha256"] = member.save(job.folder)
-    (job.folder / REPORT).write_text(json.dumps(report, indent=1))
-    return report
-
-
-def _peak_rss_mib() -> int | None:
-    try:
-        import resource
-    except ImportError:  # not Unix
-        return None
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
-def _log_member(progress: Progress, name: str, report: dict[str, Any]) -> None:
-    progress.log(f"member {name}: val R@10 {report['val']['r@10']:.3f}, MRR {report['val']['mrr']:.3f}, "
-                 f"{report['pairs_per_second']} pairs/s")
-
-
 def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: Sequence[Any], train_idx: np.ndarray,
-            val_idx: np.ndarray, members: list[Member], reports: list[dict[str, Any]], cfg: dict[str, Any],
+            val_idx: np.ndarray, members: list[Member], reports: list[dict[str, Any]], cfg: ResolvedConfig,
             progress: Progress) -> Bundle:
     """Cluster the catalog in the ensemble's joint space, fit the routers, write clusters + manifest."""
     ensemble = Ensemble(members)
@@ -402,7 +331,7 @@ def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: S
     task.advance()
     task.close()
     img_joint, txt_joint = joint_embedding(img), joint_embedding(txt)
-    clusters, labels = fit_clusters(img_joint[train_idx], txt_joint[train_idx], cfg["clusters"], cfg["seed"])
+    clusters, labels = fit_clusters(img_joint[train_idx], txt_joint[train_idx], cfg.clusters, cfg.seed)
     # the routers were fitted on the training pairs; the validation pairs calibrate their confidence
     clusters = clusters.calibrated(txt_joint[val_idx], img_joint[val_idx])
     val_labels = clusters.assign(img_joint[val_idx])
@@ -410,31 +339,11 @@ def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: S
     ens_val = retrieval_recall(img_joint[val_idx], txt_joint[val_idx], [pairs.texts[i] for i in val_idx])
     save_clusters(out / CLUSTERS, clusters)
     sizes = np.bincount(clusters.assign(img_joint), minlength=clusters.k)
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "preset": cfg["preset"] if cfg["pretrained"] is None and cfg["base_model"] is None else None,
-        "members": [
-            {"name": m.name, "vector": m.name, "dim": m.dim, "path": f"members/{m.name}",
-             "sha256": r["sha256"], "seed": m.info.get("seed"), "preset": m.info.get("preset"),
-             "base_model": m.info.get("base_model"), "pretrained": m.info.get("pretrained"),
-             "recipe": m.info.get("recipe", "open_clip"),
-             "val": r["val"], "train_seconds": r["seconds"], "pairs_per_second": r["pairs_per_second"]}
-            for m, r in zip(members, reports, strict=True)
-        ],
-        "text_encoder": next((m.model_cfg["text_encoder"] for m in members if "text_encoder" in m.model_cfg), None),
-        "clusters": {"k": clusters.k, "criterion": clusters.criterion, "sizes": sizes.tolist(),
-                     "router_val_accuracy": router_acc,
-                     "router_temperature": {"text": clusters.text_router.temperature,
-                                            "image": clusters.image_router.temperature}},
-        "training": {"catalog_fingerprint": fingerprint, "catalog": str(catalog.root),
-                     "pairs": len(products), "train": len(train_idx), "val": len(val_idx),
-                     "config": {k: cfg[k] for k in sorted(cfg)}},
-        "validation": {"ensemble": ens_val},
-    }
-    manifest["fingerprint"] = bundle_fingerprint([r["sha256"] for r in reports],
-                                                 file_sha256(out / CLUSTERS))
+    manifest = build_manifest(
+        out, members=members, reports=reports, clusters=clusters, sizes=sizes.tolist(), router_accuracy=router_acc,
+        training={"catalog_fingerprint": fingerprint, "catalog": str(catalog.root), "pairs": len(products),
+                  "train": len(train_idx), "val": len(val_idx)},
+        config=cfg.to_dict(), validation={"ensemble": ens_val})
     write_manifest(out, manifest)
     progress.log(f"ensemble val R@10 {ens_val['r@10']:.3f} (best member "
                  f"{max(r['val']['r@10'] for r in reports):.3f}); {clusters.k} clusters, "

@@ -6,13 +6,13 @@ JSON file so that `enclip-qdrant query "..."` works right after `enclip-qdrant i
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from .errors import EnclipError
+from .files import atomic_write_json, locked, read_json
 
 ENV_HOME = "ENCLIP_HOME"
 STATE = "state.json"
@@ -40,43 +40,47 @@ class Workspace:
         return self.bundles / name
 
     def _state(self) -> dict[str, Any]:
-        path = self.home / STATE
-        if not path.is_file():
-            return {"collections": {}}
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return {"collections": {}}
+        """The defaults; a missing, torn or malformed file reads as none (they are re-recorded by `index`)."""
+        state = read_json(self.home / STATE)
+        if not isinstance(state, dict):
+            state = {}
+        if not isinstance(state.get("collections"), dict):
+            state["collections"] = {}
+        return state
 
     def _save(self, state: dict[str, Any]) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        tmp = self.home / (STATE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.home / STATE)
+        atomic_write_json(self.home / STATE, state)
 
     def remember(self, collection: str, bundle: Path, location: str, *, physical: str | None = None,
                  previous: str | None = None, default: bool = True) -> None:
-        """`physical`/`previous`: what the alias `collection` serves now and served before (for rollback)."""
-        state = self._state()
-        if default:
-            state["default_collection"] = collection
-        entry = {"bundle": str(Path(bundle).resolve()), "store": location}
-        old = state["collections"].get(collection) or {}
-        if physical:  # an incremental run (no switch) keeps the recorded rollback target
-            kept = old.get("previous") if old.get("collection") == physical else None
-            entry |= {"collection": physical, "previous": previous or kept}
-        state["collections"][collection] = entry
-        self._save(state)
+        """`physical`/`previous`: what the alias `collection` serves now and served before (for rollback).
+
+        Read-modify-write under a lock, so two processes indexing at once both keep their entries."""
+        with locked(self.home / STATE, what=f"the workspace {self.home}"):
+            state = self._state()
+            if default:
+                state["default_collection"] = collection
+            entry = {"bundle": str(Path(bundle).resolve()), "store": location}
+            old = state["collections"].get(collection) or {}
+            if not isinstance(old, dict):
+                old = {}
+            if physical:  # an incremental run (no switch) keeps the recorded rollback target
+                kept = old.get("previous") if old.get("collection") == physical else None
+                entry |= {"collection": physical, "previous": previous or kept}
+            state["collections"][collection] = entry
+            self._save(state)
 
     def default_collection(self) -> str:
         name = self._state().get("default_collection")
-        if not name:
+        if not name or not isinstance(name, str):
             raise EnclipError("no collection yet: run `enclip-qdrant index CATALOG` first, or pass --collection")
         return name
 
     def entry(self, collection: str) -> dict[str, Any]:
-        return dict(self._state()["collections"].get(collection) or {})
+        entry = self._state()["collections"].get(collection)
+        return dict(entry) if isinstance(entry, dict) else {}
 
     def bundle_for(self, collection: str) -> Path | None:
         entry = self._state()["collections"].get(collection)
-        return Path(entry["bundle"]) if entry else None
+        bundle = entry.get("bundle") if isinstance(entry, dict) else None
+        return Path(bundle) if isinstance(bundle, str) else None

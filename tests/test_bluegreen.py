@@ -11,6 +11,7 @@ import pytest
 from enclip_qdrant import api
 from enclip_qdrant.errors import BundleError, EnclipError
 from enclip_qdrant.indexing import check_compatible, index_catalog, physical_name
+from enclip_qdrant.migrate import migrate
 from enclip_qdrant.search import search
 from enclip_qdrant.store import EdgeStore, ServerStore
 
@@ -113,7 +114,8 @@ def test_push_copies_everything_and_resumes(tmp_path, bundle, catalog):
         source_info = edge.info(physical)
     n = len(catalog.products)
     with ServerStore(":memory:") as server:
-        report = api.push("shop", home=home, store=server, batch_size=100)
+        with EdgeStore(home) as edge:
+            report = migrate(edge, server, "shop", batch_size=100)
         assert (report.physical, report.copied, report.skipped) == (physical, n, 0)
         assert server.aliases() == {"shop": physical} and server.count("shop") == n
         info = server.info("shop")
@@ -126,5 +128,12 @@ def test_push_copies_everything_and_resumes(tmp_path, bundle, catalog):
             assert np.allclose(pushed[some].vectors[k], v, atol=1e-5)
         assert search(bundle, server, "shop", "red dress", top_k=5).results
 
-        again = api.push("shop", home=home, store=server)
+        with EdgeStore(home) as edge:
+            again = migrate(edge, server, "shop")
         assert (again.copied, again.skipped) == (0, n)
+
+
+def test_push_needs_a_server_target(tmp_path, monkeypatch):
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    with pytest.raises(EnclipError, match="push needs a target"):
+        api.push("shop", api.Connection(), source=api.Connection(home=tmp_path))

@@ -26,11 +26,12 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from enclip_qdrant.errors import CollectionNotFound, StoreError
-from enclip_qdrant.store import CollectionSpec, ServerStore
+from enclip_qdrant.store import CollectionSpec, ServerOptions, ServerStore
 from enclip_qdrant.store.base import CollectionOptions
 from enclip_qdrant.store.server import is_transient
 
 FAST = 0.01  # backoff for tests: retries cost milliseconds
+QUICK = ServerOptions(backoff=FAST)
 
 
 @dataclass
@@ -154,7 +155,7 @@ def fake() -> Iterator[tuple[FakeQdrant, str]]:
 def test_503s_then_success(fake: tuple[FakeQdrant, str], failures: int) -> None:
     state, url = fake
     state.plan = [Fault("fail", 503)] * failures
-    with ServerStore(url, backoff=FAST) as store:
+    with ServerStore(url, options=QUICK) as store:
         assert store.list_collections() == []
         assert store.retried == failures
     assert len(state.requests) == failures + 1
@@ -164,7 +165,7 @@ def test_503s_then_success(fake: tuple[FakeQdrant, str], failures: int) -> None:
 def test_every_transient_status_is_retried(fake: tuple[FakeQdrant, str], status: int) -> None:
     state, url = fake
     state.plan = [Fault("fail", status)]
-    with ServerStore(url, backoff=FAST) as store:
+    with ServerStore(url, options=QUICK) as store:
         assert store.list_collections() == []
         assert store.retried == 1
 
@@ -172,7 +173,7 @@ def test_every_transient_status_is_retried(fake: tuple[FakeQdrant, str], status:
 def test_dropped_connection_is_retried(fake: tuple[FakeQdrant, str]) -> None:
     state, url = fake
     state.plan = [Fault("drop"), Fault("drop")]
-    with ServerStore(url, backoff=FAST) as store:
+    with ServerStore(url, options=QUICK) as store:
         assert store.list_collections() == []
         assert store.retried == 2
 
@@ -181,7 +182,7 @@ def test_timeout_is_retried(fake: tuple[FakeQdrant, str]) -> None:
     state, url = fake
     state.plan = [Fault("slow", seconds=1.6)]  # qdrant-client's timeout is whole seconds: 1 s is its least
     start = time.monotonic()
-    with ServerStore(url, timeout=1, backoff=FAST) as store:
+    with ServerStore(url, options=ServerOptions(timeout=1, backoff=FAST)) as store:
         assert store.list_collections() == []
         assert store.retried == 1
     assert time.monotonic() - start < 5
@@ -192,7 +193,8 @@ def test_always_503_gives_up_after_retries(fake: tuple[FakeQdrant, str], retries
     state, url = fake
     state.always = Fault("fail", 503)
     start = time.monotonic()
-    with ServerStore(url, retries=retries, backoff=FAST) as store, pytest.raises(StoreError) as err:
+    options = ServerOptions(retries=retries, backoff=FAST)
+    with ServerStore(url, options=options) as store, pytest.raises(StoreError) as err:
         store.list_collections()
     message = str(err.value)
     assert "HTTP 503" in message and "\n" not in message
@@ -206,7 +208,8 @@ def test_unreachable_counts_attempts() -> None:
     with socket.socket() as sock:  # a port that was free a moment ago: connections are refused
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with ServerStore(f"http://127.0.0.1:{port}", retries=2, backoff=FAST) as store, pytest.raises(
+    options = ServerOptions(retries=2, backoff=FAST)
+    with ServerStore(f"http://127.0.0.1:{port}", options=options) as store, pytest.raises(
         StoreError, match="cannot reach Qdrant.*gave up after 3 attempts"
     ):
         store.list_collections()
@@ -220,7 +223,7 @@ def test_unreachable_counts_attempts() -> None:
 def test_auth_errors_are_not_retried(fake: tuple[FakeQdrant, str], status: int) -> None:
     state, url = fake
     state.always = Fault("fail", status)
-    with ServerStore(url, backoff=FAST) as store, pytest.raises(StoreError, match="API key"):
+    with ServerStore(url, options=QUICK) as store, pytest.raises(StoreError, match="API key"):
         store.list_collections()
     assert len(state.requests) == 1
     assert store.retried == 0
@@ -228,7 +231,7 @@ def test_auth_errors_are_not_retried(fake: tuple[FakeQdrant, str], status: int) 
 
 def test_missing_collection_is_not_retried(fake: tuple[FakeQdrant, str]) -> None:
     state, url = fake
-    with ServerStore(url, backoff=FAST) as store, pytest.raises(CollectionNotFound):
+    with ServerStore(url, options=QUICK) as store, pytest.raises(CollectionNotFound):
         store.info("nowhere")
     assert [p for _, p, _ in state.requests] == ["/aliases", "/collections/nowhere"]  # each sent once
     assert store.retried == 0
@@ -238,7 +241,7 @@ def test_missing_collection_is_not_retried(fake: tuple[FakeQdrant, str]) -> None
 def test_bad_request_and_server_bug_are_not_retried(fake: tuple[FakeQdrant, str], status: int) -> None:
     state, url = fake
     state.always = Fault("fail", status)
-    with ServerStore(url, backoff=FAST) as store, pytest.raises(StoreError, match=f"HTTP {status}"):
+    with ServerStore(url, options=QUICK) as store, pytest.raises(StoreError, match=f"HTTP {status}"):
         store.list_collections()
     assert len(state.requests) == 1
 
@@ -260,7 +263,7 @@ def test_create_sends_options_over_the_wire(fake: tuple[FakeQdrant, str]) -> Non
         replication_factor=2,
         payload_indexes={"baseColour": "keyword", "year": "integer"},
     )
-    with ServerStore(url, backoff=FAST) as store:
+    with ServerStore(url, options=QUICK) as store:
         store.create("shop", CollectionSpec(vectors=SPEC.vectors, metadata=SPEC.metadata, options=options))
     (body,) = [b for m, p, b in state.requests if m == "PUT" and p == "/collections/shop"]
     assert body["vectors"] == {
@@ -276,7 +279,7 @@ def test_create_sends_options_over_the_wire(fake: tuple[FakeQdrant, str]) -> Non
 
 def test_create_without_options_sends_no_layout(fake: tuple[FakeQdrant, str]) -> None:
     state, url = fake
-    with ServerStore(url, backoff=FAST) as store:
+    with ServerStore(url, options=QUICK) as store:
         store.create("shop", SPEC)
     (body,) = [b for m, p, b in state.requests if m == "PUT" and p == "/collections/shop"]
     assert set(body) == {"vectors", "metadata"}  # the server's defaults decide everything else
@@ -286,7 +289,7 @@ def test_create_whose_reply_was_lost_is_not_an_error(fake: tuple[FakeQdrant, str
     """The first PUT created the collection but its reply was a 504; the retry's 409 is our own doing."""
     state, url = fake
     state.plan = [Fault("ok"), Fault("ok"), Fault("lost", 504)]  # the alias and exists checks, the create
-    with ServerStore(url, backoff=FAST) as store:
+    with ServerStore(url, options=QUICK) as store:
         store.create("shop", SPEC)
         assert store.retried == 1
         assert store.list_collections() == ["shop"]  # marked as ours, indexes made
@@ -307,13 +310,13 @@ def test_create_that_collides_after_a_retry_with_someone_else_errors(fake: tuple
         return original(method, path, body)
 
     state.answer = racing  # type: ignore[method-assign]
-    with ServerStore(url, backoff=FAST) as store, pytest.raises(StoreError, match="already exists"):
+    with ServerStore(url, options=QUICK) as store, pytest.raises(StoreError, match="already exists"):
         store.create("shop", SPEC)
 
 
 def test_drop_whose_reply_was_lost_is_done(fake: tuple[FakeQdrant, str]) -> None:
     state, url = fake
-    with ServerStore(url, backoff=FAST) as store:
+    with ServerStore(url, options=QUICK) as store:
         store.create("shop", SPEC)
         state.plan = [Fault("ok"), Fault("ok"), Fault("lost", 503)]  # aliases, describe, the lost DELETE
         store.drop("shop")
@@ -349,7 +352,7 @@ def test_grpc_unavailable_is_retried_and_permission_is_not() -> None:
     try:
         client = QdrantClient(host="127.0.0.1", grpc_port=port, prefer_grpc=True, timeout=2,
                               check_compatibility=False)
-        with ServerStore(client=client, backoff=FAST) as store:
+        with ServerStore(client=client, options=QUICK) as store:
             assert store.list_collections() == []
             assert store.retried == 2 and len(seen) == 3
             codes.append(grpc.StatusCode.PERMISSION_DENIED)
@@ -416,7 +419,7 @@ def test_tls_failure_is_not_transient() -> None:
 
 
 def test_backoff_grows_is_jittered_and_capped() -> None:
-    store = ServerStore(":memory:", backoff=1.0, max_backoff=4.0)
+    store = ServerStore(":memory:", options=ServerOptions(backoff=1.0, max_backoff=4.0))
     plain = ValueError()
     for attempt, (low, high) in enumerate([(0.5, 1), (1, 2), (2, 4), (2, 4), (2, 4)], start=1):
         delays = [store._delay(attempt, plain) for _ in range(200)]
@@ -432,16 +435,26 @@ def test_backoff_grows_is_jittered_and_capped() -> None:
 )
 def test_bad_retry_settings_error(kwargs: dict[str, Any]) -> None:
     with pytest.raises(StoreError):
-        ServerStore(":memory:", **kwargs)
+        ServerOptions(**kwargs)
+
+
+def test_connection_accepts_readme_mapping() -> None:
+    from enclip_qdrant import api
+
+    conn = api.Connection(url=":memory:", options={"prefer_grpc": True, "retries": 5})
+    assert conn.options == ServerOptions(prefer_grpc=True, retries=5)
+    with pytest.raises(StoreError, match="unknown server option"):
+        api.Connection(options={"retry": 5})
 
 
 def test_https_and_grpc_are_passed_on() -> None:
-    store = ServerStore("qdrant.example:6333", https=True, prefer_grpc=True, timeout=7)
+    store = ServerStore("qdrant.example:6333", options=ServerOptions(https=True, prefer_grpc=True, timeout=7))
     assert (store.https, store.prefer_grpc, store.timeout) == (True, True, 7)
     remote = store.client._client  # type: ignore[attr-defined]  # no request is made: nothing to reach
     assert remote._https is True and remote._prefer_grpc is True
     store.close()
-    assert ServerStore("http://qdrant.example:6333", https=True).client._client._https is False  # scheme wins
+    scheme_wins = ServerStore("http://qdrant.example:6333", options=ServerOptions(https=True))
+    assert scheme_wins.client._client._https is False  # type: ignore[attr-defined]
 
 
 def test_invalid_url_is_one_line() -> None:
@@ -492,9 +505,9 @@ def test_cli_index_flags_become_options(cli_home: Any, monkeypatch: pytest.Monke
         payload_indexes={"baseColour": "keyword", "year": "integer"},
     )
     conn = seen["conn"]
-    assert (conn.url, conn.api_key, dict(conn.options)) == ("http://127.0.0.1:9", "k", {"prefer_grpc": True,
-                                                                                        "timeout": 5.0})
-    store = conn.open()  # the options are ServerStore's keyword arguments
+    assert (conn.url, conn.api_key, conn.options) == ("http://127.0.0.1:9", "k",
+                                                      ServerOptions(prefer_grpc=True, timeout=5.0))
+    store = conn.open()  # the options reach ServerStore
     assert isinstance(store, ServerStore) and store.prefer_grpc is True and store.timeout == 5.0
     store.close()
 
@@ -507,7 +520,7 @@ def test_cli_index_without_flags_passes_no_options(cli_home: Any, monkeypatch: p
     seen = _capture_index(monkeypatch)
     result = CliRunner().invoke(app, ["index", str(cli_home / "shop"), "--json"])
     assert result.exit_code == 0, result.output
-    assert seen["options"] is None and dict(seen["conn"].options) == {}
+    assert seen["options"] is None and seen["conn"].options == ServerOptions()
 
 
 def test_cli_says_options_skip_an_existing_collection(cli_home: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ from enclip_qdrant.store import (
     EdgeStore,
     PointRecord,
     SearchFilter,
+    ServerOptions,
     ServerStore,
     Store,
     open_store,
@@ -62,7 +63,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         url = os.environ.get("QDRANT_URL")
         if not url:
             pytest.skip("QDRANT_URL is not set: no real Qdrant server to test against")
-        s = ServerStore(url, os.environ.get("QDRANT_API_KEY"), timeout=10)
+        s = ServerStore(url, os.environ.get("QDRANT_API_KEY"), options=ServerOptions(timeout=10))
     created: list[str] = []
     s.test_names = created  # type: ignore[attr-defined]
     yield s
@@ -340,7 +341,7 @@ def test_server_ignores_foreign_collections() -> None:
 
 def test_server_unreachable_is_one_line() -> None:
     start = time.monotonic()
-    store = ServerStore("http://127.0.0.1:1", timeout=1, backoff=0.01)
+    store = ServerStore("http://127.0.0.1:1", options=ServerOptions(timeout=1, backoff=0.01))
     with pytest.raises(StoreError, match="cannot reach Qdrant at http://127.0.0.1:1") as err:
         store.list_collections()
     assert "\n" not in str(err.value)
@@ -370,7 +371,8 @@ def test_server_auth_error_is_clear() -> None:
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        with ServerStore(url, timeout=2) as store, pytest.raises(StoreError, match="API key") as err:
+        options = ServerOptions(timeout=2)
+        with ServerStore(url, options=options) as store, pytest.raises(StoreError, match="API key") as err:
             store.list_collections()
         assert "\n" not in str(err.value)
     finally:
@@ -629,3 +631,74 @@ def test_edge_aliases_persist_in_one_file(tmp_path: Path) -> None:
     assert json.loads((home / "collections" / ".aliases.json").read_text()) == {"shop": "shop-a"}
     with EdgeStore(home) as again:
         assert again.list_collections() == ["shop-a"] and again.resolve("shop") == "shop-a"
+
+
+def _set_aliases(home: str, worker: int, n: int) -> None:
+    with EdgeStore(Path(home)) as store:
+        for i in range(n):
+            store.set_alias(f"a{worker}-{i}", "shop")
+
+
+def test_edge_concurrent_alias_updates_lose_nothing(tmp_path: Path) -> None:
+    """Issue 8: 4 processes x 50 `set_alias` on distinct aliases; every one must survive."""
+    import multiprocessing
+
+    home = tmp_path / "home"
+    with EdgeStore(home) as store:
+        store.create("shop", SPEC)
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_set_aliases, args=(str(home), w, 50)) for w in range(4)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(120)
+        assert p.exitcode == 0
+    with EdgeStore(home) as store:
+        aliases = store.aliases()
+    assert len(aliases) == 200 and set(aliases.values()) == {"shop"}
+
+
+def test_edge_sweeps_only_marked_leftovers(tmp_path: Path) -> None:
+    """A crash mid-create or mid-drop leaves a marked work folder: the next store sweeps it, nothing else."""
+    from enclip_qdrant.store.edge import WORK_MARKER
+
+    root = tmp_path / "home" / "collections"
+    crashed = root / ".creating-shop-dead0001"
+    (crashed / "shard").mkdir(parents=True)
+    (crashed / WORK_MARKER).touch()
+    dropped = root / ".dropping-old-dead0002"
+    dropped.mkdir()
+    (dropped / WORK_MARKER).touch()
+    unmarked = root / ".creating-x-1234"  # not provably ours: kept
+    unmarked.mkdir()
+    foreign = root / "notes"
+    foreign.mkdir()
+    with EdgeStore(tmp_path / "home") as store:
+        assert not crashed.exists() and not dropped.exists()
+        assert unmarked.is_dir() and foreign.is_dir()
+        store.create("shop", SPEC)
+        store.drop("shop")
+        assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) == [".creating-x-1234",
+                                                                                         "notes"]
+
+
+def test_edge_failed_create_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from enclip_qdrant.store import edge
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(edge, "atomic_write_json", boom)
+    with EdgeStore(tmp_path / "home") as store, pytest.raises(OSError):
+        store.create("shop", SPEC)
+    assert [p.name for p in (tmp_path / "home" / "collections").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_importing_store_loads_no_backend() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, enclip_qdrant.store, enclip_qdrant.store.base; "
+            "print('qdrant_edge' in sys.modules, 'qdrant_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

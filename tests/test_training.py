@@ -9,8 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from enclip_qdrant import TrainConfig, train
-from enclip_qdrant import training as training_mod
+from enclip_qdrant import TrainConfig, member_job, train
 from enclip_qdrant.catalog import load_catalog
 from enclip_qdrant.errors import BundleError, CatalogError, EnclipError
 from enclip_qdrant.members import load_pretrained
@@ -26,7 +25,7 @@ def small_catalog(tmp_path_factory):
 
 def test_interrupted_training_resumes_without_redoing_members(small_catalog, tmp_path, monkeypatch):
     out = tmp_path / "bundle"
-    real = training_mod.train_member
+    real = member_job.train_member
     calls: list[str] = []
 
     def crash_on_third(member, *args, **kwargs):
@@ -35,7 +34,7 @@ def test_interrupted_training_resumes_without_redoing_members(small_catalog, tmp
         calls.append(member.name)
         return real(member, *args, **kwargs)
 
-    monkeypatch.setattr(training_mod, "train_member", crash_on_third)
+    monkeypatch.setattr(member_job, "train_member", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         train(small_catalog, out, TrainConfig(members=3, **QUICK))
     assert not (out / "manifest.json").exists()
@@ -43,7 +42,7 @@ def test_interrupted_training_resumes_without_redoing_members(small_catalog, tmp
     kept = {n: (out / "members" / n / "open_clip_model.safetensors").stat().st_mtime_ns for n in ("m0", "m1")}
 
     calls.clear()
-    monkeypatch.setattr(training_mod, "train_member", lambda member, *a, **k: calls.append(member.name) or real(
+    monkeypatch.setattr(member_job, "train_member", lambda member, *a, **k: calls.append(member.name) or real(
         member, *a, **k))
     bundle = train(small_catalog, out, TrainConfig(members=3, **QUICK))
     assert calls == ["m2"]
@@ -65,7 +64,7 @@ def test_not_a_bundle_folder_is_never_deleted(small_catalog, tmp_path):
     out = tmp_path / "precious"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(BundleError, match="not an enclip training run"):
+    with pytest.raises(BundleError, match="not an enclip bundle or training run"):
         train(small_catalog, out, TrainConfig(members=1, **QUICK))
     assert (out / "notes.txt").read_text() == "keep me"
 

@@ -80,6 +80,44 @@ class CollectionOptions:
 
 
 @dataclass(frozen=True)
+class ServerOptions:
+    """How to talk to a Qdrant server; the embedded store ignores them.
+
+    `https` only matters for a URL without a scheme (the scheme wins otherwise); `timeout` is per request in
+    seconds; a request failing transiently is tried `retries` more times, waiting about `backoff`,
+    2x`backoff`, 4x`backoff`... (at most `max_backoff`) with jitter.
+    """
+
+    prefer_grpc: bool = False
+    https: bool | None = None
+    timeout: float | None = 30
+    retries: int = 3
+    backoff: float = 0.5
+    max_backoff: float = 10.0
+
+    def __post_init__(self) -> None:
+        # Checked here so a bad flag or setting fails before any request (or any training) starts.
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise StoreError(f"retries must be an integer >= 0, not {self.retries!r}")
+        if not self.backoff >= 0 or not self.max_backoff >= 0:
+            raise StoreError(f"backoff and max_backoff must be >= 0, not {self.backoff!r} and {self.max_backoff!r}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise StoreError(f"timeout must be > 0 seconds, not {self.timeout!r}")
+
+    @classmethod
+    def of(cls, value: ServerOptions | Mapping[str, Any] | None) -> ServerOptions:
+        """Options as given: already typed, a plain mapping of the same names (README's form), or none."""
+        if value is None:
+            return cls()
+        if isinstance(value, ServerOptions):
+            return value
+        unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise StoreError(f"unknown server option {unknown[0]!r}: use {', '.join(cls.__dataclass_fields__)}")
+        return cls(**value)
+
+
+@dataclass(frozen=True)
 class CollectionSpec:
     """What a collection is made of: one cosine named vector per member, plus indexed payload fields."""
 

@@ -3,16 +3,17 @@
 Layout: `home/collections/<name>/shard/` holds the shard and `home/collections/<name>/enclip.json` the
 spec (qdrant-edge has no collection metadata). A collection counts only once its folder has
 `enclip.json`, and the folder is built under a hidden temporary name and renamed into place, so an
-interrupted `create` never shows up as a half collection. Aliases live in `home/collections/.aliases.json`
-(hidden, so no collection name can clash with it), replaced whole with os.replace: a reader always sees
-a complete mapping, the old or the new.
+interrupted `create` never shows up as a half collection; that temporary folder gets a marker file first,
+so the next writer can sweep what a crash left (and only that). Aliases live in
+`home/collections/.aliases.json` (hidden, so no collection name can clash with it), replaced whole by an
+atomic write: a reader always sees a complete mapping, the old or the new. Every change to the layout
+(create, drop, aliases, a spec's metadata) runs under one cross-process lock, so concurrent writers
+never lose each other's updates.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from qdrant_edge import (
     CountRequest,
     Distance,
@@ -46,7 +46,8 @@ from qdrant_edge import (
 )
 from qdrant_edge import Fusion as EdgeFusion
 
-from enclip_qdrant.errors import CollectionNotFound, EnclipError, QueryError, StoreError
+from enclip_qdrant.errors import CollectionNotFound, EnclipError, StoreError
+from enclip_qdrant.files import BusyError, atomic_write_json, locked
 from enclip_qdrant.store.base import (
     RRF_K,
     CollectionInfo,
@@ -60,44 +61,36 @@ from enclip_qdrant.store.base import (
     Vector,
     batched,
 )
+from enclip_qdrant.store.common import (
+    FORMAT,
+    MARKER,
+    NAME,
+    SCHEMA_TYPES,
+    as_list,
+    check_fusion,
+    check_name,
+    first_line,
+    hit,
+    indexed_fields,
+    json_copy,
+    nonempty,
+    refuse_drop,
+)
 
-FORMAT = 1  # value of the "enclip_format" marker both backends write
-MARKER = "enclip_format"
 SPEC_FILE = "enclip.json"
 SHARD_DIR = "shard"
 ALIASES_FILE = ".aliases.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SCHEMA_TYPES = {t.lower(): t for t in ("Keyword", "Integer", "Float", "Bool", "Datetime", "Uuid", "Text")}
+LAYOUT_LOCK = ".layout"  # `locked()` on this path guards creates, drops, aliases and spec rewrites
+# Written first into a folder being built or torn down, removed last: a folder that still has it after its
+# writer is gone is provably ours and incomplete, so it may be swept.
+WORK_MARKER = ".enclip-incomplete"
+_WORK_PREFIXES = (".creating-", ".dropping-")
 # Qdrant's own HNSW defaults: qdrant-edge wants all three numbers when any one is set.
 HNSW_DEFAULTS = {"m": 16, "ef_construct": 100, "full_scan_threshold": 10_000}
 
 
-def check_name(name: str) -> str:
-    """Names become folder names (and server collection names), so keep them path-safe everywhere."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise StoreError(
-            f"invalid collection name {name!r}: use 1-128 letters, digits, '-', '_' or '.', "
-            "starting with a letter or digit"
-        )
-    return name
 
 
-def indexed_fields(spec: CollectionSpec) -> dict[str, str]:
-    """The payload indexes a spec asks for, its options' extra ones included; `cluster` is always an
-    integer index (routing needs it)."""
-    fields = {str(k): str(v).lower() for k, v in spec.indexed_fields.items()}
-    extra = spec.options.payload_indexes if spec.options else {}
-    for key, kind in extra.items():
-        key, kind = str(key), str(kind).lower()
-        known = "integer" if key == "cluster" else fields.get(key, kind)
-        if known != kind:
-            raise StoreError(f"payload field {key!r} cannot be indexed both as {known} and as {kind}")
-        fields[key] = kind
-    fields["cluster"] = "integer"
-    for key, kind in fields.items():
-        if kind not in _SCHEMA_TYPES:
-            raise StoreError(f"unsupported index type {kind!r} for payload field {key!r}")
-    return fields
 
 
 def edge_config(vectors: Mapping[str, int], options: CollectionOptions | None) -> EdgeConfig:
@@ -116,16 +109,8 @@ def edge_config(vectors: Mapping[str, int], options: CollectionOptions | None) -
     return EdgeConfig(vectors=params, hnsw_config=hnsw, quantization_config=quantization)
 
 
-def as_list(vector: Vector) -> list[float]:
-    return np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
 
 
-def json_copy(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """A detached, JSON-checked copy: metadata must survive a trip through a file or a server."""
-    try:
-        return json.loads(json.dumps(dict(metadata)))
-    except (TypeError, ValueError) as e:
-        raise StoreError(f"collection metadata must be JSON-able: {e}") from e
 
 
 def _edge_filter(flt: SearchFilter | None) -> Filter | None:
@@ -141,10 +126,6 @@ def _edge_filter(flt: SearchFilter | None) -> Filter | None:
     return Filter(must=must)
 
 
-def _hit(point: Any) -> Hit:
-    return Hit(id=str(point.id), score=float(getattr(point, "score", 0.0)), payload=dict(point.payload or {}))
-
-
 class EdgeStore(Store):
     """Collections as qdrant-edge shards under `home`; opened shards are cached until `close()`."""
 
@@ -156,6 +137,12 @@ class EdgeStore(Store):
         self._root = self.home / "collections"
         self._shards: dict[str, EdgeShard] = {}
         self._specs: dict[str, dict[str, Any]] = {}
+        if self._root.is_dir():
+            try:
+                with locked(self._root / LAYOUT_LOCK, timeout=0):
+                    self._sweep()
+            except (BusyError, OSError):
+                pass  # busy (another process is changing the layout) or read-only: the next writer sweeps
 
     # -- collections ---------------------------------------------------------------------------
 
@@ -163,7 +150,7 @@ class EdgeStore(Store):
         if not self._root.is_dir():
             return []
         return sorted(
-            p.name for p in self._root.iterdir() if _NAME.match(p.name) and (p / SPEC_FILE).is_file()
+            p.name for p in self._root.iterdir() if NAME.match(p.name) and (p / SPEC_FILE).is_file()
         )
 
     def exists(self, name: str) -> bool:
@@ -190,35 +177,44 @@ class EdgeStore(Store):
         if spec.options is not None:
             doc["options"] = spec.options.to_dict()
         self._root.mkdir(parents=True, exist_ok=True)
-        tmp = self._root / f".creating-{name}-{uuid.uuid4().hex[:8]}"
-        try:
-            config = edge_config(doc["vectors"], spec.options)
-            with self._errors(name, "create"):
-                shard = EdgeShard.create(str(tmp / SHARD_DIR), config)
-                try:
-                    for key, kind in doc["indexed_fields"].items():
-                        schema = getattr(PayloadSchemaType, _SCHEMA_TYPES[kind])
-                        shard.update(UpdateOperation.create_field_index(key, schema))
-                    shard.flush()
-                finally:
-                    shard.close()
-            _write_json(tmp / SPEC_FILE, doc)
+        config = edge_config(doc["vectors"], spec.options)
+        with locked(self._root / LAYOUT_LOCK, what=f"the embedded store at {self.location}"):
+            self._sweep()
+            if name in self.aliases():
+                raise StoreError(f"{name!r} is an alias in {self.location}: a collection cannot take its name")
             if (self._root / name).exists():
+                if self._is_collection(name):
+                    raise StoreError(f"collection {name!r} already exists in {self.location}")
                 raise StoreError(f"{self._root / name} exists but is not a collection: remove it first")
+            tmp = self._root / f".creating-{name}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            (tmp / WORK_MARKER).touch()
             try:
-                tmp.rename(self._root / name)  # atomic; fails if another create won the race
-            except OSError as e:
-                raise StoreError(f"collection {name!r} already exists in {self.location}") from e
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+                with self._errors(name, "create"):
+                    shard = EdgeShard.create(str(tmp / SHARD_DIR), config)
+                    try:
+                        for key, kind in doc["indexed_fields"].items():
+                            schema = getattr(PayloadSchemaType, SCHEMA_TYPES[kind])
+                            shard.update(UpdateOperation.create_field_index(key, schema))
+                        shard.flush()
+                    finally:
+                        shard.close()
+                atomic_write_json(tmp / SPEC_FILE, doc, sort_keys=True)
+                (tmp / WORK_MARKER).unlink()  # complete: from here on it is a collection, never swept
+                tmp.rename(self._root / name)  # atomic: the collection appears whole or not at all
+            finally:
+                if tmp.exists():  # failed before the rename: never leave it behind
+                    shutil.rmtree(tmp, ignore_errors=True)
 
     def drop(self, name: str) -> None:
-        refuse_drop(self.aliases(), name, self.location)
-        self._shard(name)  # takes the lock: never delete a shard another process has open
-        self._forget(name)
-        trash = self._root / f".dropping-{name}-{uuid.uuid4().hex[:8]}"
-        (self._root / name).rename(trash)  # vanishes from listings at once, even if rmtree dies
-        shutil.rmtree(trash, ignore_errors=True)
+        with locked(self._root / LAYOUT_LOCK, what=f"the embedded store at {self.location}"):
+            refuse_drop(self.aliases(), name, self.location)
+            self._shard(name)  # takes the shard's lock: never delete a shard another process has open
+            self._forget(name)
+            (self._root / name / WORK_MARKER).touch()
+            trash = self._root / f".dropping-{name}-{uuid.uuid4().hex[:8]}"
+            (self._root / name).rename(trash)  # vanishes from listings at once, even if the removal dies
+            _remove_marked(trash)
 
     def info(self, name: str) -> CollectionInfo:
         name = self.resolve(name)
@@ -237,10 +233,12 @@ class EdgeStore(Store):
 
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
         name = self.resolve(name)
-        doc = dict(self._spec(name))
-        doc["metadata"] = json_copy(metadata)
-        _write_json(self._root / name / SPEC_FILE, doc)
-        self._specs[name] = doc
+        with locked(self._root / LAYOUT_LOCK, what=f"the embedded store at {self.location}"):
+            self._specs.pop(name, None)  # read what is on disk now, not what this process saw earlier
+            doc = dict(self._spec(name))
+            doc["metadata"] = json_copy(metadata)
+            atomic_write_json(self._root / name / SPEC_FILE, doc, sort_keys=True)
+            self._specs[name] = doc
 
     # -- points --------------------------------------------------------------------------------
 
@@ -296,7 +294,7 @@ class EdgeStore(Store):
     def retrieve(self, name: str, ids: Sequence[str]) -> list[Hit]:
         shard = self._shard(name)
         with self._errors(name, "retrieve"):
-            found = {str(r.id): _hit(r) for r in shard.retrieve(list(ids), True, False)}
+            found = {str(r.id): hit(r) for r in shard.retrieve(list(ids), True, False)}
             wanted = [str(uuid.UUID(str(x))) for x in ids]  # edge returns canonical UUID text
         return [found[i] for i in wanted if i in found]
 
@@ -315,14 +313,14 @@ class EdgeStore(Store):
         shard = self._shard(name)
         flt = _edge_filter(filter)
         prefetches = [
-            Prefetch(limit=prefetch_limit, query=Query.Nearest(as_list(v), using=k), filter=flt)
-            for k, v in _nonempty(vectors).items()
+            Prefetch(limit=prefetch_limit, query=Query.Nearest(v, using=k), filter=flt)
+            for k, v in nonempty(vectors).items()
         ]
         request = QueryRequest(
             limit=limit, prefetches=prefetches, query=_fusion(fusion), with_payload=True, with_vector=False
         )
         with self._errors(name, "query"):
-            return [_hit(p) for p in shard.query(request)]
+            return [hit(p) for p in shard.query(request)]
 
     def query_each(
         self,
@@ -334,14 +332,14 @@ class EdgeStore(Store):
     ) -> dict[str, list[Hit]]:
         shard = self._shard(name)
         flt = _edge_filter(filter)
-        named = _nonempty(vectors)
+        named = nonempty(vectors)
         requests = [
-            QueryRequest(limit=limit, query=Query.Nearest(as_list(v), using=k), filter=flt, with_payload=True)
+            QueryRequest(limit=limit, query=Query.Nearest(v, using=k), filter=flt, with_payload=True)
             for k, v in named.items()
         ]
         with self._errors(name, "query"):
             results = shard.query_batch(QueryBatchRequest(requests))
-        return {k: [_hit(p) for p in res] for k, res in zip(named, results, strict=True)}
+        return {k: [hit(p) for p in res] for k, res in zip(named, results, strict=True)}
 
     def count(self, name: str, filter: SearchFilter | None = None) -> int:
         shard = self._shard(name)
@@ -381,19 +379,31 @@ class EdgeStore(Store):
         if not self._is_collection(collection):
             raise CollectionNotFound(f"no collection {collection!r} in {self.location} for alias {alias!r}")
         self._root.mkdir(parents=True, exist_ok=True)
-        _write_json(self._root / ALIASES_FILE, {**self.aliases(), alias: collection})
+        with locked(self._root / LAYOUT_LOCK, what=f"the embedded store at {self.location}"):
+            if not self._is_collection(collection):  # again under the lock: a drop may have won the race
+                raise CollectionNotFound(f"no collection {collection!r} in {self.location} for alias {alias!r}")
+            atomic_write_json(self._root / ALIASES_FILE, {**self.aliases(), alias: collection}, sort_keys=True)
 
     def delete_alias(self, alias: str) -> None:
-        current = self.aliases()
-        if current.pop(check_name(alias), None) is None:
-            raise CollectionNotFound(f"no alias {alias!r} in {self.location}")
-        _write_json(self._root / ALIASES_FILE, current)
+        check_name(alias)
+        with locked(self._root / LAYOUT_LOCK, what=f"the embedded store at {self.location}"):
+            current = self.aliases()
+            if current.pop(alias, None) is None:
+                raise CollectionNotFound(f"no alias {alias!r} in {self.location}")
+            atomic_write_json(self._root / ALIASES_FILE, current, sort_keys=True)
 
     def close(self) -> None:
         for name in list(self._shards):
             self._forget(name)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Remove what a crashed create or drop left: only hidden work folders that still carry our marker.
+        Callers hold the layout lock, so no live create or drop owns them."""
+        for folder in self._root.iterdir():
+            if folder.name.startswith(_WORK_PREFIXES) and (folder / WORK_MARKER).is_file():
+                _remove_marked(folder)
 
     def _spec(self, name: str) -> dict[str, Any]:
         name = self.aliases().get(check_name(name), name)
@@ -447,38 +457,21 @@ class EdgeStore(Store):
             raise StoreError(f"{op} on collection {name!r} failed: {_line(e)}") from e
 
 
-def refuse_drop(aliases: Mapping[str, str], name: str, location: str) -> None:
-    """Dropping what an alias serves would leave the alias pointing at nothing."""
-    if name in aliases:
-        raise StoreError(f"{name!r} is an alias (of {aliases[name]!r}) in {location}, not a collection: "
-                         "delete the alias instead")
-    users = sorted(a for a, target in aliases.items() if target == name)
-    if users:
-        raise StoreError(f"collection {name!r} is in use by alias {', '.join(map(repr, users))} in {location}: "
-                         "point the alias elsewhere (or delete it) first")
-
-
-def _nonempty(vectors: Mapping[str, Vector]) -> dict[str, Vector]:
-    if not vectors:
-        raise QueryError("a query needs at least one named vector")
-    return dict(vectors)
-
-
 def _fusion(fusion: Fusion) -> Any:
-    if fusion == "rrf":
-        return EdgeFusion.Rrf(k=RRF_K)
-    if fusion == "dbsf":
-        return EdgeFusion.Dbsf()
-    raise QueryError(f"unknown fusion {fusion!r}: use 'rrf' or 'dbsf'")
+    return EdgeFusion.Rrf(k=RRF_K) if check_fusion(fusion) == "rrf" else EdgeFusion.Dbsf()
 
 
 def _line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
+    return first_line(str(e)) or type(e).__name__
 
 
-def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    """Write-then-rename so a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+def _remove_marked(folder: Path) -> None:
+    """Delete a folder we marked, the marker last: an interrupted removal stays marked and is swept later."""
+    for child in folder.iterdir():
+        if child.name != WORK_MARKER:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    (folder / WORK_MARKER).unlink(missing_ok=True)
+    folder.rmdir()

@@ -25,7 +25,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from enclip_qdrant.errors import CollectionNotFound, EnclipError, QueryError, StoreError
+from enclip_qdrant.errors import CollectionNotFound, EnclipError, StoreError, redact_url
 from enclip_qdrant.store.base import (
     RRF_K,
     CollectionInfo,
@@ -35,11 +35,24 @@ from enclip_qdrant.store.base import (
     Hit,
     PointRecord,
     SearchFilter,
+    ServerOptions,
     Store,
     Vector,
     batched,
 )
-from enclip_qdrant.store.edge import FORMAT, MARKER, as_list, check_name, indexed_fields, json_copy, refuse_drop
+from enclip_qdrant.store.common import (
+    FORMAT,
+    MARKER,
+    as_list,
+    check_fusion,
+    check_name,
+    first_line,
+    hit,
+    indexed_fields,
+    json_copy,
+    nonempty,
+    refuse_drop,
+)
 
 # Declared indexes, kept in metadata because local mode (":memory:") ignores payload indexes and so
 # reports no payload_schema; a real server's own schema always wins.
@@ -117,34 +130,32 @@ def _filter(flt: SearchFilter | None) -> models.Filter | None:
     return models.Filter(must=must)
 
 
-def _hit(point: Any) -> Hit:
-    return Hit(id=str(point.id), score=float(getattr(point, "score", 0.0)), payload=dict(point.payload or {}))
-
-
-def _vectors(vectors: Mapping[str, Vector]) -> dict[str, list[float]]:
-    if not vectors:
-        raise QueryError("a query needs at least one named vector")
-    return {k: as_list(v) for k, v in vectors.items()}
-
-
-def _line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else ""
-
-
 def _response_error(e: UnexpectedResponse) -> str:
     try:
         return str(e.structured()["status"]["error"])
     except (ValueError, KeyError, TypeError):
-        return _line(e.content.decode("utf-8", "replace")) or e.reason_phrase
+        return first_line(e.content.decode("utf-8", "replace")) or e.reason_phrase
+
+
+def fused_query_request(vectors: Mapping[str, Vector], *, limit: int, prefetch_limit: int, fusion: Fusion = "rrf",
+                        filter: SearchFilter | None = None) -> models.QueryRequest:
+    """The one fused Query API request `query_fused` sends: a prefetch per named vector (each filtered), then
+    RRF (k=RRF_K) or DBSF. Public so the query service hands applications exactly this body
+    (`.model_dump(mode="json", exclude_none=True)` is the REST JSON for POST /collections/NAME/points/query)."""
+    flt = _filter(filter)
+    prefetch = [
+        models.Prefetch(query=v, using=k, limit=prefetch_limit, filter=flt) for k, v in nonempty(vectors).items()
+    ]
+    query = models.RrfQuery(rrf=models.Rrf(k=RRF_K)) if check_fusion(fusion) == "rrf" else models.FusionQuery(
+        fusion=models.Fusion.DBSF)
+    return models.QueryRequest(prefetch=prefetch, query=query, limit=limit, with_payload=True, with_vector=False)
 
 
 class ServerStore(Store):
     """Collections on a Qdrant server; `url=":memory:"` gives qdrant-client's in-process stand-in.
 
-    `https` only matters for a URL without a scheme (the scheme wins otherwise); `timeout` is per request
-    in seconds; a request failing transiently is tried `retries` more times, waiting about `backoff`,
-    2x`backoff`, 4x`backoff`... (at most `max_backoff`) with jitter. `retried` counts those retries.
+    `options` (gRPC, https, timeout, retries and backoff) are a checked `ServerOptions`; `retried` counts
+    the retries this store has made.
     """
 
     kind = "server"
@@ -155,21 +166,12 @@ class ServerStore(Store):
         api_key: str | None = None,
         *,
         client: QdrantClient | None = None,
-        prefer_grpc: bool = False,
-        https: bool | None = None,
-        timeout: float | None = 30,
-        retries: int = 3,
-        backoff: float = 0.5,
-        max_backoff: float = 10.0,
+        options: ServerOptions | None = None,
     ) -> None:
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise StoreError(f"retries must be an integer >= 0, not {retries!r}")
-        if not backoff >= 0 or not max_backoff >= 0:
-            raise StoreError(f"backoff and max_backoff must be >= 0, not {backoff!r} and {max_backoff!r}")
-        if timeout is not None and not timeout > 0:
-            raise StoreError(f"timeout must be > 0 seconds, not {timeout!r}")
-        self.prefer_grpc, self.https, self.timeout = prefer_grpc, https, timeout
-        self.retries, self.backoff, self.max_backoff = retries, float(backoff), float(max_backoff)
+        self.options = options = options or ServerOptions()
+        self.prefer_grpc, self.https, self.timeout = options.prefer_grpc, options.https, options.timeout
+        self.retries, self.backoff, self.max_backoff = options.retries, float(options.backoff), float(
+            options.max_backoff)
         self.retried = 0
         self._own_client = client is None
         if client is not None:
@@ -183,16 +185,16 @@ class ServerStore(Store):
                 self.client = QdrantClient(
                     url=url,
                     api_key=api_key,
-                    prefer_grpc=prefer_grpc,
-                    https=https,
-                    timeout=timeout,  # type: ignore[arg-type]  # qdrant-client rounds it up to whole seconds
+                    prefer_grpc=options.prefer_grpc,
+                    https=options.https,
+                    timeout=options.timeout,  # type: ignore[arg-type]  # qdrant-client rounds it up to whole seconds
                     check_compatibility=False,
                 )
             except ValueError as e:
-                raise StoreError(f"invalid Qdrant URL {url!r}: {_line(str(e))}") from e
+                raise StoreError(f"invalid Qdrant URL {redact_url(url)!r}: {first_line(str(e))}") from None
         else:
             raise StoreError("ServerStore needs a Qdrant URL (or a client)")
-        self.location = url or "qdrant-client"
+        self.location = redact_url(url) or "qdrant-client"  # printed in errors: never the password
         self._local = type(getattr(self.client, "_client", None)).__name__ == "QdrantLocal"
         self._owned: set[str] = set()
 
@@ -361,7 +363,7 @@ class ServerStore(Store):
         records = self._call(
             "retrieve", name, self.client.retrieve, name, ids=list(ids), with_payload=True, with_vectors=False
         )
-        found = {str(r.id): _hit(r) for r in records}
+        found = {str(r.id): hit(r) for r in records}
         return [found[str(i)] for i in ids if str(i) in found]
 
     # -- search --------------------------------------------------------------------------------
@@ -377,19 +379,12 @@ class ServerStore(Store):
         filter: SearchFilter | None = None,
     ) -> list[Hit]:
         self._check(name)
-        flt = _filter(filter)
-        prefetch = [
-            models.Prefetch(query=v, using=k, limit=prefetch_limit, filter=flt) for k, v in _vectors(vectors).items()
-        ]
-        if fusion not in ("rrf", "dbsf"):
-            raise QueryError(f"unknown fusion {fusion!r}: use 'rrf' or 'dbsf'")
-        query = models.RrfQuery(rrf=models.Rrf(k=RRF_K)) if fusion == "rrf" else models.FusionQuery(
-            fusion=models.Fusion.DBSF)
+        req = fused_query_request(vectors, limit=limit, prefetch_limit=prefetch_limit, fusion=fusion, filter=filter)
         result = self._call(
             "query", name, self.client.query_points,
-            name, prefetch=prefetch, query=query, limit=limit, with_payload=True, with_vectors=False,
+            name, prefetch=req.prefetch, query=req.query, limit=limit, with_payload=True, with_vectors=False,
         )
-        return [_hit(p) for p in result.points]
+        return [hit(p) for p in result.points]
 
     def query_each(
         self,
@@ -401,13 +396,13 @@ class ServerStore(Store):
     ) -> dict[str, list[Hit]]:
         self._check(name)
         flt = _filter(filter)
-        named = _vectors(vectors)
+        named = nonempty(vectors)
         requests = [
             models.QueryRequest(query=v, using=k, limit=limit, filter=flt, with_payload=True)
             for k, v in named.items()
         ]
         responses = self._call("query", name, self.client.query_batch_points, name, requests=requests)
-        return {k: [_hit(p) for p in r.points] for k, r in zip(named, responses, strict=True)}
+        return {k: [hit(p) for p in r.points] for k, r in zip(named, responses, strict=True)}
 
     def count(self, name: str, filter: SearchFilter | None = None) -> int:
         self._check(name)
@@ -519,16 +514,16 @@ class ServerStore(Store):
         """Turn qdrant-client's many failure types into one-line StoreErrors the CLI can print."""
         where = f" on collection {name!r}" if name else ""
         if isinstance(e, UnexpectedResponse):
-            detail = _line(_response_error(e))
+            detail = first_line(_response_error(e))
             if e.status_code in (401, 403):
                 return self._auth_error(f"HTTP {e.status_code}")
             if e.status_code == 404 and name and "collection" in detail.lower():
                 return self._not_found(name)
             return StoreError(f"{op}{where} failed: HTTP {e.status_code}: {detail}")
         if isinstance(e, ResponseHandlingException):
-            return StoreError(f"cannot reach Qdrant at {self.location}: {_line(str(e.source)) or e}")
+            return StoreError(f"cannot reach Qdrant at {self.location}: {first_line(str(e.source)) or e}")
         if isinstance(e, grpc.RpcError):
-            code, detail = e.code(), _line(e.details() or "")  # type: ignore[attr-defined]
+            code, detail = e.code(), first_line(e.details() or "")  # type: ignore[attr-defined]
             if code in _UNREACHABLE:
                 return StoreError(f"cannot reach Qdrant at {self.location}: {detail}")
             if code in _AUTH:
@@ -537,15 +532,15 @@ class ServerStore(Store):
                 return self._not_found(name)
             return StoreError(f"{op}{where} failed: {code.name}: {detail}")
         if isinstance(e, ValueError):  # local mode
-            detail = _line(str(e))
+            detail = first_line(str(e))
             if name and detail.startswith("Collection") and detail.endswith("not found"):
                 return self._not_found(name)
             return StoreError(f"{op}{where} failed: {detail}")
         if isinstance(e, KeyError):  # local mode: unknown point id
             return StoreError(f"{op}{where} failed: no point {e}")
         if isinstance(e, _TRANSIENT_NETWORK):
-            return StoreError(f"cannot reach Qdrant at {self.location}: {type(e).__name__}: {_line(str(e))}")
-        return StoreError(f"{op}{where} failed: {type(e).__name__}: {_line(str(e))}")
+            return StoreError(f"cannot reach Qdrant at {self.location}: {type(e).__name__}: {first_line(str(e))}")
+        return StoreError(f"{op}{where} failed: {type(e).__name__}: {first_line(str(e))}")
 
     def _not_found(self, name: str) -> CollectionNotFound:
         self._owned.discard(name)

@@ -1,0 +1,42 @@
+"""`enclip-qdrant serve`: shape the flags into `ServeOptions` and run the query service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .options import ApiKey, Home, PreferGrpc, Timeout, Url
+
+
+def serve_command(
+    collection: Annotated[str | None, typer.Option("--collection", help="Default: the last indexed.")] = None,
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="Default: the collection's own.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; beyond 127.0.0.1 set --key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8080,
+    key: Annotated[str | None, typer.Option("--key", envvar="ENCLIP_API_KEY", show_default=False,
+                                            help="API key clients must send (Authorization: Bearer or "
+                                                 "X-API-Key) on every /v1 call.")] = None,
+    home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    timeout: Timeout = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Queries encoded in one forward pass.")]
+    = 32,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a query waits for others "
+                                               "to batch with.")] = 5.0,
+    max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Queries waiting to be encoded before "
+                                           "new ones get 503.")] = 64,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.01, help="Largest upload.")] = 10.0,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", min=0.1, help="Seconds per request "
+                                                   "before 504.")] = 30.0,
+) -> None:
+    """Serve search over HTTP: JSON API under /v1, a search page at /, API docs at /docs."""
+    from enclip_qdrant.service import ServeOptions, serve
+
+    store_options: dict[str, Any] = {"prefer_grpc": True} if prefer_grpc else {}
+    if timeout is not None:
+        store_options["timeout"] = timeout
+    serve(ServeOptions(collection=collection, bundle=bundle, home=home, url=url, api_key=api_key,
+                       store_options=store_options, host=host, port=port, key=key, max_batch=max_batch,
+                       max_wait_ms=max_wait_ms, max_queue=max_queue,
+                       max_upload_bytes=int(max_upload_mb * 1024 * 1024), request_timeout=request_timeout))

@@ -1,0 +1,150 @@
+"""Micro-batching for query encoding.
+
+Encoding is CPU-bound and a forward pass over 16 queries costs little more than over one, so concurrent
+requests wait a few milliseconds in a bounded queue and are encoded together: one forward pass per member
+for all waiting texts, one for all waiting images. A full queue is refused at once (`Overloaded`, which
+the service answers with 503 + Retry-After) instead of letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+Kind = Literal["text", "image"]
+Row = tuple[dict[str, np.ndarray], np.ndarray]  # one query's per-member vectors (1, d) and joint (1, D)
+_STOP = object()
+
+
+class Overloaded(Exception):
+    """The encode queue is full: the client should retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__(f"server busy: too many queries waiting to be encoded; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class EncodeTimeout(Exception):
+    """A query waited longer than the request timeout for its turn to be encoded."""
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0  # forward-pass rounds (each one embed_texts and/or one embed_images call)
+    queries: int = 0
+    largest: int = 0
+
+
+class MicroBatcher:
+    """One worker thread runs the forward passes; callers from any thread `encode()` and block on a future.
+
+    `max_batch` queries at most per round; the first query of a round waits at most `max_wait_ms` for
+    company; at most `max_queue` queries wait (the rest get `Overloaded`)."""
+
+    def __init__(self, embed_texts: Callable[[list[str]], Row], embed_images: Callable[[list[Image.Image]], Row], *,
+                 max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 64) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
+        self._embed = {"text": embed_texts, "image": embed_images}
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+        self.stats = BatchStats()
+
+    def start(self) -> MicroBatcher:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="enclip-encode", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)  # blocking put: the worker drains the queue, so this always lands
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def submit(self, kind: Kind, item: str | Image.Image) -> Future[Row]:
+        fut: Future[Row] = Future()
+        try:
+            self._queue.put_nowait((kind, item, fut))
+        except queue.Full:
+            raise Overloaded() from None
+        return fut
+
+    def encode(self, kind: Kind, items: Sequence[str | Image.Image], timeout: float | None = None) -> Row:
+        """Encode `items` (each its own queue entry, so they batch with other callers'); stacked like
+        `Bundle.embed_texts` returns them."""
+        futures = [self.submit(kind, it) for it in items]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rows = []
+        for f in futures:
+            try:
+                rows.append(f.result(None if deadline is None else max(0.0, deadline - time.monotonic())))
+            except FutureTimeout:
+                for g in futures:
+                    g.cancel()  # still queued: the worker skips it
+                raise EncodeTimeout(f"request timed out: query not encoded within {timeout:g} s") from None
+        per = {name: np.concatenate([r[0][name] for r in rows]) for name in rows[0][0]}
+        return per, np.concatenate([r[1] for r in rows])
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch, stop = [first], False
+            deadline = time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._round(batch)
+            if stop:
+                return
+
+    def _round(self, batch: list[tuple[Kind, Any, Future[Row]]]) -> None:
+        live = [b for b in batch if b[2].set_running_or_notify_cancel()]
+        if not live:
+            return
+        self.stats.batches += 1
+        self.stats.queries += len(live)
+        self.stats.largest = max(self.stats.largest, len(live))
+        for kind in ("text", "image"):
+            group = [b for b in live if b[0] == kind]
+            if not group:
+                continue
+            try:
+                per, joint = self._embed[kind]([b[1] for b in group])
+            except BaseException as e:  # a bad batch fails its own callers, never the worker
+                for b in group:
+                    b[2].set_exception(e)
+                continue
+            for i, b in enumerate(group):
+                b[2].set_result(({name: v[i:i + 1] for name, v in per.items()}, joint[i:i + 1]))
+
+
+class BatchingEncoder:
+    """A `QueryEncoder` (see `search.encode_query`) whose forward passes go through a `MicroBatcher`."""
+
+    def __init__(self, batcher: MicroBatcher, timeout: float | None = None) -> None:
+        self.batcher, self.timeout = batcher, timeout
+
+    def embed_texts(self, texts: list[str]) -> Row:
+        return self.batcher.encode("text", texts, self.timeout)
+
+    def embed_images(self, images: list[Image.Image]) -> Row:
+        return self.batcher.encode("image", images, self.timeout)

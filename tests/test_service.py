@@ -1,0 +1,396 @@
+"""The query service: same answers as the library and CLI, a Qdrant body that reproduces them, one-line
+4xx errors, limits, auth, micro-batching and back-pressure."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from qdrant_client import QdrantClient, models
+from service_helpers import live_server, searcher_factory
+from typer.testing import CliRunner
+
+from enclip_qdrant.cli.app import app as cli_app
+from enclip_qdrant.errors import EnclipError
+from enclip_qdrant.indexing import index_catalog
+from enclip_qdrant.search import search
+from enclip_qdrant.service import MicroBatcher, Overloaded, ServeOptions, create_app, startup_warnings
+from enclip_qdrant.service.app import catalog_file
+from enclip_qdrant.store import ServerStore
+
+KEY = "s3cret-service-key"
+
+
+@pytest.fixture(scope="module")
+def qdrant(bundle, catalog):
+    """A server-backed collection (qdrant-client local mode) built by enclip, shared by service and test."""
+    client = QdrantClient(":memory:")
+    index_catalog(catalog, bundle, ServerStore(client=client), "shop")
+    yield client
+    client.close()
+
+
+def make_client(qdrant, bundle, **opts) -> TestClient:
+    return TestClient(create_app(ServeOptions(**opts), searcher_factory=searcher_factory(qdrant, bundle)))
+
+
+@pytest.fixture(scope="module")
+def client(qdrant, bundle):
+    with make_client(qdrant, bundle) as c:
+        yield c
+
+
+def jpeg(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def test_search_matches_the_library(client, qdrant, bundle):
+    r = client.post("/v1/search", json={"text": "red dress", "top_k": 5, "explain": True})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    want = search(bundle, ServerStore(client=qdrant), "shop", "red dress", top_k=5, explain=True).to_dict(True)
+    assert got == json.loads(json.dumps(want))
+    assert [x["rank"] for x in got["results"]] == [1, 2, 3, 4, 5]
+    assert set(got["results"][0]["member_ranks"]) == set(bundle.vectors)
+
+
+def test_get_with_query_params_and_filters(client):
+    r = client.get("/v1/search", params=[("text", "bag"), ("top_k", "4"), ("clusters", "all"),
+                                         ("filter", "baseColour=Blue"), ("fusion", "dbsf")])
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["clusters"] == [] and out["query"]["fusion"] == "dbsf"
+    assert len(out["results"]) == 4 and all(x["payload"]["baseColour"] == "Blue" for x in out["results"])
+
+
+def test_image_upload_and_more_like_this_find_the_product(client, catalog):
+    product = catalog.products[7]
+    r = client.post("/v1/search", data={"top_k": "3"},
+                    files={"image": ("q.jpg", jpeg(product.image), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    first = r.json()["results"][0]
+    assert first["id"] == product.id
+    like = client.post("/v1/search", json={"like": first["point_id"], "top_k": 3}).json()
+    assert like["results"][0]["point_id"] == first["point_id"] and like["query"]["like"] == first["point_id"]
+    both = client.post("/v1/search", data={"text": "dress", "top_k": "3"},
+                       files={"image": ("q.jpg", jpeg(product.image), "image/jpeg")})
+    assert both.status_code == 200 and both.json()["query"]["text"] == "dress"
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "dbsf"])
+def test_encode_body_sent_to_qdrant_returns_the_search_ids(client, qdrant, bundle, fusion):
+    req = {"text": "green sneakers", "top_k": 6, "fusion": fusion, "filter": ["gender=Men", "gender=Women"]}
+    enc = client.post("/v1/encode", json=req)
+    assert enc.status_code == 200, enc.text
+    out = enc.json()
+    assert set(out["vectors"]) == set(bundle.vectors)
+    assert all(len(v) == bundle.vectors[k] for k, v in out["vectors"].items())
+    assert out["clusters"] and len(out["cluster_probs"]) == bundle.clusters.k
+    body = out["qdrant"]["body"]
+    assert len(body["prefetch"]) == len(bundle.vectors)
+    assert all(p["limit"] == 6 * 4 and p["filter"]["must"][0]["key"] == "cluster" for p in body["prefetch"])
+    # an application sends the body as-is to its own Qdrant
+    request = models.QueryRequest.model_validate(json.loads(json.dumps(body)))
+    (answer,) = qdrant.query_batch_points(out["qdrant"]["collection"], requests=[request])
+    served = client.post("/v1/search", json=req).json()
+    assert [str(p.id) for p in answer.points] == [x["point_id"] for x in served["results"]]
+    assert len(served["results"]) > 0
+
+
+def test_cli_json_and_service_share_one_schema(bundle, catalog_dir, tmp_path, monkeypatch):
+    """`query --json` and /v1/search both come from SearchResponse.to_dict: same keys, same values."""
+    home = tmp_path / "home"
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    runner = CliRunner()
+    args = ["--home", str(home)]
+    assert runner.invoke(cli_app, ["index", str(catalog_dir), "--bundle", str(bundle.path), *args]).exit_code == 0
+    res = runner.invoke(cli_app, ["query", "blue cap", "--json", "--explain", "-k", "4", *args],
+                        catch_exceptions=False)
+    cli = json.loads(res.stdout)
+    with TestClient(create_app(ServeOptions(home=home))) as c:  # the default factory: the workspace's collection
+        svc = c.post("/v1/search", json={"text": "blue cap", "top_k": 4, "explain": True}).json()
+    assert set(svc) == set(cli) and set(svc["results"][0]) == set(cli["results"][0])
+    assert set(svc["query"]) == set(cli["query"])
+    assert [r["point_id"] for r in svc["results"]] == [r["point_id"] for r in cli["results"]]
+
+
+def cli_error(*args: str) -> str:
+    with pytest.raises(EnclipError) as e:
+        CliRunner().invoke(cli_app, ["query", *args], catch_exceptions=False)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("body,status,cli_args", [
+    ({"text": "  "}, 400, None),
+    ({"text": "dress", "clusters": [99]}, 400, None),
+    ({"text": "dress", "clusters": "1,x"}, 400, ["dress", "--clusters", "1,x"]),
+    ({"text": "dress", "filter": ["colour"]}, 400, ["dress", "--filter", "colour"]),
+    ({"text": "dress", "fusion": "max"}, 400, None),
+    ({"text": "dress", "top_k": 0}, 400, None),
+    ({"text": "dress", "top_k": 1000}, 400, None),
+    ({"text": "dress", "colour": "red"}, 400, None),
+    ({"text": "dress", "collection": "nope"}, 404, None),
+    ({"like": "00000000-0000-0000-0000-000000000000"}, 404, None),
+])
+def test_bad_input_is_a_one_line_json_error(client, body, status, cli_args, tmp_path, monkeypatch):
+    r = client.post("/v1/search", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err and "\n" not in err and set(r.json()) == {"error"}
+    if cli_args:  # the same words the CLI prints
+        monkeypatch.setenv("ENCLIP_HOME", str(tmp_path))
+        assert err == cli_error(*cli_args)
+    assert client.post("/v1/search", json={"text": "dress", "top_k": 1}).status_code == 200  # still serving
+
+
+def test_unreadable_or_malformed_requests(client):
+    r = client.post("/v1/search", files={"image": ("x.jpg", b"not an image at all", "image/jpeg")})
+    assert r.status_code == 400 and r.json()["error"].startswith("cannot read query image x.jpg")
+    r = client.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json() == {"error": "request body is not valid JSON"}
+    r = client.post("/v1/search", content=b"text", headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    r = client.post("/v1/encode", json={})
+    assert r.status_code == 400 and r.json() == {"error": "empty query: give some text or --image"}
+    r = client.get("/v1/search", params={"text": "dress", "top_k": "many"})
+    assert r.status_code == 400 and "top_k" in r.json()["error"]
+    assert client.get("/v1/nothing").json() == {"error": "Not Found"}
+
+
+def test_collections_health_ready_docs_and_page(client, bundle, catalog):
+    cols = client.get("/v1/collections").json()
+    assert cols["served"] == "shop" and cols["members"] == list(bundle.vectors)
+    (c,) = cols["collections"]
+    assert c["served"] and c["aliases"] == ["shop"] and c["points"] == len(catalog.products)
+    assert "Blue" in cols["fields"]["baseColour"] and "cluster" not in cols["fields"]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] and ready["points"] == len(catalog.products) and ready["bundle"] == bundle.fingerprint
+    assert "/v1/search" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text and "http" not in page.text.replace(
+        'http-equiv', '')
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_readyz_fails_when_the_store_is_gone(bundle, catalog):
+    spare = QdrantClient(":memory:")
+    store = ServerStore(client=spare)
+    index_catalog(catalog, bundle, store, "shop")
+    with TestClient(create_app(ServeOptions(), searcher_factory=searcher_factory(spare, bundle))) as c:
+        assert c.get("/readyz").status_code == 200
+        store.delete_alias("shop")
+        store.drop(store.list_collections()[0])
+        r = c.get("/readyz")
+        assert r.status_code == 503 and not r.json()["ready"] and "no collection" in r.json()["error"]
+        assert c.get("/healthz").status_code == 200
+        assert c.post("/v1/search", json={"text": "dress"}).status_code == 404
+
+
+def test_images_only_from_inside_the_catalog(client, qdrant, catalog, tmp_path):
+    first = client.post("/v1/search", json={"text": "cap", "top_k": 2}).json()["results"]
+    r = client.get(f"/images/{first[0]['point_id']}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(r.content)).size[0] > 0
+    assert client.get("/images/00000000-0000-0000-0000-000000000000").status_code == 404
+
+    store = ServerStore(client=qdrant)
+    victim = first[1]["point_id"]
+    original = store.retrieve("shop", [victim])[0].payload
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    link = Path(catalog.root) / "images" / "zz-escape-link.jpg"
+    try:
+        for bad in (str(secret), "../" * 12 + str(secret).lstrip("/"), "images/zz-escape-link.jpg"):
+            if bad.endswith("link.jpg"):
+                link.symlink_to(secret)
+            store.set_payload("shop", victim, {**original, "image": bad})
+            r = client.get(f"/images/{victim}")
+            assert r.status_code == 403 and "private" not in r.text, bad
+    finally:
+        link.unlink(missing_ok=True)
+        store.set_payload("shop", victim, original)
+    assert client.get(f"/images/{victim}").status_code == 200
+
+
+def test_catalog_file_containment(tmp_path):
+    root = tmp_path / "cat"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "outside.jpg").write_bytes(b"y")
+    (root / "images" / "out.jpg").symlink_to(tmp_path / "outside.jpg")
+    assert catalog_file(root, "images/a.jpg") == (root / "images" / "a.jpg").resolve()
+    for bad in ("../outside.jpg", str(tmp_path / "outside.jpg"), "images/out.jpg", "images/../../outside.jpg"):
+        with pytest.raises(PermissionError):
+            catalog_file(root, bad)
+
+
+def test_api_key_on_every_v1_call(qdrant, bundle):
+    with make_client(qdrant, bundle, key=KEY) as c:
+        for path in ("/v1/collections", "/v1/search?text=dress"):
+            r = c.get(path)
+            assert r.status_code == 401 and KEY not in r.text and r.json()["error"].startswith("missing or wrong")
+            assert c.get(path, headers={"X-API-Key": "wrong"}).status_code == 401
+            assert c.get(path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+            assert c.get(path, headers={"X-API-Key": KEY}).status_code == 200
+        assert c.post("/v1/encode", json={"text": "x"}).status_code == 401
+        pid = c.get("/v1/search?text=cap&top_k=1", headers={"X-API-Key": KEY}).json()["results"][0]["point_id"]
+        assert c.get(f"/images/{pid}").status_code == 401
+        c.cookies.set("enclip_key", KEY)  # the page's way: <img> requests cannot send headers
+        assert c.get(f"/images/{pid}").status_code == 200
+        assert c.get("/v1/collections").status_code == 401  # the cookie opens images only, never /v1
+        c.cookies.clear()
+        assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
+
+
+def test_off_localhost_without_a_key_warns(bundle, catalog_dir, tmp_path, monkeypatch):
+    assert startup_warnings(ServeOptions(host="127.0.0.1")) == []
+    assert startup_warnings(ServeOptions(host="0.0.0.0", key=KEY)) == []
+    (line,) = startup_warnings(ServeOptions(host="0.0.0.0", port=9000))
+    assert "0.0.0.0:9000 without an API key" in line and "ENCLIP_API_KEY" in line
+    # through the CLI: the warning is printed, then uvicorn would start (stubbed here: no port is opened)
+    import uvicorn
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # serve() tightens it; restore after
+    ran: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw))
+    monkeypatch.delenv("ENCLIP_API_KEY", raising=False)
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    home = tmp_path / "home"
+    runner = CliRunner()
+    assert runner.invoke(cli_app, ["index", str(catalog_dir), "--bundle", str(bundle.path),
+                                   "--home", str(home)]).exit_code == 0
+    res = runner.invoke(cli_app, ["serve", "--home", str(home), "--host", "0.0.0.0", "--port", "9001"],
+                        catch_exceptions=False)
+    assert res.exit_code == 0 and "without an API key" in res.output and ran["port"] == 9001
+    with pytest.raises(EnclipError, match="no collection"):
+        runner.invoke(cli_app, ["serve", "--home", str(tmp_path / "empty")], catch_exceptions=False)
+
+
+def test_upload_limits_and_decompression_bombs(qdrant, bundle, catalog):
+    with make_client(qdrant, bundle, max_upload_bytes=50_000, max_image_pixels=1_000_000) as c:
+        big = b"\xff" * 200_000
+        r = c.post("/v1/search", files={"image": ("big.jpg", big, "image/jpeg")})
+        assert r.status_code == 413 and "limit" in r.json()["error"]
+
+        def chunks():  # no Content-Length: counted as it streams
+            for _ in range(20):
+                yield b"x" * 10_000
+        r = c.post("/v1/search", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+
+        bomb = io.BytesIO()
+        Image.new("1", (2000, 2000)).save(bomb, "PNG")  # 4 Mpx in a few kB
+        assert len(bomb.getvalue()) < 50_000
+        r = c.post("/v1/search", files={"image": ("bomb.png", bomb.getvalue(), "image/png")})
+        assert r.status_code == 400 and r.json()["error"] == ("image bomb.png is too large: 2000x2000 pixels "
+                                                              "(the limit is 1,000,000)")
+        ok = c.post("/v1/search", files={"image": ("q.jpg", catalog.products[0].image.read_bytes(), "image/jpeg")})
+        assert ok.status_code == 200
+
+
+def slow(bundle, monkeypatch, seconds: float, calls: list[int]):
+    real = bundle.embed_texts
+
+    def embed_texts(texts):
+        calls.append(len(texts))
+        time.sleep(seconds)
+        return real(texts)
+    monkeypatch.setattr(bundle, "embed_texts", embed_texts)
+
+
+def test_request_timeout_is_504(qdrant, bundle, monkeypatch):
+    slow(bundle, monkeypatch, 1.5, [])
+    with make_client(qdrant, bundle, request_timeout=0.3) as c:
+        t0 = time.monotonic()
+        r = c.post("/v1/search", json={"text": "dress"})
+        assert r.status_code == 504 and "timed out" in r.json()["error"]
+        assert time.monotonic() - t0 < 1.4
+
+
+def concurrent_posts(base: str, bodies: list[dict]) -> list[httpx.Response]:
+    out: list[httpx.Response | None] = [None] * len(bodies)
+    start = threading.Barrier(len(bodies))
+
+    def one(i: int) -> None:
+        with httpx.Client(timeout=60) as h:
+            start.wait()
+            out[i] = h.post(f"{base}/v1/search", json=bodies[i])
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out  # type: ignore[return-value]
+
+
+def test_concurrent_queries_share_forward_passes(qdrant, bundle, monkeypatch):
+    calls: list[int] = []
+    slow(bundle, monkeypatch, 0.2, calls)
+    texts = ["red dress", "blue cap", "green sneakers", "black handbag", "white dress", "yellow cap",
+             "red handbag", "blue sneakers"]
+    app = create_app(ServeOptions(max_wait_ms=400), searcher_factory=searcher_factory(qdrant, bundle))
+    with live_server(app) as base:
+        answers = concurrent_posts(base, [{"text": t, "top_k": 3} for t in texts])
+        stats = httpx.get(f"{base}/readyz").json()["batches"]
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+    assert len(calls) < len(texts) and max(calls) > 1 and sum(calls) == len(texts)
+    assert stats["queries"] == len(texts) and stats["batches"] == len(calls)
+    monkeypatch.undo()
+    store = ServerStore(client=qdrant)
+    for t, r in zip(texts, answers, strict=True):  # batching changes nothing in the answers
+        want = [h.id for h in search(bundle, store, "shop", t, top_k=3).results]
+        assert [x["point_id"] for x in r.json()["results"]] == want
+
+
+def test_full_queue_is_503_with_retry_after(qdrant, bundle, monkeypatch):
+    slow(bundle, monkeypatch, 0.5, [])
+    app = create_app(ServeOptions(max_queue=1, max_batch=1, max_wait_ms=0),
+                     searcher_factory=searcher_factory(qdrant, bundle))
+    with live_server(app) as base:
+        answers = concurrent_posts(base, [{"text": f"dress {i}", "top_k": 2} for i in range(6)])
+        codes = sorted(r.status_code for r in answers)
+        busy = [r for r in answers if r.status_code == 503]
+        assert 200 in codes and busy, codes
+        assert all(r.headers["retry-after"] == "1" and "server busy" in r.json()["error"] for r in busy)
+        time.sleep(1.0)
+        assert httpx.post(f"{base}/v1/search", json={"text": "dress"}, timeout=30).status_code == 200
+
+
+def test_micro_batcher_bounds_and_errors():
+    import numpy as np
+
+    gate = threading.Event()
+
+    def embed(items):
+        gate.wait(5)
+        if "boom" in items:
+            raise ValueError("bad batch")
+        n = len(items)
+        return {"m": np.ones((n, 2))}, np.ones((n, 2))
+
+    b = MicroBatcher(embed, embed, max_batch=4, max_wait_ms=1, max_queue=2).start()
+    try:
+        first = b.submit("text", "a")
+        time.sleep(0.05)  # the worker holds "a" and waits at the gate
+        b.submit("text", "b")
+        b.submit("text", "c")
+        with pytest.raises(Overloaded):
+            b.submit("text", "d")
+        gate.set()
+        assert first.result(5)[0]["m"].shape == (1, 2)
+        with pytest.raises(ValueError, match="bad batch"):
+            b.encode("text", ["boom"], timeout=5)
+        per, joint = b.encode("text", ["x", "y"], timeout=5)  # the worker survived
+        assert per["m"].shape == (2, 2) and joint.shape == (2, 2)
+    finally:
+        gate.set()
+        b.close()
