@@ -96,7 +96,11 @@ def info_tables(data: dict[str, Any]) -> list[Table]:
         t.add_row("payload indexes", ", ".join(f"{k}: {v}" for k, v in c.payload_schema.items()))
         meta = CollectionMeta.from_dict(c.metadata)
         t.add_row("bundle", f"{c.bundle_fingerprint}  {meta.bundle_path or ''}")
-        t.add_row("clusters", "  ".join(f"{k}: {v:,}" for k, v in c.clusters.items()))
+        if c.cluster_labels:  # one line per cluster: id, size and what it holds
+            t.add_row("clusters", "\n".join(f"{k}: {v:,}  {c.cluster_labels.get(k, '')}".rstrip()
+                                            for k, v in c.clusters.items()))
+        else:  # a bundle from before labels, or not on this machine: ids and sizes
+            t.add_row("clusters", "  ".join(f"{k}: {v:,}" for k, v in c.clusters.items()))
         t.add_row("catalog", meta.catalog or "")
         tables.append(t)
     return tables
