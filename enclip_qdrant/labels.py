@@ -5,7 +5,8 @@ of its title (scikit-learn's tokenizer and English stop words; no numbers, no on
 values of its categorical fields (few distinct values, no digits: "Tshirts", "Men", "Blue"). A term's
 score for a cluster is how much more often the cluster's products carry it than the other products do
 (difference of the two proportions, in [-1, 1]): a word every product has scores 0, a word only and always
-in the cluster scores 1; on a tie a field value beats a title word. The best few terms, joined by " · " and kept under `MAX_CHARS`, are the label:
+in the cluster scores 1; on a tie a field value beats a title word. The best few terms, joined by " · "
+and kept under `MAX_CHARS`, are the label:
 
     "Dress · Women · Red"        "Sneakers · Shoes"
 
@@ -102,7 +103,9 @@ def cluster_labels(texts: Sequence[str | None], fields: Sequence[Mapping[str, An
         rest = n - sizes[c]
         p_out = (total - inside[c]) / rest if rest > 0 else np.zeros_like(p_in)
         score = p_in - p_out
-        order = sorted((i for i in range(len(vocab)) if score[i] > 0), key=lambda i: (-score[i], vocab[i] not in curated, vocab[i]))
+        # best first; a tie goes to a field value, then to the term itself (deterministic)
+        order = sorted((i for i in range(len(vocab)) if score[i] > 0),
+                       key=lambda i: (-score[i], vocab[i] not in curated, vocab[i]))
         ranked.append([i for j, i in enumerate(order) if j == 0 or score[i] >= MIN_SCORE])
     for c in range(k):
         labels.append(_join([display[vocab[i]] for i in ranked[c][:MAX_TERMS]]))
