@@ -106,7 +106,13 @@ def cluster_labels(texts: Sequence[str | None], fields: Sequence[Mapping[str, An
         # best first; a tie goes to a field value, then to the term itself (deterministic)
         order = sorted((i for i in range(len(vocab)) if score[i] > 0),
                        key=lambda i: (-score[i], vocab[i] not in curated, vocab[i]))
-        ranked.append([i for j, i in enumerate(order) if j == 0 or score[i] >= MIN_SCORE])
+        kept: list[int] = []
+        for i in order:
+            if kept and score[i] < MIN_SCORE:
+                break
+            if not any(_same_word(vocab[i], vocab[j]) for j in kept):
+                kept.append(i)
+        ranked.append(kept)
     for c in range(k):
         labels.append(_join([display[vocab[i]] for i in ranked[c][:MAX_TERMS]]))
     # Two clusters with the same label: give each its next terms (up to the length cap) to tell them apart.
@@ -122,6 +128,11 @@ def cluster_labels(texts: Sequence[str | None], fields: Sequence[Mapping[str, An
             for c in cs:
                 labels[c] = _join([display[vocab[i]] for i in ranked[c][:MAX_TERMS + 2]])
     return labels
+
+
+def _same_word(a: str, b: str) -> bool:
+    """"check" and "checked", "shoe" and "shoes": one says what the other does (but "men" is not "women")."""
+    return a.startswith(b) or b.startswith(a)
 
 
 def _join(terms: Sequence[str]) -> str:
