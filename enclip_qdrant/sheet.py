@@ -80,7 +80,7 @@ def cluster_sheet(samples: Mapping[int, list[Mapping[str, Any]]], path: str | Pa
                   labels: Mapping[int, str] | None = None, sizes: Mapping[int, int] | None = None,
                   catalog_root: str | Path | None = None, title: str = "",
                   thumb: tuple[int, int] = (90, 120), per_cluster: int = CLUSTER_SAMPLES) -> Path:
-    """One row per cluster (in id order): a title line "3 · 412 products · Dress · Women · Red", then up
+    """One row per cluster (in id order): a title line "3: Dress · Women · Red   (412 products)", then up
     to `per_cluster` sample thumbnails; relative image paths resolve against `catalog_root`."""
     labels, sizes = labels or {}, sizes or {}
     ids = sorted(samples)
@@ -91,9 +91,8 @@ def cluster_sheet(samples: Mapping[int, list[Mapping[str, Any]]], path: str | Pa
     draw.text((6, 6), title or f"{len(ids)} clusters", fill="black")
     for row, c in enumerate(ids):
         y = 24 + row * row_h
-        head = [f"cluster {c}"] + ([f"{sizes[c]:,} products"] if c in sizes else []) + \
-            ([labels[c]] if labels.get(c) else [])
-        draw.text((6, y + 4), " · ".join(head), fill="black")
+        head = f"{c}: {labels[c]}" if labels.get(c) else f"cluster {c}"
+        draw.text((6, y + 4), head + (f"   ({sizes[c]:,} products)" if c in sizes else ""), fill="black")
         for i, payload in enumerate(samples[c][:per_cluster]):
             _paste_thumb(sheet, draw, _resolve(payload.get("image"), catalog_root), (6 + i * cell_w, y + 20), thumb)
     return _save(sheet, path)
