@@ -36,7 +36,8 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from .errors import BundleError
-from .members import CONFIG_NAME, WEIGHTS_NAME, Member, _write_json, eval_transform, file_sha256
+from .files import atomic_write_json
+from .members import CONFIG_NAME, WEIGHTS_NAME, Member, eval_transform, file_sha256
 from .presets import Preset
 from .text_encoders import NONE, SharedTextEncoder, TextEncoderSpec, check_record, get_encoder, spec_named
 
@@ -95,8 +96,9 @@ class HeadMember(Member):
         tmp = folder / (WEIGHTS_NAME + ".tmp")
         save_file(state, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, folder / WEIGHTS_NAME)
-        _write_json(folder / CONFIG_NAME, {"recipe": RECIPE, "model_cfg": self.model_cfg,
-                                           "preprocess_cfg": self.preprocess_cfg, "enclip": self.info})
+        atomic_write_json(folder / CONFIG_NAME, {"recipe": RECIPE, "model_cfg": self.model_cfg,
+                                                 "preprocess_cfg": self.preprocess_cfg, "enclip": self.info},
+                          sort_keys=True)
         return file_sha256(folder / WEIGHTS_NAME)
 
 
