@@ -152,12 +152,11 @@ def _fill(catalog: Any, bundle: Bundle, store: Store, collection: str, report: I
                 report.added += 1
             else:
                 report.changed += 1
-        elif recipe is not None and recipe.text(old) != recipe.text(payload):
-            # The words changed, so the sparse text vector must be rewritten with the point: re-embed it.
-            to_embed.append((product, payload))
-            report.changed += 1
         elif old.get("payload_hash") != payload["payload_hash"]:
             store.set_payload(collection, pid, payload | {"cluster": old.get("cluster")})
+            if recipe is not None and recipe.text(old) != recipe.text(payload):
+                # the words changed: the text vector follows them (the image's vectors stay as they are)
+                store.set_sparse(collection, pid, recipe.vector, recipe.document(payload))
             report.payload_updated += 1
         else:
             report.unchanged += 1

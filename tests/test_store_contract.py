@@ -812,3 +812,18 @@ def test_backends_fuse_hybrid_identically(tmp_path: Path) -> None:
             ranked.append([h.id for h in s.query_fused("h", vectors, limit=10, prefetch_limit=40,
                                                         weights={"text_bm25": 2.0})])
     assert ranked[0] == ranked[1]
+
+
+def test_set_sparse_rewrites_only_the_text_vector(hybrid: tuple[Store, str, list[PointRecord]]) -> None:
+    store, name, points = hybrid
+    p = next(p for p in points if p.sparse)
+    store.set_sparse(name, p.id, "text_bm25", _query("velvet gown"))
+    got = {q.id: q for q in store.scroll_points(name)}[p.id]
+    assert list(got.sparse["text_bm25"].indices) == list(_query("velvet gown").indices)
+    assert np.allclose(np.asarray(got.vectors["clip_a"]), np.asarray(p.vectors["clip_a"]) /
+                       np.linalg.norm(p.vectors["clip_a"]), atol=1e-5)  # dense vectors untouched
+    res = store.query_each(name, {"text_bm25": _query("velvet")}, limit=5)["text_bm25"]
+    assert [h.id for h in res] == [p.id]
+    store.set_sparse(name, p.id, "text_bm25", None)  # no words left: no text vector
+    assert not {q.id: q for q in store.scroll_points(name)}[p.id].sparse
+    assert store.query_each(name, {"text_bm25": _query("velvet")}, limit=5)["text_bm25"] == []

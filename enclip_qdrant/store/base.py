@@ -220,6 +220,11 @@ class Store(ABC):
         """Overwrite one point's payload without touching its vectors."""
 
     @abstractmethod
+    def set_sparse(self, name: str, id: str, vector_name: str, vector: SparseVec | None) -> None:
+        """Replace one point's sparse vector (None removes it), leaving its dense vectors alone: a changed title
+        rewrites the text vector without embedding the image again."""
+
+    @abstractmethod
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every point as (id, payload restricted to `fields`; all of it when None)."""
 

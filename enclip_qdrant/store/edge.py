@@ -37,6 +37,7 @@ from qdrant_edge import (
     Modifier,
     PayloadSchemaType,
     Point,
+    PointVectors,
     Prefetch,
     Query,
     QueryBatchRequest,
@@ -278,6 +279,15 @@ class EdgeStore(Store):
         shard = self._shard(name)
         with self._errors(name, "set_payload"):
             shard.update(UpdateOperation.overwrite_payload([id], dict(payload)))
+            shard.flush()
+
+    def set_sparse(self, name: str, id: str, vector_name: str, vector: SparseVec | None) -> None:
+        shard = self._shard(name)
+        with self._errors(name, "set_sparse"):
+            if vector is None:
+                shard.update(UpdateOperation.delete_vectors([id], [vector_name]))
+            else:
+                shard.update(UpdateOperation.update_vectors([PointVectors(id, {vector_name: _edge_vector(vector)})]))
             shard.flush()
 
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:

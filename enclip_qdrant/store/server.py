@@ -361,6 +361,15 @@ class ServerStore(Store):
             "set_payload", name, self.client.overwrite_payload, name, payload=dict(payload), points=[id], wait=True
         )
 
+    def set_sparse(self, name: str, id: str, vector_name: str, vector: SparseVec | None) -> None:
+        self._check(name)
+        if vector is None:
+            self._call("set_sparse", name, self.client.delete_vectors, name, vectors=[vector_name],
+                       points=[id], wait=True)
+        else:
+            point = models.PointVectors(id=id, vector={vector_name: _vector(vector)})
+            self._call("set_sparse", name, self.client.update_vectors, name, points=[point], wait=True)
+
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         self._check(name)
         with_payload: Any = True if fields is None else (list(fields) or False)
