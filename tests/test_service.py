@@ -58,7 +58,8 @@ def test_search_matches_the_library(client, qdrant, bundle):
     want = search(bundle, ServerStore(client=qdrant), "shop", "red dress", top_k=5, explain=True).to_dict(True)
     assert got == json.loads(json.dumps(want))
     assert [x["rank"] for x in got["results"]] == [1, 2, 3, 4, 5]
-    assert set(got["results"][0]["member_ranks"]) == set(bundle.vectors)
+    # the members' ranks and the BM25 text prefetch's own (the catalog has text: hybrid by default)
+    assert set(got["results"][0]["member_ranks"]) == set(bundle.vectors) | {"text_bm25"}
 
 
 def test_get_with_query_params_and_filters(client):
