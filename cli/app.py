@@ -183,11 +183,18 @@ def query(
 def info(
     collection: Annotated[str | None, typer.Argument(help="One collection (default: all).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a PNG with a row of sample images per "
+                                               "cluster, titled with its label (the collection given, or the "
+                                               "default one).")] = None,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
     timeout: Timeout = None,
 ) -> None:
-    """Collections in the store: points, named vectors, payload indexes, bundle, cluster sizes."""
-    data = api.info(collection, conn=conn_for(home, url, api_key, prefer_grpc, timeout))
+    """Collections in the store: points, named vectors, payload indexes, bundle, clusters and their labels."""
+    conn = conn_for(home, url, api_key, prefer_grpc, timeout)
+    data = api.info(collection, conn=conn)
+    if sheet:
+        api.cluster_sheet(sheet, collection, conn=conn)
+        err.print(f"clusters sheet written to {sheet}")
     if json_out:
         render.print_json(out, {"store": data["store"], "collections": [vars(c) for c in data["collections"]]})
     else:

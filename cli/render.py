@@ -23,11 +23,13 @@ def print_json(console: Console, obj: Any) -> None:
 
 
 def search_table(resp: SearchResponse, explain: bool, width: int = 120) -> Table:
-    clusters = ", ".join(f"{c['id']} (p={c['p']:.2f})" for c in resp.clusters) or "all"
+    clusters = ", ".join(f"{c['id']}{' ' + repr(c['label']) if c.get('label') else ''} (p={c['p']:.2f})"
+                         for c in resp.clusters) or "all"
     title = f"{resp.query.get('text') or resp.query.get('image')!r}  clusters: {clusters}"
     t = Table(title=title, title_justify="left")
     for col, kw in (("#", {"justify": "right"}), ("id", {}), ("score", {"justify": "right"}),
-                    ("cl", {"justify": "right"}), ("text", {"overflow": "fold", "min_width": 24, "ratio": 3})):
+                    ("cl", {"no_wrap": True, "overflow": "ellipsis", "max_width": 18}),
+                    ("text", {"overflow": "fold", "min_width": 24, "ratio": 3})):
         t.add_column(col, **kw)
     members = list(resp.results[0].member_ranks or {}) if explain and resp.results else []
     # The title matters most: on a narrow terminal, show fewer attribute columns rather than squeeze it.
@@ -38,7 +40,8 @@ def search_table(resp: SearchResponse, explain: bool, width: int = 120) -> Table
     for name in members:
         t.add_column(name, justify="right")
     for r in resp.results:
-        row = [str(r.rank), str(r.payload.get("product_id", r.id)), f"{r.score:.4f}", str(r.cluster),
+        row = [str(r.rank), str(r.payload.get("product_id", r.id)), f"{r.score:.4f}",
+               f"{r.cluster} {r.cluster_label}" if r.cluster_label else str(r.cluster),
                str(r.payload.get("text") or r.payload.get("image", ""))]
         row += [str(r.payload.get(f, "")) for f in fields]
         if explain:
@@ -101,7 +104,11 @@ def info_tables(data: dict[str, Any]) -> list[Table]:
         t.add_row("payload indexes", ", ".join(f"{k}: {v}" for k, v in c.payload_schema.items()))
         meta = CollectionMeta.from_dict(c.metadata)
         t.add_row("bundle", f"{c.bundle_fingerprint}  {meta.bundle_path or ''}")
-        t.add_row("clusters", "  ".join(f"{k}: {v:,}" for k, v in c.clusters.items()))
+        if c.cluster_labels:  # one line per cluster: id, size and what it holds
+            t.add_row("clusters", "\n".join(f"{k}: {v:,}  {c.cluster_labels.get(k, '')}".rstrip()
+                                            for k, v in c.clusters.items()))
+        else:  # a bundle from before labels, or not on this machine: ids and sizes
+            t.add_row("clusters", "  ".join(f"{k}: {v:,}" for k, v in c.clusters.items()))
         t.add_row("catalog", meta.catalog or "")
         tables.append(t)
     return tables

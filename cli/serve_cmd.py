@@ -31,7 +31,7 @@ def serve_command(
                                                    "before 504.")] = 30.0,
 ) -> None:
     """Serve search over HTTP: JSON API under /v1, a search page at /, API docs at /docs."""
-    from enclip_qdrant.service import ServeOptions, serve
+    from enclip_qdrant import ServeOptions, serve
 
     store_options: dict[str, Any] = {"prefer_grpc": True} if prefer_grpc else {}
     if timeout is not None:

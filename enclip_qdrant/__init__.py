@@ -23,6 +23,7 @@ _EXPORTS = {
     "Bundle": "bundle", "load_bundle": "bundle", "Catalog": "catalog", "load_catalog": "catalog",
     "BundleError": "errors", "CatalogError": "errors", "EnclipError": "errors", "QueryError": "errors",
     "StoreError": "errors", "TrainConfig": "training", "EvalReport": "evaluation",
+    "ServeOptions": "service", "serve": "service",
     "best_values": "evaluation", "format_value": "evaluation", "Progress": "progress", "Task": "progress",
 }
 __all__ = sorted(_EXPORTS)

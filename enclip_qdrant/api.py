@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .aliases import RollbackReport, switch_back
 from .catalog import Catalog
 from .errors import BundleError, EnclipError
+from .labels import bundle_labels
 from .load import open_catalog
 from .meta import CollectionMeta, read_meta
 from .migrate import PushReport, migrate
@@ -37,8 +38,8 @@ if TYPE_CHECKING:  # these pull in torch and open_clip: loaded by the verbs that
     from .training import TrainConfig
 
 __all__ = ["CollectionMeta", "CollectionOptions", "Connection", "PushReport", "RollbackReport", "SearchOptions",
-           "Searcher", "ServerOptions", "evaluate", "eval_workdir", "index", "info", "push", "query", "rollback",
-           "train"]
+           "Searcher", "ServerOptions", "cluster_sheet", "evaluate", "eval_workdir", "index", "info", "push", "query",
+           "rollback", "train"]
 
 ENV_URL, ENV_API_KEY = "QDRANT_URL", "QDRANT_API_KEY"
 
@@ -236,6 +237,7 @@ class CollectionSummary:
     default: bool = False
     aliases: list[str] = field(default_factory=list)  # names that serve this collection
     sparse_vectors: list[str] = field(default_factory=list)  # the text (BM25) vector, when it has one
+    cluster_labels: dict[int, str] = field(default_factory=dict)  # from the bundle's manifest; {}: plain ids
 
 
 def info(collection: str | None = None, *, conn: Connection | None = None) -> dict[str, Any]:
@@ -254,11 +256,30 @@ def info(collection: str | None = None, *, conn: Connection | None = None) -> di
             ci = store.info(name)
             sizes = {int(k): v for k, v in sorted(store.facet_counts(name, "cluster").items())}
             served = sorted(a for a, target in aliases.items() if target == name)
+            meta = CollectionMeta.from_dict(ci.metadata)
             out.append(CollectionSummary(name, ci.points, ci.vectors, ci.payload_schema,
-                                         CollectionMeta.from_dict(ci.metadata).bundle_fingerprint, sizes, ci.metadata,
+                                         meta.bundle_fingerprint, sizes, ci.metadata,
                                          default=default is not None and default in [name, *served],
-                                         aliases=served, sparse_vectors=list(ci.sparse_vectors)))
+                                         aliases=served, sparse_vectors=list(ci.sparse_vectors),
+                                         cluster_labels=bundle_labels(meta.bundle_path, meta.bundle_fingerprint)))
         return {"store": {"kind": store.kind, "location": store.location}, "collections": out}
+
+
+def cluster_sheet(path: str | Path, collection: str | None = None, *, conn: Connection | None = None,
+                  per_cluster: int = 8) -> Path:
+    """A PNG of `collection` (default: the workspace's) with one row per cluster: its label and size, and
+    `per_cluster` of its products' images (from the catalog folder the collection was indexed from)."""
+    from .sheet import cluster_samples
+    from .sheet import cluster_sheet as draw_sheet
+
+    conn = conn or Connection()
+    with conn.open() as store:
+        name = store.resolve(collection or conn.workspace.default_collection())
+        meta = read_meta(store, name)
+        sizes = {int(k): v for k, v in sorted(store.facet_counts(name, "cluster").items())}
+        samples = cluster_samples(store.scroll(name, ["cluster", "image"]), sizes, per_cluster)
+    return draw_sheet(samples, path, labels=bundle_labels(meta.bundle_path, meta.bundle_fingerprint), sizes=sizes,
+                      catalog_root=meta.catalog, title=f"{name}: {len(sizes)} clusters", per_cluster=per_cluster)
 
 
 def push(collection: str | None = None, target: Connection | None = None, *, source: Connection | None = None,

@@ -31,6 +31,7 @@ from safetensors.numpy import save as save_safetensors
 from .clustering import ClusterModel, LinearRouter
 from .errors import BundleError
 from .files import atomic_write_bytes, atomic_write_json, read_json
+from .labels import check_labels
 from .members import CONFIG_NAME, WEIGHTS_NAME, Ensemble, Member, file_sha256, joint_embedding, load_member
 
 FORMAT = "enclip-bundle"
@@ -107,8 +108,9 @@ def bundle_fingerprint(member_hashes: Sequence[str], clusters_hash: str,
 def build_manifest(path: Path, *, members: Sequence[Member], reports: Sequence[Mapping[str, Any]],
                    clusters: ClusterModel, sizes: Sequence[int], router_accuracy: float,
                    training: Mapping[str, Any], config: Mapping[str, Any],
-                   validation: Mapping[str, Any]) -> dict[str, Any]:
-    """The manifest of a bundle whose member folders and clusters file are already written in `path`."""
+                   validation: Mapping[str, Any], labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """The manifest of a bundle whose member folders and clusters file are already written in `path`;
+    `labels`: a short readable name per cluster (labels.cluster_labels), or None."""
     entries = []
     for m, r in zip(members, reports, strict=True):
         folder = path / "members" / m.name
@@ -131,7 +133,8 @@ def build_manifest(path: Path, *, members: Sequence[Member], reports: Sequence[M
         "clusters": {"k": clusters.k, "criterion": clusters.criterion, "sizes": list(sizes),
                      "router_val_accuracy": router_accuracy,
                      "router_temperature": {"text": clusters.text_router.temperature,
-                                            "image": clusters.image_router.temperature}},
+                                            "image": clusters.image_router.temperature}}
+        | ({"labels": list(labels)} if labels is not None else {}),
         "training": dict(training) | {"config": {k: config[k] for k in sorted(config)}},
         "validation": dict(validation),
     }
@@ -192,6 +195,8 @@ def _check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
     clusters = manifest.get("clusters")
     if not isinstance(clusters, dict) or not isinstance(clusters.get("criterion"), str):
         raise bad("'clusters' needs a 'criterion'")
+    if (wrong := check_labels(clusters)) is not None:
+        raise bad(wrong)
     for key in ("training", "validation"):
         if key in manifest and not isinstance(manifest[key], dict):
             raise bad(f"'{key}' must be an object")

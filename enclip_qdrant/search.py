@@ -18,6 +18,7 @@ from .bundle import Bundle
 from .clustering import route
 from .errors import QueryError
 from .images import DEFAULT_BOUND, ImageRejected, image_bound, load_image
+from .labels import label_response, manifest_labels
 from .lexical import TextRecipe
 from .meta import read_meta
 from .search_options import (  # noqa: F401 - parsing is this module's API too
@@ -45,6 +46,7 @@ class Result:
     cluster: int | None
     payload: dict[str, Any]
     member_ranks: dict[str, int | None] | None = None  # filled by explain
+    cluster_label: str | None = None  # the cluster's readable name (labels.py), when the bundle has labels
 
 
 @dataclass
@@ -241,5 +243,6 @@ def search(bundle: Bundle, store: Store, collection: str, text: str | None = Non
     query = {"text": text, "image": str(image) if isinstance(image, (str, Path)) else None, "top_k": top_k,
              "fusion": fusion, "filters": {k: list(v) for k, v in (filters or {}).items()},
              "text_vector": len(vectors) > len(q.vectors)}
-    return SearchResponse(query, [{"id": c, "p": round(p, 4)} for c, p in chosen], results,
-                          {"encode": round((t1 - t0) * 1e3, 2), "search": round((t2 - t1) * 1e3, 2)})
+    response = SearchResponse(query, [{"id": c, "p": round(p, 4)} for c, p in chosen], results,
+                              {"encode": round((t1 - t0) * 1e3, 2), "search": round((t2 - t1) * 1e3, 2)})
+    return label_response(response, manifest_labels(bundle.manifest))  # readable cluster names, when stored

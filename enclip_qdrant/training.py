@@ -28,6 +28,7 @@ from .bundle import CLUSTERS, FORMAT, MANIFEST, PLAN, Bundle, build_manifest, lo
 from .clustering import fit_clusters
 from .errors import BundleError, CatalogError
 from .files import atomic_write_json, locked, read_json
+from .labels import cluster_labels
 from .member_job import (  # noqa: F401 - Pairs, decode_image, train_member... are this module's API too
     REPORT,
     MemberJob,
@@ -338,12 +339,14 @@ def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: S
     router_acc = float((clusters.text_router.probs(txt_joint[val_idx]).argmax(1) == val_labels).mean())
     ens_val = retrieval_recall(img_joint[val_idx], txt_joint[val_idx], [pairs.texts[i] for i in val_idx])
     save_clusters(out / CLUSTERS, clusters)
-    sizes = np.bincount(clusters.assign(img_joint), minlength=clusters.k)
+    assignment = clusters.assign(img_joint)
+    sizes = np.bincount(assignment, minlength=clusters.k)
+    labels = cluster_labels([p.text for p in products], [p.fields for p in products], assignment, clusters.k)
     manifest = build_manifest(
         out, members=members, reports=reports, clusters=clusters, sizes=sizes.tolist(), router_accuracy=router_acc,
         training={"catalog_fingerprint": fingerprint, "catalog": str(catalog.root), "pairs": len(products),
                   "train": len(train_idx), "val": len(val_idx)},
-        config=cfg.to_dict(), validation={"ensemble": ens_val})
+        config=cfg.to_dict(), validation={"ensemble": ens_val}, labels=labels)
     write_manifest(out, manifest)
     progress.log(f"ensemble val R@10 {ens_val['r@10']:.3f} (best member "
                  f"{max(r['val']['r@10'] for r in reports):.3f}); {clusters.k} clusters, "

@@ -205,9 +205,27 @@ def check_enclip(doc: dict[str, Any], url: str, nodes: list[str]) -> None:
     assert host and host.group(1) in doc["services"]
 
 
+def check_serve(doc: dict[str, Any]) -> None:
+    """The query service: the same image as the CLI, listening beyond localhost, so with its own key."""
+    service = doc["services"]["serve"]
+    assert service["image"] == doc["services"]["enclip"]["image"]
+    assert service["build"] == doc["services"]["enclip"]["build"]
+    command = service["command"]
+    assert command[0] == "serve" and command[command.index("--host") + 1] == "0.0.0.0"
+    port = command[command.index("--port") + 1]
+    assert f"{port}:{port}" in {str(p) for p in service["ports"]}
+    environment = env(service)
+    assert environment["ENCLIP_API_KEY"].startswith("${ENCLIP_API_KEY:?")  # required: no open service by accident
+    assert environment["QDRANT_URL"] == "http://qdrant:6333"
+    volumes = mounts(service)
+    assert "/data/catalog" in volumes and "/data/.enclip" in volumes
+    assert service["depends_on"]["qdrant"]["condition"] == "service_healthy"
+
+
 def test_compose_single_server() -> None:
     doc = compose("docker-compose.yml")
-    assert set(doc["services"]) == {"qdrant", "enclip"}
+    assert set(doc["services"]) == {"qdrant", "enclip", "serve"}
+    check_serve(doc)
     qdrant = doc["services"]["qdrant"]
     check_qdrant_node(qdrant)
     assert {"6333:6333", "6334:6334"} <= {str(p) for p in qdrant["ports"]}

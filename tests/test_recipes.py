@@ -74,13 +74,15 @@ def test_a_different_text_encoder_record_is_refused(head_bundle, tmp_path):
     cfg = json.loads(cfg_path.read_text())
     cfg["model_cfg"]["text_encoder"]["sha256"] = "0" * 64
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(BundleError) as e:
+    with pytest.raises(BundleError, match="does not match the manifest"):  # configs are covered by the fingerprint
         load_bundle(copy)
+    with pytest.raises(BundleError) as e:  # and even unverified, the encoder record itself is checked
+        load_bundle(copy, verify=False)
     assert "text encoder" in str(e.value) and "\n" not in str(e.value)
     cfg["model_cfg"]["text_encoder"] = dict(te.MINILM.record(), max_length=128)
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(BundleError, match="max_length"):
-        load_bundle(copy)
+        load_bundle(copy, verify=False)
 
 
 def test_wrong_encoder_weights_are_refused(tmp_path):
@@ -108,7 +110,7 @@ def test_config_checks():
         TrainConfig(text_encoder="bert-huge")
     with pytest.raises(BundleError):
         TrainConfig(text_encoder="minilm", base_model="ViT-B-32")
-    assert TrainConfig(text_encoder="none").resolved()["text_encoder"] == "none"
+    assert TrainConfig(text_encoder="none").resolved().text_encoder == "none"
 
 
 def test_keyword_queries_come_from_categorical_fields(tmp_path):

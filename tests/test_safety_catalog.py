@@ -23,7 +23,7 @@ from enclip_qdrant.images import MIN_BOUND, ImageRejected, load_image
 from enclip_qdrant.indexing import IndexInterrupted, index_catalog, physical_name, point_id
 from enclip_qdrant.progress import NullProgress
 from enclip_qdrant.search import load_query_image, parse_clusters, parse_filters, search
-from enclip_qdrant.store import EdgeStore, ServerStore
+from enclip_qdrant.store import EdgeStore, ServerOptions, ServerStore
 from enclip_qdrant.synthetic import make_catalog
 
 # --------------------------------------------------------------------------- helpers
@@ -226,7 +226,7 @@ def test_redact_url_hides_credentials() -> None:
 
 
 def test_server_errors_never_print_the_password() -> None:
-    store = ServerStore("http://user:secret@127.0.0.1:1", retries=0, timeout=2)
+    store = ServerStore("http://user:secret@127.0.0.1:1", options=ServerOptions(retries=0, timeout=2))
     try:
         assert "secret" not in store.location
         with pytest.raises(Exception) as e:

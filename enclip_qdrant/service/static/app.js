@@ -79,7 +79,7 @@ async function runSearch(extra) {
 }
 
 function render(data, ms) {
-  const clusters = data.clusters.length ? data.clusters.map((c) => `${c.id} (p=${c.p.toFixed(2)})`).join(", ") : "all";
+  const clusters = data.clusters.length ? data.clusters.map((c) => `${c.id}${c.label ? ` ${c.label}` : ""} (p=${c.p.toFixed(2)})`).join(", ") : "all";
   const what = data.query.like ? `more like ${data.query.like}` : (data.query.text || "image");
   setStatus(`${data.results.length} results for ${what} · clusters ${clusters} · ${ms.toFixed(0)} ms`);
   const grid = $("results");
@@ -97,7 +97,7 @@ function render(data, ms) {
     title.textContent = r.payload.text || String(r.id);
     const meta = document.createElement("div");
     meta.className = "meta";
-    meta.textContent = `#${r.rank} · id ${r.id} · score ${r.score.toFixed(4)} · cluster ${r.cluster}`;
+    meta.textContent = `#${r.rank} · id ${r.id} · score ${r.score.toFixed(4)} · cluster ${r.cluster}${r.cluster_label ? ` (${r.cluster_label})` : ""}`;
     card.append(img, title, meta);
     if (r.member_ranks) {
       const ranks = document.createElement("div");
