@@ -11,6 +11,7 @@ import typer
 from enclip_qdrant import (
     DEFAULT_MAX_CLUSTERS,
     DEFAULT_OVERSAMPLE,
+    DEFAULT_TEXT_WEIGHT,
     DEFAULT_THRESHOLD,
     FILTER_HELP,
     EnclipError,
@@ -150,6 +151,11 @@ def query(
     max_clusters: Annotated[int, typer.Option("--max-clusters", min=1, help="Routing cap.")] = DEFAULT_MAX_CLUSTERS,
     oversample: Annotated[int, typer.Option("--oversample", min=1, help="Prefetch k x this.")] = DEFAULT_OVERSAMPLE,
     explain: Annotated[bool, typer.Option("--explain", help="Show each member's own rank.")] = False,
+    no_text: Annotated[bool, typer.Option("--no-text", help="Dense only: leave out the collection's text "
+                                                            "(BM25) vector.")] = False,
+    text_weight: Annotated[float, typer.Option("--text-weight", min=0.0, help="RRF weight of the text (BM25) "
+                                               "prefetch against each member's 1; 0 = --no-text.")
+                           ] = DEFAULT_TEXT_WEIGHT,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a PNG contact sheet.")] = None,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
@@ -158,7 +164,8 @@ def query(
     """Search: encode with every member, route to clusters, one fused Qdrant query."""
     conn = conn_for(home, url, api_key, prefer_grpc, timeout)
     options = SearchOptions(top_k=top_k, clusters=parse_clusters(clusters), fusion=fusion,  # type: ignore[arg-type]
-                            threshold=threshold, max_clusters=max_clusters, oversample=oversample, explain=explain)
+                            threshold=threshold, max_clusters=max_clusters, oversample=oversample, explain=explain,
+                            text_weight=0.0 if no_text else text_weight)
     resp = api.query(text, image=image, collection=collection, bundle=bundle, conn=conn,
                      filters=parse_filters(filters), options=options)
     if sheet:

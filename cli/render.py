@@ -96,6 +96,11 @@ def info_tables(data: dict[str, Any]) -> list[Table]:
                   show_header=False, title_justify="left")
         t.add_row("points", f"{c.points:,}")
         t.add_row("vectors", ", ".join(f"{k} ({v}d, cosine)" for k, v in c.vectors.items()))
+        if c.sparse_vectors:
+            recipe = CollectionMeta.from_dict(c.metadata).lexical or {}
+            fields = ", ".join(recipe.get("fields", []))
+            t.add_row("sparse vectors", ", ".join(f"{k} (BM25, idf)" for k in c.sparse_vectors)
+                      + (f": title + {fields}" if fields else ": title"))
         t.add_row("payload indexes", ", ".join(f"{k}: {v}" for k, v in c.payload_schema.items()))
         meta = CollectionMeta.from_dict(c.metadata)
         t.add_row("bundle", f"{c.bundle_fingerprint}  {meta.bundle_path or ''}")

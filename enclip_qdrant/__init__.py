@@ -15,6 +15,7 @@ _EXPORTS = {
     "push": "api", "rollback": "api", "evaluate": "api", "eval_workdir": "api",
     "PushReport": "migrate", "RollbackReport": "aliases", "CollectionMeta": "meta", "contact_sheet": "sheet",
     "SearchOptions": "search_options", "SearchResponse": "search", "DEFAULT_THRESHOLD": "search_options",
+    "DEFAULT_TEXT_WEIGHT": "search_options",
     "DEFAULT_MAX_CLUSTERS": "search_options", "DEFAULT_OVERSAMPLE": "search_options",
     "FILTER_HELP": "search_options", "parse_clusters": "search_options", "parse_filters": "search_options",
     "CollectionOptions": "store.base", "ServerOptions": "store.base", "EXTRA_INDEX_TYPES": "store.base",

@@ -191,16 +191,19 @@ class Searcher:
                filters: Mapping[str, Sequence[Any]] | None = None, options: SearchOptions | None = None,
                top_k: int = 10, clusters: ClusterMode = "auto", fusion: Fusion = "rrf", explain: bool = False,
                threshold: float = SearchOptions.threshold, max_clusters: int = SearchOptions.max_clusters,
-               oversample: int = SearchOptions.oversample) -> SearchResponse:
+               oversample: int = SearchOptions.oversample,
+               text_weight: float = SearchOptions.text_weight) -> SearchResponse:
         """Search by `text`, `image` (a path or a PIL image) or both; `filters`: field -> accepted values.
         `options` (a `SearchOptions`) wins over the single keywords, which build one."""
         from .search import search
 
         o = options or SearchOptions(top_k=top_k, clusters=clusters, fusion=fusion, threshold=threshold,
-                                     max_clusters=max_clusters, oversample=oversample, explain=explain)
+                                     max_clusters=max_clusters, oversample=oversample, explain=explain,
+                                     text_weight=text_weight)
         resp = search(self.bundle, self.store, self.collection, text, image=image, top_k=o.top_k,
                       clusters=o.clusters, fusion=o.fusion, filters=filters, explain=o.explain,
-                      threshold=o.threshold, max_clusters=o.max_clusters, oversample=o.oversample)
+                      threshold=o.threshold, max_clusters=o.max_clusters, oversample=o.oversample,
+                      text_weight=o.text_weight, recipe=self.meta.text_recipe())
         resp.catalog_root = self.meta.catalog
         return resp
 
@@ -233,6 +236,7 @@ class CollectionSummary:
     metadata: dict[str, Any]
     default: bool = False
     aliases: list[str] = field(default_factory=list)  # names that serve this collection
+    sparse_vectors: list[str] = field(default_factory=list)  # the text (BM25) vector, when it has one
     cluster_labels: dict[int, str] = field(default_factory=dict)  # from the bundle's manifest; {}: plain ids
 
 
@@ -256,7 +260,7 @@ def info(collection: str | None = None, *, conn: Connection | None = None) -> di
             out.append(CollectionSummary(name, ci.points, ci.vectors, ci.payload_schema,
                                          meta.bundle_fingerprint, sizes, ci.metadata,
                                          default=default is not None and default in [name, *served],
-                                         aliases=served,
+                                         aliases=served, sparse_vectors=list(ci.sparse_vectors),
                                          cluster_labels=bundle_labels(meta.bundle_path, meta.bundle_fingerprint)))
         return {"store": {"kind": store.kind, "location": store.location}, "collections": out}
 

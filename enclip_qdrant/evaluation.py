@@ -34,9 +34,18 @@ from .catalog import Catalog, Product
 from .clustering import route
 from .errors import BundleError, CatalogError, QueryError
 from .indexing import index_catalog, point_id
+from .lexical import TextRecipe
 from .load import open_catalog
+from .meta import read_meta
 from .progress import NullProgress, Progress
-from .search import DEFAULT_MAX_CLUSTERS, DEFAULT_OVERSAMPLE, DEFAULT_THRESHOLD, EncodedQuery, encode_query
+from .search import (
+    DEFAULT_MAX_CLUSTERS,
+    DEFAULT_OVERSAMPLE,
+    DEFAULT_THRESHOLD,
+    EncodedQuery,
+    encode_query,
+    hybrid_vectors,
+)
 from .store import EdgeStore, Hit, SearchFilter, Store
 from .training import MIN_PAIRS, TrainConfig, train
 
@@ -49,7 +58,9 @@ TYPE_FIELD, KEYWORD_FIELDS = "articleType", ("baseColour", "gender")
 MIN_KEYWORD_RELEVANT = 10  # a keyword query needs this many relevant test products, so P@10 can reach 1
 COLLECTION = "enclip-eval"
 
-RowKind = Literal["member", "ensemble", "routed"]
+RowKind = Literal["member", "ensemble", "routed", "hybrid"]
+# Text-prefetch weights the hybrid rows try (RRF weight of the BM25 prefetch against each member's 1).
+HYBRID_WEIGHTS = (1.0, 0.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,7 @@ class _Ranking:
     fusion: Literal["rrf", "dbsf"] | None = None  # None: a member's own nearest-neighbour search
     member: str | None = None
     routing: tuple[float, int] | None = None  # (threshold, max_clusters)
+    text_weight: float | None = None  # hybrid rows: the BM25 prefetch's RRF weight
 
 
 @dataclass
@@ -363,8 +375,22 @@ def rankings(bundle: Bundle) -> list[_Ranking]:
     return out
 
 
-def _run(store: Store, bundle: Bundle, ranking: _Ranking, q: EncodedQuery, top_k: int
-         ) -> tuple[list[Hit], list[int] | None, float]:
+def hybrid_rankings(recipe: TextRecipe | None) -> list[_Ranking]:
+    """The RRF ensemble plus the BM25 text prefetch (same single query), unrouted and routed, at a few weights;
+    none when the collection has no text vector. Only for query sets whose words are not a product's own title."""
+    if recipe is None:
+        return []
+    out = []
+    for w in HYBRID_WEIGHTS:
+        tag = "" if w == 1.0 else f" w={w:g}"
+        out += [_Ranking(f"hybrid RRF{tag}", "hybrid", "rrf", text_weight=w),
+                _Ranking(f"hybrid routed p>={DEFAULT_THRESHOLD:g}{tag}", "hybrid", "rrf",
+                         routing=(DEFAULT_THRESHOLD, DEFAULT_MAX_CLUSTERS), text_weight=w)]
+    return out
+
+
+def _run(store: Store, bundle: Bundle, ranking: _Ranking, q: EncodedQuery, top_k: int, text: str = "",
+         recipe: TextRecipe | None = None) -> tuple[list[Hit], list[int] | None, float]:
     """One ranking for one encoded query: (hits, clusters searched or None when unrouted, search seconds)."""
     clusters: list[int] | None = None
     if ranking.routing is not None:
@@ -375,8 +401,9 @@ def _run(store: Store, bundle: Bundle, ranking: _Ranking, q: EncodedQuery, top_k
     if ranking.member is not None:
         hits = store.query_each(COLLECTION, {ranking.member: q.vectors[ranking.member]}, limit=top_k)[ranking.member]
     else:
-        hits = store.query_fused(COLLECTION, q.vectors, limit=top_k, prefetch_limit=top_k * DEFAULT_OVERSAMPLE,
-                                 fusion=ranking.fusion or "rrf", filter=flt)
+        vectors, weights = hybrid_vectors(q.vectors, text, recipe, ranking.text_weight or 0.0)
+        hits = store.query_fused(COLLECTION, vectors, limit=top_k, prefetch_limit=top_k * DEFAULT_OVERSAMPLE,
+                                 fusion=ranking.fusion or "rrf", filter=flt, weights=weights)
     return hits, clusters, time.perf_counter() - t0
 
 
@@ -465,13 +492,15 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
             encode_ms = round((time.perf_counter() - t0) * 1e3 / max(1, len(texts)), 3)
 
             rows: list[EvalRow] = []
-            plan = rankings(b)
-            task = progress.task("searching", total=len(plan) * sum(len(qs) for qs in sets.values()))
+            recipe = read_meta(store, COLLECTION).text_recipe()
+            # Title queries stay dense-only: a title found by its own words proves nothing.
+            plans = {name: rankings(b) + (hybrid_rankings(recipe) if name != TITLES else []) for name in sets}
+            task = progress.task("searching", total=sum(len(plans[n]) * len(qs) for n, qs in sets.items()))
             for name, qs in sets.items():
-                for ranking in plan:
+                for ranking in plans[name]:
                     results, searched, lat = [], [], []
                     for q in qs:
-                        hits, clusters, s = _run(store, b, ranking, encoded[q.text], top_k)
+                        hits, clusters, s = _run(store, b, ranking, encoded[q.text], top_k, q.text, recipe)
                         results.append([str(h.payload.get("product_id")) for h in hits])
                         searched.append(clusters)
                         lat.append(s)

@@ -9,6 +9,7 @@ Every read-modify-write of shared state runs under `locked()` so two processes n
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import threading
@@ -78,6 +79,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (weights can be hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: str | Path) -> Any | None:

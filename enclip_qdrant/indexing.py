@@ -12,13 +12,14 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .aliases import physical_name, plan_target, switch_alias
 from .bundle import Bundle
 from .errors import BundleError, ConfirmationRequired
 from .images import ImageRejected, image_bound, load_image
+from .lexical import TextRecipe, choose_fields
 from .meta import CollectionMeta, check_compatible, read_meta
 from .progress import NullProgress, Progress
 from .store import CollectionSpec, PointRecord, Store
@@ -95,25 +96,30 @@ class IndexReport:
 def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *, batch_size: int = 256,
                   prune: bool = False, progress: Progress | None = None,
                   options: CollectionOptions | None = None, blue_green: bool = False,
-                  prune_threshold: float = PRUNE_THRESHOLD, confirm: bool = False) -> IndexReport:
+                  prune_threshold: float = PRUNE_THRESHOLD, confirm: bool = False, text: bool = True) -> IndexReport:
     """`options` shape the collection when this call creates it; an existing collection keeps its own.
     `collection` is an alias; with `blue_green`, another bundle's index is built beside the live one and
     the alias switched only when it is complete, so queries never see a half-built collection.
     `prune` deletes only ids gone from the table; more than `prune_threshold` of the collection needs
-    `confirm` (else ConfirmationRequired, raised before anything is written)."""
+    `confirm` (else ConfirmationRequired, raised before anything is written). A collection this call creates
+    from a catalog with text also gets a sparse BM25 vector of each product's text (hybrid search), unless
+    `text` is False; an existing collection keeps what it has (with or without one)."""
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     physical, previous, switch = plan_target(store, collection, bundle, blue_green)
     created = not store.exists(physical)
     if created:
-        store.create(physical, CollectionSpec(vectors=bundle.vectors,
-                                              metadata=CollectionMeta.for_bundle(bundle, catalog.root).to_dict(),
-                                              options=options))
+        recipe = text_recipe(catalog) if text else None
+        meta = CollectionMeta.for_bundle(bundle, catalog.root)
+        if recipe is not None:
+            meta = replace(meta, lexical=recipe.to_dict())
+        store.create(physical, CollectionSpec(vectors=bundle.vectors, metadata=meta.to_dict(), options=options,
+                                              sparse_vectors=(recipe.vector,) if recipe else ()))
     else:  # ours from an interrupted run, or the live one: incremental indexing fills in the rest
-        check_compatible(store, physical, bundle)
+        recipe = check_compatible(store, physical, bundle).text_recipe()
     report = IndexReport(collection, store.location, bundle.fingerprint, created,
                          skipped_rows=len(catalog.skipped), physical=physical, previous=previous)
-    _fill(catalog, bundle, store, physical, report, batch_size, prune, progress, prune_threshold, confirm)
+    _fill(catalog, bundle, store, physical, report, batch_size, prune, progress, prune_threshold, confirm, recipe)
     if switch:
         switch_alias(store, collection, physical, previous)
         report.switched = True
@@ -121,12 +127,20 @@ def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *
     return report
 
 
-def _fill(catalog: Any, bundle: Bundle, store: Store, collection: str, report: IndexReport, batch_size: int,
-          prune: bool, progress: Progress, prune_threshold: float = PRUNE_THRESHOLD, confirm: bool = False) -> None:
-    created = report.created
+def text_recipe(catalog: Any) -> TextRecipe | None:
+    """The lexical recipe for a new collection: title plus the catalog's categorical fields; None without text."""
+    if not any(p.text for p in catalog.products):
+        return None
+    return TextRecipe(fields=choose_fields((product_payload(p) for p in catalog.products), exclude=RESERVED))
 
+
+def _fill(catalog: Any, bundle: Bundle, store: Store, collection: str, report: IndexReport, batch_size: int,
+          prune: bool, progress: Progress, prune_threshold: float = PRUNE_THRESHOLD, confirm: bool = False,
+          recipe: TextRecipe | None = None) -> None:
+    created = report.created
+    lexical = ["text", *recipe.fields] if recipe else []
     existing = {} if created else {
-        pid: p for pid, p in store.scroll(collection, ["content_hash", "payload_hash", "cluster"])}
+        pid: p for pid, p in store.scroll(collection, ["content_hash", "payload_hash", "cluster", *lexical])}
     gone = _prune_plan(catalog, existing, prune, prune_threshold, confirm)
     to_embed: list[tuple[Any, dict[str, Any]]] = []
     for product in catalog.products:
@@ -140,6 +154,9 @@ def _fill(catalog: Any, bundle: Bundle, store: Store, collection: str, report: I
                 report.changed += 1
         elif old.get("payload_hash") != payload["payload_hash"]:
             store.set_payload(collection, pid, payload | {"cluster": old.get("cluster")})
+            if recipe is not None and recipe.text(old) != recipe.text(payload):
+                # the words changed: the text vector follows them (the image's vectors stay as they are)
+                store.set_sparse(collection, pid, recipe.vector, recipe.document(payload))
             report.payload_updated += 1
         else:
             report.unchanged += 1
@@ -166,7 +183,7 @@ def _fill(catalog: Any, bundle: Bundle, store: Store, collection: str, report: I
                 t2 = time.perf_counter()
                 store.upsert(collection, [
                     PointRecord(point_id(p.id), {name: vecs[i] for name, vecs in per_member.items()},
-                                payload | {"cluster": int(clusters[i])})
+                                payload | {"cluster": int(clusters[i])}, _sparse(recipe, payload))
                     for i, (p, payload) in enumerate(ok)])
                 written += len(ok)
                 report.timings["encode"] += t2 - t1
@@ -186,6 +203,11 @@ def _fill(catalog: Any, bundle: Bundle, store: Store, collection: str, report: I
     if gone:
         store.delete(collection, gone)
     report.deleted = len(gone)
+
+
+def _sparse(recipe: TextRecipe | None, payload: dict[str, Any]) -> dict[str, Any]:
+    doc = recipe.document(payload) if recipe else None
+    return {recipe.vector: doc} if recipe and doc else {}
 
 
 def _prune_plan(catalog: Any, existing: dict[str, Any], prune: bool, threshold: float, confirm: bool) -> list[str]:

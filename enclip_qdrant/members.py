@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 
 from .errors import BundleError, EnclipError
-from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256, read_json
 from .presets import Preset
 
 CONFIG_NAME = "open_clip_config.json"
@@ -414,11 +414,3 @@ def deepcopy_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(cfg)))
 
 
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -15,6 +15,7 @@ from .errors import BundleError
 
 if TYPE_CHECKING:
     from .bundle import Bundle
+    from .lexical import TextRecipe
     from .store import Store
 
 
@@ -27,6 +28,9 @@ class CollectionMeta:
     catalog: str | None = None  # the catalog's root: relative image paths in the payload resolve against it
     created: str | None = None  # ISO time of creation (UTC)
     previous: str | None = None  # the collection this one replaced behind an alias (rollback target)
+    # the sparse text vector's recipe (`lexical.TextRecipe.to_dict()`): name, payload fields, BM25 config;
+    # None: the collection has no text vector (built without text, or before hybrid search existed)
+    lexical: Mapping[str, Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -49,7 +53,15 @@ class CollectionMeta:
         doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         if self.members is not None:
             doc["members"] = list(self.members)
+        if self.lexical is not None:
+            doc["lexical"] = dict(self.lexical)
         return {**self.extra, **{k: v for k, v in doc.items() if v is not None}}
+
+    def text_recipe(self) -> TextRecipe | None:
+        """The recipe that built the collection's text vector, for queries to tokenize the same way."""
+        from .lexical import TextRecipe
+
+        return TextRecipe.from_dict(self.lexical) if self.lexical else None
 
     def with_previous(self, previous: str) -> CollectionMeta:
         return replace(self, previous=previous)

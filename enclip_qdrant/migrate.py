@@ -45,7 +45,8 @@ def _ensure_target(source: Store, target: Store, physical: str) -> None:
     ours = CollectionMeta.from_dict(ci.metadata).bundle_fingerprint
     if not target.exists(physical):
         target.create(physical, CollectionSpec(vectors=ci.vectors, metadata=ci.metadata,
-                                               indexed_fields=ci.payload_schema))
+                                               indexed_fields=ci.payload_schema,
+                                               sparse_vectors=tuple(ci.sparse_vectors)))
         return
     there = CollectionMeta.from_dict(target.info(physical).metadata).bundle_fingerprint
     if there != ours:

@@ -1,5 +1,6 @@
 """ENCLIP search: encode the query with every member, route it to its likely clusters, and run ONE
-fused Qdrant query (a prefetch per member, RRF or DBSF) restricted to those clusters.
+fused Qdrant query (a prefetch per member, RRF or DBSF) restricted to those clusters. When the collection
+has a sparse text vector and the query has text, that vector is one more prefetch in the same call (hybrid).
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from .clustering import route
 from .errors import QueryError
 from .images import DEFAULT_BOUND, ImageRejected, image_bound, load_image
 from .labels import label_response, manifest_labels
+from .lexical import TextRecipe
+from .meta import read_meta
 from .search_options import (  # noqa: F401 - parsing is this module's API too
     DEFAULT_MAX_CLUSTERS,
     DEFAULT_OVERSAMPLE,
+    DEFAULT_TEXT_WEIGHT,
     DEFAULT_THRESHOLD,
     FILTER_HELP,
     ClusterMode,
@@ -28,10 +32,11 @@ from .search_options import (  # noqa: F401 - parsing is this module's API too
     parse_clusters,
     parse_filters,
 )
-from .store import Fusion, SearchFilter, Store
+from .store import Fusion, QueryVector, SearchFilter, Store
 
-__all__ = ["DEFAULT_MAX_CLUSTERS", "DEFAULT_OVERSAMPLE", "DEFAULT_THRESHOLD", "ClusterMode", "EncodedQuery", "Result",
-           "SearchOptions", "SearchResponse", "encode_query", "load_query_image", "search"]
+__all__ = ["DEFAULT_MAX_CLUSTERS", "DEFAULT_OVERSAMPLE", "DEFAULT_TEXT_WEIGHT", "DEFAULT_THRESHOLD", "ClusterMode",
+           "EncodedQuery", "Result", "SearchOptions", "SearchResponse", "encode_query", "hybrid_vectors",
+           "load_query_image", "search"]
 
 @dataclass
 class Result:
@@ -184,33 +189,60 @@ def choose_clusters(bundle: Bundle, probs: np.ndarray, clusters: ClusterMode = "
     return [(c, float(probs[c])) for c in ids]
 
 
+def hybrid_vectors(vectors: Mapping[str, np.ndarray], text: str | None, recipe: TextRecipe | None,
+                   text_weight: float) -> tuple[dict[str, QueryVector], dict[str, float] | None]:
+    """The query's prefetch vectors: the members' dense ones, plus the sparse text vector when the collection
+    has one, the query has words and `text_weight` > 0; and the RRF weights (None: all weigh 1)."""
+    out: dict[str, QueryVector] = dict(vectors)
+    sparse = recipe.query(text) if recipe is not None and text_weight > 0 else None
+    if recipe is None or sparse is None:
+        return out, None
+    out[recipe.vector] = sparse
+    return out, ({recipe.vector: float(text_weight)} if text_weight != 1.0 else None)
+
+
+def collection_recipe(store: Store, collection: str) -> TextRecipe | None:
+    """The text recipe recorded by the collection (None: no text vector, dense-only as before)."""
+    return read_meta(store, collection).text_recipe()
+
+
 def search(bundle: Bundle, store: Store, collection: str, text: str | None = None, *,
            image: str | Path | Image.Image | None = None, top_k: int = 10, clusters: ClusterMode = "auto",
            fusion: Fusion = "rrf", filters: Mapping[str, Sequence[Any]] | None = None,
            threshold: float = DEFAULT_THRESHOLD, max_clusters: int = DEFAULT_MAX_CLUSTERS,
            oversample: int = DEFAULT_OVERSAMPLE, explain: bool = False,
-           encoder: QueryEncoder | None = None) -> SearchResponse:
+           encoder: QueryEncoder | None = None, text_weight: float = DEFAULT_TEXT_WEIGHT,
+           recipe: TextRecipe | None | str = "auto") -> SearchResponse:
+    """`text_weight`: the text prefetch's RRF weight (0: dense only). `recipe`: the collection's text recipe when
+    the caller has it cached ("auto": read from the collection's metadata when the query has text)."""
     if top_k < 1:
         raise QueryError("--top-k must be at least 1")
     if fusion not in ("rrf", "dbsf"):
         raise QueryError(f"unknown fusion {fusion!r}: use rrf or dbsf")
+    if not text_weight >= 0:
+        raise QueryError(f"--text-weight must be >= 0, not {text_weight!r}")
     t0 = time.perf_counter()
     pil = load_query_image(image, image_bound(bundle)) if isinstance(image, (str, Path)) else image
     q = encode_query(bundle, text, pil, encoder=encoder)
     t1 = time.perf_counter()
     chosen = choose_clusters(bundle, q.cluster_probs, parse_clusters(clusters), threshold, max_clusters)
     flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=typed_filters(store, collection, filters or {}))
-    hits = store.query_fused(collection, q.vectors, limit=top_k, prefetch_limit=top_k * oversample,
-                             fusion=fusion, filter=None if flt.is_empty() else flt)
+    if recipe == "auto":
+        recipe = collection_recipe(store, collection) if text and text.strip() and text_weight > 0 else None
+    vectors, weights = hybrid_vectors(q.vectors, text, recipe if isinstance(recipe, TextRecipe) else None,
+                                      text_weight)
+    hits = store.query_fused(collection, vectors, limit=top_k, prefetch_limit=top_k * oversample,
+                             fusion=fusion, filter=None if flt.is_empty() else flt, weights=weights)
     t2 = time.perf_counter()
     results = [Result(i + 1, h.id, h.score, h.payload.get("cluster"), h.payload) for i, h in enumerate(hits)]
     if explain:
-        per = store.query_each(collection, q.vectors, limit=top_k * oversample, filter=None if flt.is_empty() else flt)
+        per = store.query_each(collection, vectors, limit=top_k * oversample, filter=None if flt.is_empty() else flt)
         ranks = {name: {h.id: r + 1 for r, h in enumerate(member_hits)} for name, member_hits in per.items()}
         for r in results:
             r.member_ranks = {name: ranks[name].get(r.id) for name in ranks}
     query = {"text": text, "image": str(image) if isinstance(image, (str, Path)) else None, "top_k": top_k,
-             "fusion": fusion, "filters": {k: list(v) for k, v in (filters or {}).items()}}
+             "fusion": fusion, "filters": {k: list(v) for k, v in (filters or {}).items()},
+             "text_vector": len(vectors) > len(q.vectors)}
     response = SearchResponse(query, [{"id": c, "p": round(p, 4)} for c, p in chosen], results,
                               {"encode": round((t1 - t0) * 1e3, 2), "search": round((t2 - t1) * 1e3, 2)})
     return label_response(response, manifest_labels(bundle.manifest))  # readable cluster names, when stored

@@ -18,6 +18,8 @@ ClusterMode = Literal["auto", "all"] | Sequence[int]
 DEFAULT_THRESHOLD = 0.9
 DEFAULT_MAX_CLUSTERS = 3
 DEFAULT_OVERSAMPLE = 4
+# RRF weight of the sparse text prefetch against each member's 1 (0: dense only). See BENCHMARKS.md.
+DEFAULT_TEXT_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class SearchOptions:
     max_clusters: int = DEFAULT_MAX_CLUSTERS  # routing cap
     oversample: int = DEFAULT_OVERSAMPLE  # each member's prefetch is top_k x this
     explain: bool = False  # also rank with each member alone
+    text_weight: float = DEFAULT_TEXT_WEIGHT  # the text prefetch's RRF weight when the collection has one; 0: off
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -39,6 +42,10 @@ class SearchOptions:
             raise QueryError(f"unknown fusion {self.fusion!r}: use rrf or dbsf")
         if not 0.0 <= self.threshold <= 1.0:
             raise QueryError(f"--threshold must be between 0 and 1, not {self.threshold!r}")
+        if not self.text_weight >= 0:
+            raise QueryError(f"--text-weight must be >= 0, not {self.text_weight!r}")
+        if self.fusion == "dbsf" and self.text_weight not in (0.0, 1.0):
+            raise QueryError("--text-weight needs RRF fusion: DBSF cannot weight its sources")
         if self.max_clusters < 1 or self.oversample < 1:
             raise QueryError("--max-clusters and --oversample must be at least 1")
 

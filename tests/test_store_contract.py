@@ -23,6 +23,7 @@ from enclip_qdrant.store import (
     SearchFilter,
     ServerOptions,
     ServerStore,
+    SparseVec,
     Store,
     open_store,
 )
@@ -702,3 +703,127 @@ def test_importing_store_loads_no_backend() -> None:
             "print('qdrant_edge' in sys.modules, 'qdrant_client' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# -- sparse (lexical) vectors: hybrid search on both backends ---------------------------------------
+
+WORDS = ("red linen shirt", "blue denim jeans", "green wool scarf", "black leather boots", "white cotton tee")
+HYBRID = CollectionSpec(vectors=NAMES, metadata={"k": 5}, indexed_fields={"cluster": "integer"},
+                        sparse_vectors=("text_bm25",))
+
+
+def hybrid_points(n: int = 50) -> list[PointRecord]:
+    """Points with a BM25 document vector of their words (from qdrant-edge's Bm25, as indexing does);
+    every tenth point has no text and so no sparse vector."""
+    from enclip_qdrant.lexical import TextRecipe
+
+    recipe = TextRecipe()
+    out = []
+    for p in make_points(n, seed=3):
+        i = int(p.payload["title"].split()[1])
+        # padding words of varying count give each document its own BM25 length, so no two scores tie
+        # (tied points are ordered differently by the two backends)
+        text = f"{WORDS[i % len(WORDS)]} {' '.join(['filler'] * (i // len(WORDS)))}"
+        doc = None if i % 10 == 9 else recipe.document({"text": text})
+        out.append(PointRecord(p.id, p.vectors, p.payload | {"words": WORDS[i % len(WORDS)]},
+                               {"text_bm25": doc} if doc else {}))
+    return out
+
+
+@pytest.fixture
+def hybrid(store: Store) -> tuple[Store, str, list[PointRecord]]:
+    name = new_name(store)
+    store.create(name, HYBRID)
+    points = hybrid_points()
+    store.upsert(name, points)
+    return store, name, points
+
+
+def _query(words: str) -> SparseVec:
+    from enclip_qdrant.lexical import TextRecipe
+
+    q = TextRecipe().query(words)
+    assert q is not None
+    return q
+
+
+def test_info_lists_sparse_vectors(hybrid: tuple[Store, str, list[PointRecord]], store: Store) -> None:
+    store, name, _ = hybrid
+    ci = store.info(name)
+    assert ci.sparse_vectors == ["text_bm25"] and set(ci.vectors) == set(NAMES)
+    plain = new_name(store)
+    store.create(plain, SPEC)
+    assert store.info(plain).sparse_vectors == []  # collections without text are what they always were
+
+
+def test_sparse_prefetch_alone_finds_the_words(hybrid: tuple[Store, str, list[PointRecord]]) -> None:
+    store, name, points = hybrid
+    res = store.query_each(name, {"text_bm25": _query("denim jeans")}, limit=50)["text_bm25"]
+    want = {p.id for p in points if p.payload["words"] == "blue denim jeans" and p.sparse}
+    assert {h.id for h in res} == want  # only points holding those words match, and all of them
+
+
+def test_hybrid_is_one_fused_query_under_the_filter(hybrid: tuple[Store, str, list[PointRecord]]) -> None:
+    store, name, points = hybrid
+    vectors = {k: points[0].vectors[k] for k in NAMES} | {"text_bm25": _query("wool scarf")}
+    flt = SearchFilter(clusters=[1, 2])
+    hits = store.query_fused(name, vectors, limit=10, prefetch_limit=40, filter=flt)
+    assert hits and all(h.payload["cluster"] in (1, 2) for h in hits)
+    lexical = store.query_each(name, {"text_bm25": vectors["text_bm25"]}, limit=40, filter=flt)["text_bm25"]
+    assert lexical and all(h.payload["cluster"] in (1, 2) for h in lexical)
+    # a heavily weighted text prefetch puts its own best matches first
+    weighted = store.query_fused(name, vectors, limit=10, prefetch_limit=40, filter=flt, weights={"text_bm25": 50})
+    assert all(h.payload["words"] == "green wool scarf" for h in weighted[:3])
+    assert [h.id for h in hits] != [h.id for h in weighted]  # the weight changed the fusion
+
+
+def test_weights_need_rrf(hybrid: tuple[Store, str, list[PointRecord]]) -> None:
+    store, name, points = hybrid
+    vectors = {"clip_a": points[0].vectors["clip_a"], "text_bm25": _query("scarf")}
+    with pytest.raises(QueryError):
+        store.query_fused(name, vectors, limit=5, prefetch_limit=20, fusion="dbsf", weights={"text_bm25": 2})
+    # weight 1 everywhere is plain RRF, fine with either fusion
+    assert store.query_fused(name, vectors, limit=5, prefetch_limit=20, fusion="dbsf", weights={"text_bm25": 1})
+
+
+def test_scroll_points_carries_sparse_vectors(hybrid: tuple[Store, str, list[PointRecord]]) -> None:
+    store, name, points = hybrid
+    got = {p.id: p for p in store.scroll_points(name, batch=7)}
+    for p in points:
+        assert set(got[p.id].vectors) == set(NAMES)
+        if p.sparse:
+            s = got[p.id].sparse["text_bm25"]
+            want = p.sparse["text_bm25"]
+            assert dict(zip(s.indices, s.values, strict=True)) == pytest.approx(
+                dict(zip(want.indices, want.values, strict=True)))
+        else:
+            assert not got[p.id].sparse
+
+
+def test_backends_fuse_hybrid_identically(tmp_path: Path) -> None:
+    """Same points, same dense+sparse query, weighted RRF: both backends return the same ranking."""
+    points = hybrid_points()
+    vectors = {k: points[4].vectors[k] for k in NAMES} | {"text_bm25": _query("leather boots red")}
+    ranked = []
+    for s in (EdgeStore(tmp_path / "home"), ServerStore(":memory:")):
+        with s:
+            s.create("h", HYBRID)
+            s.upsert("h", points)
+            ranked.append([h.id for h in s.query_fused("h", vectors, limit=10, prefetch_limit=40,
+                                                        weights={"text_bm25": 2.0})])
+    assert ranked[0] == ranked[1]
+
+
+def test_set_sparse_rewrites_only_the_text_vector(hybrid: tuple[Store, str, list[PointRecord]]) -> None:
+    store, name, points = hybrid
+    p = next(p for p in points if p.sparse)
+    store.set_sparse(name, p.id, "text_bm25", _query("velvet gown"))
+    got = {q.id: q for q in store.scroll_points(name)}[p.id]
+    assert list(got.sparse["text_bm25"].indices) == list(_query("velvet gown").indices)
+    assert np.allclose(np.asarray(got.vectors["clip_a"]), np.asarray(p.vectors["clip_a"]) /
+                       np.linalg.norm(p.vectors["clip_a"]), atol=1e-5)  # dense vectors untouched
+    res = store.query_each(name, {"text_bm25": _query("velvet")}, limit=5)["text_bm25"]
+    assert [h.id for h in res] == [p.id]
+    store.set_sparse(name, p.id, "text_bm25", None)  # no words left: no text vector
+    assert not {q.id: q for q in store.scroll_points(name)}[p.id].sparse
+    assert store.query_each(name, {"text_bm25": _query("velvet")}, limit=5)["text_bm25"] == []

@@ -34,18 +34,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclip_qdrant.api import Connection, Searcher
 from enclip_qdrant.errors import BundleError, CatalogError, CollectionNotFound, EnclipError, QueryError, StoreError
+from enclip_qdrant.meta import CollectionMeta
 from enclip_qdrant.search import (
     DEFAULT_MAX_CLUSTERS,
     DEFAULT_OVERSAMPLE,
+    DEFAULT_TEXT_WEIGHT,
     DEFAULT_THRESHOLD,
     choose_clusters,
     encode_query,
+    hybrid_vectors,
     parse_clusters,
     parse_filters,
     search,
     typed_filters,
 )
-from enclip_qdrant.store import SearchFilter, Store
+from enclip_qdrant.store import SearchFilter, SparseVec, Store
 from enclip_qdrant.store.server import fused_query_request
 
 from .batching import BatchingEncoder, EncodeTimeout, MicroBatcher, Overloaded
@@ -124,6 +127,7 @@ class SearchRequest(BaseModel):
     threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, le=1.0)
     max_clusters: int = Field(DEFAULT_MAX_CLUSTERS, ge=1)
     oversample: int = Field(DEFAULT_OVERSAMPLE, ge=1, le=50)
+    text_weight: float = Field(DEFAULT_TEXT_WEIGHT, ge=0.0, le=100.0)  # the text prefetch's RRF weight; 0: off
 
 
 def _validation_line(e: ValidationError | RequestValidationError) -> str:
@@ -238,6 +242,7 @@ class Service:
                                     max_wait_ms=options.max_wait_ms, max_queue=options.max_queue).start()
         self.encoder = BatchingEncoder(self.batcher, timeout=options.request_timeout)
         meta = self.store.info(self.collection).metadata
+        self.recipe = CollectionMeta.from_dict(meta).text_recipe()  # read once, like the bundle
         self.catalog_root = Path(meta["catalog"]) if meta.get("catalog") else None
         self._fields: dict[str, list[Any]] | None = None
 
@@ -320,7 +325,7 @@ class Service:
         resp = search(self.bundle, self.store, self.collection, text, image=image, top_k=req.top_k,
                       clusters=self._mode(req), fusion=req.fusion, filters=parse_filters(req.filter),
                       threshold=req.threshold, max_clusters=req.max_clusters, oversample=req.oversample,
-                      explain=req.explain, encoder=self.encoder)
+                      explain=req.explain, encoder=self.encoder, text_weight=req.text_weight, recipe=self.recipe)
         if req.like:
             resp.query["like"] = req.like
         return resp.to_dict(req.explain)
@@ -335,10 +340,14 @@ class Service:
         chosen = choose_clusters(self.bundle, q.cluster_probs, self._mode(req), req.threshold, req.max_clusters)
         flt = SearchFilter(clusters=[c for c, _ in chosen] or None,
                            fields=typed_filters(self.store, self.collection, parse_filters(req.filter)))
-        body = fused_query_request(q.vectors, limit=req.top_k, prefetch_limit=req.top_k * req.oversample,
-                                   fusion=req.fusion, filter=None if flt.is_empty() else flt)  # type: ignore[arg-type]
+        vectors, weights = hybrid_vectors(q.vectors, text, self.recipe, req.text_weight)
+        body = fused_query_request(vectors, limit=req.top_k, prefetch_limit=req.top_k * req.oversample,
+                                   fusion=req.fusion, filter=None if flt.is_empty() else flt,  # type: ignore[arg-type]
+                                   weights=weights)
         return {
             "vectors": {name: [float(x) for x in v] for name, v in q.vectors.items()},
+            "sparse_vectors": {name: {"indices": list(v.indices), "values": list(v.values)}
+                               for name, v in vectors.items() if isinstance(v, SparseVec)},
             "clusters": [{"id": c, "p": round(p, 4)} for c, p in chosen],
             "cluster_probs": [round(float(p), 6) for p in q.cluster_probs],
             "qdrant": {"collection": self.collection, "method": "POST",

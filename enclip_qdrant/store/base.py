@@ -21,7 +21,23 @@ Fusion = Literal["rrf", "dbsf"]
 # which hands nearly all the weight to each member's first few ranks; the standard k=60 (Cormack et al.,
 # 2009) lets agreement between members decide. On fashion-dev attribute queries: P@10 0.273 (k=2), 0.303 (k=60).
 RRF_K = 60
+
+
+@dataclass(frozen=True)
+class SparseVec:
+    """A sparse vector (token ids and weights), backend-neutral: both stores translate it to their own type."""
+
+    indices: Sequence[int]
+    values: Sequence[float]
+
+    def __post_init__(self) -> None:
+        if len(self.indices) != len(self.values):
+            raise StoreError("a sparse vector needs as many values as indices")
+
+
 Vector = Sequence[float] | np.ndarray
+# What a query searches with: a dense vector for a member, a SparseVec for a sparse (lexical) vector.
+QueryVector = Vector | SparseVec
 Quantization = Literal["none", "int8"]
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8")
 EXTRA_INDEX_TYPES: tuple[str, ...] = ("keyword", "integer")
@@ -126,6 +142,8 @@ class CollectionSpec:
     # payload field -> "integer" | "keyword"; "cluster" is always indexed as integer.
     indexed_fields: Mapping[str, str] = field(default_factory=lambda: {"cluster": "integer"})
     options: CollectionOptions | None = None  # None: the backend's defaults
+    # Named sparse vectors (lexical), all with Qdrant's IDF modifier so rare words weigh more; empty: none.
+    sparse_vectors: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +151,7 @@ class PointRecord:
     id: str  # a UUID string derived from the catalog id (stable across runs)
     vectors: Mapping[str, Vector]
     payload: Mapping[str, Any]
+    sparse: Mapping[str, SparseVec] = field(default_factory=dict)  # a point without text has none
 
 
 @dataclass(frozen=True)
@@ -160,6 +179,7 @@ class CollectionInfo:
     vectors: dict[str, int]
     payload_schema: dict[str, str]  # indexed payload field -> type name ("integer", "keyword", ...)
     metadata: dict[str, Any]
+    sparse_vectors: list[str] = field(default_factory=list)
 
 
 class Store(ABC):
@@ -200,6 +220,11 @@ class Store(ABC):
         """Overwrite one point's payload without touching its vectors."""
 
     @abstractmethod
+    def set_sparse(self, name: str, id: str, vector_name: str, vector: SparseVec | None) -> None:
+        """Replace one point's sparse vector (None removes it), leaving its dense vectors alone: a changed title
+        rewrites the text vector without embedding the image again."""
+
+    @abstractmethod
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every point as (id, payload restricted to `fields`; all of it when None)."""
 
@@ -215,20 +240,22 @@ class Store(ABC):
     def query_fused(
         self,
         name: str,
-        vectors: Mapping[str, Vector],
+        vectors: Mapping[str, QueryVector],
         *,
         limit: int,
         prefetch_limit: int,
         fusion: Fusion = "rrf",
         filter: SearchFilter | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> list[Hit]:
-        """ONE Query API call: a prefetch per named vector (each carrying `filter`), fused by RRF or DBSF."""
+        """ONE Query API call: a prefetch per named vector, dense or sparse (each carrying `filter`), fused by
+        RRF or DBSF. `weights` (RRF only; missing names weigh 1) is weighted RRF."""
 
     @abstractmethod
     def query_each(
         self,
         name: str,
-        vectors: Mapping[str, Vector],
+        vectors: Mapping[str, QueryVector],
         *,
         limit: int,
         filter: SearchFilter | None = None,

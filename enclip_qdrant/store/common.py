@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from enclip_qdrant.errors import QueryError, StoreError
-from enclip_qdrant.store.base import CollectionSpec, Fusion, Hit, Vector
+from enclip_qdrant.store.base import CollectionSpec, Fusion, Hit, QueryVector, SparseVec, Vector
 
 FORMAT = 1  # value of the "enclip_format" marker both backends write
 MARKER = "enclip_format"
@@ -53,17 +53,30 @@ def as_list(vector: Vector) -> list[float]:
     return np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
 
 
-def nonempty(vectors: Mapping[str, Vector]) -> dict[str, list[float]]:
-    """The query's named vectors as plain lists; a query without any is the caller's mistake."""
+def nonempty(vectors: Mapping[str, QueryVector]) -> dict[str, list[float] | SparseVec]:
+    """The query's named vectors, dense ones as plain lists (sparse ones kept); none is the caller's mistake."""
     if not vectors:
         raise QueryError("a query needs at least one named vector")
-    return {k: as_list(v) for k, v in vectors.items()}
+    return {k: v if isinstance(v, SparseVec) else as_list(v) for k, v in vectors.items()}
 
 
 def check_fusion(fusion: Fusion) -> Fusion:
     if fusion not in FUSIONS:
         raise QueryError(f"unknown fusion {fusion!r}: use 'rrf' or 'dbsf'")
     return fusion
+
+
+def rrf_weights(names: list[str], fusion: Fusion, weights: Mapping[str, float] | None) -> list[float] | None:
+    """Per-prefetch RRF weights in prefetch order, or None when all weigh 1 (plain RRF, the unchanged body).
+    DBSF has no weights in Qdrant, so asking for any with it is an error rather than silently ignored."""
+    if not weights or all(float(weights.get(n, 1.0)) == 1.0 for n in names):
+        return None
+    if fusion != "rrf":
+        raise QueryError("prefetch weights need RRF fusion: DBSF cannot weight its sources")
+    out = [float(weights.get(n, 1.0)) for n in names]
+    if any(not w > 0 for w in out):
+        raise QueryError(f"RRF weights must be > 0, not {out}")
+    return out
 
 
 def json_copy(metadata: Mapping[str, Any]) -> dict[str, Any]:

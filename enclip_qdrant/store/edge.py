@@ -26,6 +26,7 @@ from qdrant_edge import (
     Distance,
     EdgeConfig,
     EdgeShard,
+    EdgeSparseVectorParams,
     EdgeVectorParams,
     FacetRequest,
     FieldCondition,
@@ -33,8 +34,10 @@ from qdrant_edge import (
     HnswIndexConfig,
     MatchAny,
     MatchValue,
+    Modifier,
     PayloadSchemaType,
     Point,
+    PointVectors,
     Prefetch,
     Query,
     QueryBatchRequest,
@@ -42,6 +45,7 @@ from qdrant_edge import (
     ScalarQuantizationConfig,
     ScalarType,
     ScrollRequest,
+    SparseVector,
     UpdateOperation,
 )
 from qdrant_edge import Fusion as EdgeFusion
@@ -56,9 +60,10 @@ from enclip_qdrant.store.base import (
     Fusion,
     Hit,
     PointRecord,
+    QueryVector,
     SearchFilter,
+    SparseVec,
     Store,
-    Vector,
     batched,
 )
 from enclip_qdrant.store.common import (
@@ -75,6 +80,7 @@ from enclip_qdrant.store.common import (
     json_copy,
     nonempty,
     refuse_drop,
+    rrf_weights,
 )
 
 SPEC_FILE = "enclip.json"
@@ -93,7 +99,8 @@ HNSW_DEFAULTS = {"m": 16, "ef_construct": 100, "full_scan_threshold": 10_000}
 
 
 
-def edge_config(vectors: Mapping[str, int], options: CollectionOptions | None) -> EdgeConfig:
+def edge_config(vectors: Mapping[str, int], options: CollectionOptions | None,
+                sparse: Sequence[str] = ()) -> EdgeConfig:
     """What qdrant-edge can honour of the options; sharding and replication mean nothing in one process."""
     opts = options or CollectionOptions()
     on_disk = True if opts.on_disk_vectors else None
@@ -106,7 +113,12 @@ def edge_config(vectors: Mapping[str, int], options: CollectionOptions | None) -
             full_scan_threshold=HNSW_DEFAULTS["full_scan_threshold"],
         )
     quantization = ScalarQuantizationConfig(ScalarType.Int8, always_ram=True) if opts.quantization == "int8" else None
-    return EdgeConfig(vectors=params, hnsw_config=hnsw, quantization_config=quantization)
+    sparse_params = {k: EdgeSparseVectorParams(modifier=Modifier.Idf) for k in sparse} or None
+    return EdgeConfig(vectors=params, sparse_vectors=sparse_params, hnsw_config=hnsw, quantization_config=quantization)
+
+
+def _edge_vector(v: list[float] | SparseVec) -> Any:
+    return SparseVector(list(v.indices), list(v.values)) if isinstance(v, SparseVec) else v
 
 
 
@@ -174,10 +186,12 @@ class EdgeStore(Store):
             "indexed_fields": indexed_fields(spec),
             "metadata": json_copy(spec.metadata),
         }
+        if spec.sparse_vectors:  # only written when there are some: older specs stay byte-identical
+            doc["sparse_vectors"] = [str(k) for k in spec.sparse_vectors]
         if spec.options is not None:
             doc["options"] = spec.options.to_dict()
         self._root.mkdir(parents=True, exist_ok=True)
-        config = edge_config(doc["vectors"], spec.options)
+        config = edge_config(doc["vectors"], spec.options, doc.get("sparse_vectors", ()))
         with locked(self._root / LAYOUT_LOCK, what=f"the embedded store at {self.location}"):
             self._sweep()
             if name in self.aliases():
@@ -229,6 +243,7 @@ class EdgeStore(Store):
             vectors=dict(spec["vectors"]),
             payload_schema=schema,
             metadata=json_copy(spec["metadata"]),
+            sparse_vectors=list(spec.get("sparse_vectors", [])),
         )
 
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
@@ -247,7 +262,9 @@ class EdgeStore(Store):
         with self._errors(name, "upsert"):
             for chunk in batched(points, 1024):
                 ops = [
-                    Point(p.id, {k: as_list(v) for k, v in p.vectors.items()}, dict(p.payload)) for p in chunk
+                    Point(p.id, {**{k: as_list(v) for k, v in p.vectors.items()},
+                                 **{k: _edge_vector(v) for k, v in p.sparse.items()}}, dict(p.payload))
+                    for p in chunk
                 ]
                 shard.update(UpdateOperation.upsert_points(ops))
             shard.flush()
@@ -262,6 +279,15 @@ class EdgeStore(Store):
         shard = self._shard(name)
         with self._errors(name, "set_payload"):
             shard.update(UpdateOperation.overwrite_payload([id], dict(payload)))
+            shard.flush()
+
+    def set_sparse(self, name: str, id: str, vector_name: str, vector: SparseVec | None) -> None:
+        shard = self._shard(name)
+        with self._errors(name, "set_sparse"):
+            if vector is None:
+                shard.update(UpdateOperation.delete_vectors([id], [vector_name]))
+            else:
+                shard.update(UpdateOperation.update_vectors([PointVectors(id, {vector_name: _edge_vector(vector)})]))
             shard.flush()
 
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -287,7 +313,8 @@ class EdgeStore(Store):
                     ScrollRequest(offset=offset, limit=batch, with_payload=True, with_vector=True)
                 )
             for rec in records:
-                yield PointRecord(str(rec.id), dict(rec.vector or {}), dict(rec.payload or {}))
+                dense, sparse = _split(rec.vector or {})
+                yield PointRecord(str(rec.id), dense, dict(rec.payload or {}), sparse)
             if offset is None:
                 return
 
@@ -303,29 +330,30 @@ class EdgeStore(Store):
     def query_fused(
         self,
         name: str,
-        vectors: Mapping[str, Vector],
+        vectors: Mapping[str, QueryVector],
         *,
         limit: int,
         prefetch_limit: int,
         fusion: Fusion = "rrf",
         filter: SearchFilter | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> list[Hit]:
         shard = self._shard(name)
         flt = _edge_filter(filter)
+        named = nonempty(vectors)
         prefetches = [
-            Prefetch(limit=prefetch_limit, query=Query.Nearest(v, using=k), filter=flt)
-            for k, v in nonempty(vectors).items()
+            Prefetch(limit=prefetch_limit, query=Query.Nearest(_edge_vector(v), using=k), filter=flt)
+            for k, v in named.items()
         ]
-        request = QueryRequest(
-            limit=limit, prefetches=prefetches, query=_fusion(fusion), with_payload=True, with_vector=False
-        )
+        fused = _fusion(fusion, rrf_weights(list(named), fusion, weights))
+        request = QueryRequest(limit=limit, prefetches=prefetches, query=fused, with_payload=True, with_vector=False)
         with self._errors(name, "query"):
             return [hit(p) for p in shard.query(request)]
 
     def query_each(
         self,
         name: str,
-        vectors: Mapping[str, Vector],
+        vectors: Mapping[str, QueryVector],
         *,
         limit: int,
         filter: SearchFilter | None = None,
@@ -334,7 +362,7 @@ class EdgeStore(Store):
         flt = _edge_filter(filter)
         named = nonempty(vectors)
         requests = [
-            QueryRequest(limit=limit, query=Query.Nearest(v, using=k), filter=flt, with_payload=True)
+            QueryRequest(limit=limit, query=Query.Nearest(_edge_vector(v), using=k), filter=flt, with_payload=True)
             for k, v in named.items()
         ]
         with self._errors(name, "query"):
@@ -457,8 +485,22 @@ class EdgeStore(Store):
             raise StoreError(f"{op} on collection {name!r} failed: {_line(e)}") from e
 
 
-def _fusion(fusion: Fusion) -> Any:
-    return EdgeFusion.Rrf(k=RRF_K) if check_fusion(fusion) == "rrf" else EdgeFusion.Dbsf()
+def _fusion(fusion: Fusion, weights: list[float] | None = None) -> Any:
+    if check_fusion(fusion) == "rrf":
+        return EdgeFusion.Rrf(k=RRF_K, weights=weights) if weights else EdgeFusion.Rrf(k=RRF_K)
+    return EdgeFusion.Dbsf()
+
+
+def _split(vectors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, SparseVec]]:
+    """A stored point's vectors as (dense by name, sparse by name), so `push` copies both kinds."""
+    dense: dict[str, Any] = {}
+    sparse: dict[str, SparseVec] = {}
+    for k, v in vectors.items():
+        if isinstance(v, SparseVector):
+            sparse[k] = SparseVec(list(v.indices), list(v.values))
+        else:
+            dense[k] = v
+    return dense, sparse
 
 
 def _line(e: BaseException) -> str:

@@ -34,10 +34,11 @@ from enclip_qdrant.store.base import (
     Fusion,
     Hit,
     PointRecord,
+    QueryVector,
     SearchFilter,
     ServerOptions,
+    SparseVec,
     Store,
-    Vector,
     batched,
 )
 from enclip_qdrant.store.common import (
@@ -52,6 +53,7 @@ from enclip_qdrant.store.common import (
     json_copy,
     nonempty,
     refuse_drop,
+    rrf_weights,
 )
 
 # Declared indexes, kept in metadata because local mode (":memory:") ignores payload indexes and so
@@ -137,17 +139,39 @@ def _response_error(e: UnexpectedResponse) -> str:
         return first_line(e.content.decode("utf-8", "replace")) or e.reason_phrase
 
 
-def fused_query_request(vectors: Mapping[str, Vector], *, limit: int, prefetch_limit: int, fusion: Fusion = "rrf",
-                        filter: SearchFilter | None = None) -> models.QueryRequest:
-    """The one fused Query API request `query_fused` sends: a prefetch per named vector (each filtered), then
-    RRF (k=RRF_K) or DBSF. Public so the query service hands applications exactly this body
+def _vector(v: list[float] | SparseVec) -> Any:
+    if isinstance(v, SparseVec):
+        return models.SparseVector(indices=list(v.indices), values=list(v.values))
+    return v
+
+
+def _split(vectors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, SparseVec]]:
+    """A stored point's vectors as (dense by name, sparse by name), so `push` copies both kinds."""
+    dense: dict[str, Any] = {}
+    sparse: dict[str, SparseVec] = {}
+    for k, v in vectors.items():
+        if isinstance(v, models.SparseVector):
+            sparse[k] = SparseVec(list(v.indices), list(v.values))
+        else:
+            dense[k] = v
+    return dense, sparse
+
+
+def fused_query_request(vectors: Mapping[str, QueryVector], *, limit: int, prefetch_limit: int,
+                        fusion: Fusion = "rrf", filter: SearchFilter | None = None,
+                        weights: Mapping[str, float] | None = None) -> models.QueryRequest:
+    """The one fused Query API request `query_fused` sends: a prefetch per named vector, dense or sparse (each
+    filtered), then RRF (k=RRF_K, weighted when `weights` say so) or DBSF. Public so the query service hands
+    applications exactly this body
     (`.model_dump(mode="json", exclude_none=True)` is the REST JSON for POST /collections/NAME/points/query)."""
     flt = _filter(filter)
+    named = nonempty(vectors)
     prefetch = [
-        models.Prefetch(query=v, using=k, limit=prefetch_limit, filter=flt) for k, v in nonempty(vectors).items()
+        models.Prefetch(query=_vector(v), using=k, limit=prefetch_limit, filter=flt) for k, v in named.items()
     ]
-    query = models.RrfQuery(rrf=models.Rrf(k=RRF_K)) if check_fusion(fusion) == "rrf" else models.FusionQuery(
-        fusion=models.Fusion.DBSF)
+    w = rrf_weights(list(named), fusion, weights)
+    query = models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=w)) if check_fusion(fusion) == "rrf" else (
+        models.FusionQuery(fusion=models.Fusion.DBSF))
     return models.QueryRequest(prefetch=prefetch, query=query, limit=limit, with_payload=True, with_vector=False)
 
 
@@ -232,6 +256,10 @@ class ServerStore(Store):
             str(k): models.VectorParams(size=int(d), distance=models.Distance.COSINE, on_disk=on_disk)
             for k, d in spec.vectors.items()
         }
+        kwargs = _create_kwargs(spec.options)
+        if spec.sparse_vectors:  # only sent when asked for: a dense-only create is the request it always was
+            kwargs["sparse_vectors_config"] = {
+                str(k): models.SparseVectorParams(modifier=models.Modifier.IDF) for k in spec.sparse_vectors}
         before = self.retried
         try:
             self._call(
@@ -241,7 +269,7 @@ class ServerStore(Store):
                 name,
                 vectors_config=vectors,
                 metadata=metadata,
-                **_create_kwargs(spec.options),
+                **kwargs,
             )
         except StoreError as e:
             # A retried create can find the collection its lost first attempt made: ours when it holds
@@ -294,6 +322,7 @@ class ServerStore(Store):
             vectors=dims,
             payload_schema=schema,
             metadata={k: v for k, v in meta.items() if k not in _RESERVED},
+            sparse_vectors=sorted(desc.config.params.sparse_vectors or {}),
         )
 
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
@@ -313,7 +342,9 @@ class ServerStore(Store):
         for chunk in batched(points, 256):
             structs = [
                 models.PointStruct(
-                    id=p.id, vector={k: as_list(v) for k, v in p.vectors.items()}, payload=dict(p.payload)
+                    id=p.id, payload=dict(p.payload),
+                    vector={**{k: as_list(v) for k, v in p.vectors.items()},
+                            **{k: _vector(v) for k, v in p.sparse.items()}},
                 )
                 for p in chunk
             ]
@@ -329,6 +360,15 @@ class ServerStore(Store):
         self._call(
             "set_payload", name, self.client.overwrite_payload, name, payload=dict(payload), points=[id], wait=True
         )
+
+    def set_sparse(self, name: str, id: str, vector_name: str, vector: SparseVec | None) -> None:
+        self._check(name)
+        if vector is None:
+            self._call("set_sparse", name, self.client.delete_vectors, name, vectors=[vector_name],
+                       points=[id], wait=True)
+        else:
+            point = models.PointVectors(id=id, vector={vector_name: _vector(vector)})
+            self._call("set_sparse", name, self.client.update_vectors, name, points=[point], wait=True)
 
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         self._check(name)
@@ -353,8 +393,8 @@ class ServerStore(Store):
                 name, limit=batch, offset=offset, with_payload=True, with_vectors=True,
             )
             for rec in records:
-                vectors = rec.vector if isinstance(rec.vector, Mapping) else {}
-                yield PointRecord(str(rec.id), dict(vectors), dict(rec.payload or {}))
+                dense, sparse = _split(rec.vector if isinstance(rec.vector, Mapping) else {})
+                yield PointRecord(str(rec.id), dense, dict(rec.payload or {}), sparse)
             if offset is None:
                 return
 
@@ -371,15 +411,17 @@ class ServerStore(Store):
     def query_fused(
         self,
         name: str,
-        vectors: Mapping[str, Vector],
+        vectors: Mapping[str, QueryVector],
         *,
         limit: int,
         prefetch_limit: int,
         fusion: Fusion = "rrf",
         filter: SearchFilter | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> list[Hit]:
         self._check(name)
-        req = fused_query_request(vectors, limit=limit, prefetch_limit=prefetch_limit, fusion=fusion, filter=filter)
+        req = fused_query_request(vectors, limit=limit, prefetch_limit=prefetch_limit, fusion=fusion, filter=filter,
+                                  weights=weights)
         result = self._call(
             "query", name, self.client.query_points,
             name, prefetch=req.prefetch, query=req.query, limit=limit, with_payload=True, with_vectors=False,
@@ -389,7 +431,7 @@ class ServerStore(Store):
     def query_each(
         self,
         name: str,
-        vectors: Mapping[str, Vector],
+        vectors: Mapping[str, QueryVector],
         *,
         limit: int,
         filter: SearchFilter | None = None,
@@ -398,7 +440,7 @@ class ServerStore(Store):
         flt = _filter(filter)
         named = nonempty(vectors)
         requests = [
-            models.QueryRequest(query=v, using=k, limit=limit, filter=flt, with_payload=True)
+            models.QueryRequest(query=_vector(v), using=k, limit=limit, filter=flt, with_payload=True)
             for k, v in named.items()
         ]
         responses = self._call("query", name, self.client.query_batch_points, name, requests=requests)

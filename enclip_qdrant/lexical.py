@@ -1,0 +1,113 @@
+"""The lexical side of hybrid search: which words of a product go into its sparse BM25 vector, and the one
+tokenizer that turns them (and queries) into sparse vectors.
+
+Both backends use the same embedder, qdrant-edge's `Bm25` (Qdrant's own tokenizer, stemmer and BM25 term
+weights; the IDF half is Qdrant's `Modifier.Idf` on the collection), so a collection built embedded and
+pushed to a server is queried with exactly the tokens it was indexed with. qdrant-edge is imported only
+when a text vector is actually built or queried, so loading the server backend alone does not load it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from .store.base import SparseVec
+
+TEXT_VECTOR = "text_bm25"
+# Product texts are a title plus a few category words (~15 tokens), not 256-token documents (Bm25's default):
+# with the default every text looks very short and BM25's length normalisation would barely act.
+AVG_LEN = 16.0
+# A payload field joins the lexical text when it holds short words shared by many products (category,
+# colour, season...): at most this many distinct values, each at most MAX_WORDS words, mostly text.
+MAX_DISTINCT = 200
+MAX_WORDS = 4
+# Names that say "identifier, location, checksum or number", never words a shopper types.
+_SKIP_NAME = re.compile(r"(^|_)(id|ids|uuid|sku|path|file|filename|url|uri|link|hash|sha\d*|md5|year|date|time|"
+                        r"price|count|width|height|size_bytes)($|_)", re.IGNORECASE)
+_SKIP_SUFFIX = ("id", "path", "url", "hash", "year")
+
+
+@dataclass(frozen=True)
+class TextRecipe:
+    """How a collection's lexical text is made: recorded in its metadata so queries use the same recipe."""
+
+    vector: str = TEXT_VECTOR
+    fields: tuple[str, ...] = ()  # payload fields appended to the title, in this order
+    bm25: Mapping[str, Any] = field(default_factory=lambda: {"avg_len": AVG_LEN})  # Bm25Config keywords
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vector": self.vector, "fields": list(self.fields), "bm25": dict(self.bm25), "source": "title"}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> TextRecipe:
+        return cls(vector=str(doc.get("vector", TEXT_VECTOR)), fields=tuple(doc.get("fields", ())),
+                   bm25=dict(doc.get("bm25", {})))
+
+    def text(self, payload: Mapping[str, Any]) -> str:
+        """The product's lexical text from its payload: title, then the recipe's fields' values."""
+        parts = [payload.get("text")] + [payload.get(f) for f in self.fields]
+        return " ".join(str(p).strip() for p in parts if p is not None and str(p).strip())
+
+    def document(self, payload: Mapping[str, Any]) -> SparseVec | None:
+        """The product's sparse vector; None when it has no words (no vector is stored then)."""
+        text = self.text(payload)
+        if not text:
+            return None
+        vec = _model(_key(self.bm25)).embed_document(text)
+        return SparseVec(list(vec.indices), list(vec.values)) if len(vec.indices) else None
+
+    def query(self, text: str | None) -> SparseVec | None:
+        """A query's sparse vector (each distinct token weighs 1); None for no text or only stopwords."""
+        if not text or not text.strip():
+            return None
+        vec = _model(_key(self.bm25)).embed_query(text)
+        return SparseVec(list(vec.indices), list(vec.values)) if len(vec.indices) else None
+
+
+def _key(bm25: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(bm25.items()))
+
+
+@lru_cache(maxsize=8)
+def _model(key: tuple[tuple[str, Any], ...]) -> Any:
+    """One Bm25 embedder per config, built on first use (the lazy qdrant-edge import lives here)."""
+    from qdrant_edge import Bm25, Bm25Config
+
+    return Bm25(Bm25Config(**dict(key)))
+
+
+def choose_fields(payloads: Iterable[Mapping[str, Any]], exclude: Sequence[str] = ()) -> tuple[str, ...]:
+    """The catalog's categorical text fields: low-cardinality short strings, not ids, paths, hashes or years.
+
+    Decided from the data so any catalog works; sorted by name so the same catalog always gets the same recipe."""
+    values: dict[str, set[str]] = {}
+    bad: set[str] = set(exclude)
+    for payload in payloads:
+        for key, value in payload.items():
+            if key in bad:
+                continue
+            if not isinstance(value, str) or _looks_numeric(value):
+                bad.add(key)
+                continue
+            seen = values.setdefault(key, set())
+            seen.add(value.strip().casefold())
+            if len(seen) > MAX_DISTINCT or len(value.split()) > MAX_WORDS:
+                bad.add(key)
+    return tuple(sorted(k for k, v in values.items() if k not in bad and v and not _skip_name(k)))
+
+
+def _skip_name(name: str) -> bool:
+    low = name.lower()
+    return bool(_SKIP_NAME.search(name)) or low.endswith(_SKIP_SUFFIX)
+
+
+def _looks_numeric(value: str) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return False

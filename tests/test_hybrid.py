@@ -1,0 +1,143 @@
+"""Hybrid text+image retrieval end to end on the tiny ensemble, on both backends: `index` stores a BM25 text
+vector beside the members' dense ones, `search` adds it as one more prefetch in the same fused query."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from enclip_qdrant.catalog import load_catalog
+from enclip_qdrant.errors import QueryError
+from enclip_qdrant.indexing import index_catalog, point_id
+from enclip_qdrant.lexical import TEXT_VECTOR, TextRecipe, choose_fields
+from enclip_qdrant.meta import read_meta
+from enclip_qdrant.migrate import migrate
+from enclip_qdrant.search import search
+from enclip_qdrant.search_options import SearchOptions
+from enclip_qdrant.store import EdgeStore, ServerStore, Store
+
+
+@pytest.fixture(params=["edge", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    s = EdgeStore(tmp_path / "home") if request.param == "edge" else ServerStore(":memory:")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def indexed(store: Store, bundle, catalog) -> Store:
+    index_catalog(catalog, bundle, store, "shop")
+    return store
+
+
+def _spy(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    calls: list[dict] = []
+    real = store.query_fused
+
+    def spy(*args, **kwargs):
+        calls.append({"vectors": dict(args[1]), **kwargs})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "query_fused", spy)
+    return calls
+
+
+def test_choose_fields_keeps_categorical_words_only() -> None:
+    rows = [{"articleType": "Dress", "baseColour": c, "year": 2012, "sku_id": f"S{i}", "image_path": f"i/{i}.jpg",
+             "notes": " ".join(["long"] * 9), "price": "19.99"} for i, c in enumerate(["Red", "Blue"] * 5)]
+    assert choose_fields(rows) == ("articleType", "baseColour")
+
+
+def test_index_stores_a_text_vector_and_its_recipe(indexed: Store, bundle, catalog) -> None:
+    info = indexed.info("shop")
+    assert info.sparse_vectors == [TEXT_VECTOR] and info.vectors == bundle.vectors
+    recipe = read_meta(indexed, "shop").text_recipe()
+    assert recipe is not None and recipe.vector == TEXT_VECTOR
+    assert {"articleType", "baseColour", "gender"} <= set(recipe.fields)
+    assert not {"id", "image", "product_id", "content_hash", "payload_hash", "cluster"} & set(recipe.fields)
+    points = {p.id: p for p in indexed.scroll_points("shop")}
+    product = catalog.products[0]
+    sparse = points[point_id(product.id)].sparse[TEXT_VECTOR]
+    want = recipe.document(points[point_id(product.id)].payload)
+    assert want is not None and list(sparse.indices) == list(want.indices)
+
+
+def test_text_query_adds_one_sparse_prefetch_under_the_same_filter(indexed: Store, bundle, monkeypatch) -> None:
+    calls = _spy(indexed, monkeypatch)
+    resp = search(bundle, indexed, "shop", "red dress", top_k=5, filters={"gender": ["Women"]}, explain=True)
+    (call,) = calls
+    assert set(call["vectors"]) == set(bundle.vectors) | {TEXT_VECTOR}  # one call, members + text
+    assert call["filter"].fields == {"gender": ["Women"]} and call["filter"].clusters == [c["id"] for c in
+                                                                                         resp.clusters]
+    assert call["weights"] is None  # weight 1: plain RRF, the body it always was
+    assert resp.query["text_vector"] is True
+    assert all(set(r.member_ranks) == set(bundle.vectors) | {TEXT_VECTOR} for r in resp.results)
+    assert any(r.member_ranks[TEXT_VECTOR] for r in resp.results)  # the lexical prefetch has its own ranks
+    assert all(r.payload["gender"] == "Women" for r in resp.results)
+
+
+def test_no_text_weights_and_image_only(indexed: Store, bundle, catalog, monkeypatch) -> None:
+    calls = _spy(indexed, monkeypatch)
+    search(bundle, indexed, "shop", "red dress", top_k=5, text_weight=0)
+    search(bundle, indexed, "shop", "red dress", top_k=5, text_weight=2.5)
+    search(bundle, indexed, "shop", image=catalog.products[3].image, top_k=5)
+    off, weighted, image_only = calls
+    assert set(off["vectors"]) == set(bundle.vectors) and off["weights"] is None
+    assert weighted["weights"] == {TEXT_VECTOR: 2.5}
+    assert set(image_only["vectors"]) == set(bundle.vectors)  # an image-only query has no words to match
+    with pytest.raises(QueryError, match="RRF"):
+        search(bundle, indexed, "shop", "red dress", fusion="dbsf", text_weight=2.0)
+    with pytest.raises(QueryError, match="text-weight"):
+        SearchOptions(text_weight=-1)
+
+
+def test_heavy_text_weight_ranks_by_the_words(indexed: Store, bundle) -> None:
+    resp = search(bundle, indexed, "shop", "yellow cap", top_k=10, clusters="all", text_weight=50)
+    hits = [(r.payload["baseColour"], r.payload["articleType"]) for r in resp.results]
+    assert sum(h == ("Yellow", "Cap") for h in hits) >= 8, hits
+
+
+def test_collection_without_text_vector_is_dense_only(store: Store, bundle, catalog, monkeypatch) -> None:
+    index_catalog(catalog, bundle, store, "dense", text=False)
+    assert store.info("dense").sparse_vectors == [] and read_meta(store, "dense").lexical is None
+    calls = _spy(store, monkeypatch)
+    resp = search(bundle, store, "dense", "red dress", top_k=5)
+    assert set(calls[0]["vectors"]) == set(bundle.vectors) and resp.query["text_vector"] is False
+    again = index_catalog(catalog, bundle, store, "dense")  # an existing collection keeps what it has
+    assert again.embedded == 0 and store.info("dense").sparse_vectors == []
+
+
+def test_reindex_rewrites_the_text_vector_when_only_words_change(store: Store, bundle, catalog_dir, tmp_path):
+    root = tmp_path / "shop"
+    shutil.copytree(catalog_dir, root)
+    table = root / "captions.csv"
+    index_catalog(load_catalog(root), bundle, store, "shop")
+    assert index_catalog(load_catalog(root), bundle, store, "shop").unchanged == len(load_catalog(root).products)
+    rows = list(csv.DictReader(table.open()))
+    rows[1]["title"] = "Velvet Opera Gown"
+    with table.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    report = index_catalog(load_catalog(root), bundle, store, "shop")
+    assert (report.embedded, report.payload_updated) == (0, 1)  # no image embedded for a new title
+    hits = store.query_each("shop", {TEXT_VECTOR: TextRecipe().query("velvet opera")}, limit=3)[TEXT_VECTOR]
+    assert [h.payload["product_id"] for h in hits] == [rows[1]["id"]]
+    assert index_catalog(load_catalog(root), bundle, store, "shop").embedded == 0
+
+
+def test_push_copies_the_text_vector(bundle, catalog, tmp_path: Path) -> None:
+    with EdgeStore(tmp_path / "home") as source, ServerStore(":memory:") as target:
+        index_catalog(catalog, bundle, source, "shop")
+        migrate(source, target, "shop")
+        assert target.info("shop").sparse_vectors == [TEXT_VECTOR]
+        assert read_meta(target, "shop").lexical == read_meta(source, "shop").lexical  # same recipe there
+        there = {p.id: p.sparse for p in target.scroll_points("shop")}
+        for p in source.scroll_points("shop"):
+            assert {k: list(v.indices) for k, v in there[p.id].items()} == {
+                k: list(v.indices) for k, v in p.sparse.items()}
+        assert search(bundle, target, "shop", "blue sneakers", top_k=8).query["text_vector"] is True
+        assert migrate(source, target, "shop").copied == 0  # resumable: nothing left to copy
