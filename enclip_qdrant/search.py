@@ -206,6 +206,34 @@ def collection_recipe(store: Store, collection: str) -> TextRecipe | None:
     return read_meta(store, collection).text_recipe()
 
 
+@dataclass
+class QueryPlan:
+    """What one query sends to Qdrant: its encoding, the routed clusters, the filter and the prefetch vectors.
+    `search` runs it; the service's /v1/encode hands it to applications as a Query API body."""
+
+    encoded: EncodedQuery
+    chosen: list[tuple[int, float]]  # (cluster, probability); empty: every cluster
+    filter: SearchFilter | None
+    vectors: dict[str, QueryVector]  # the members' dense vectors, plus the sparse text vector in hybrid search
+    weights: dict[str, float] | None  # RRF weights (None: all weigh 1)
+
+
+def plan_query(bundle: Bundle, store: Store, collection: str, text: str | None, image: Image.Image | None, *,
+               clusters: ClusterMode = "auto", filters: Mapping[str, Sequence[Any]] | None = None,
+               threshold: float = DEFAULT_THRESHOLD, max_clusters: int = DEFAULT_MAX_CLUSTERS,
+               encoder: QueryEncoder | None = None, text_weight: float = DEFAULT_TEXT_WEIGHT,
+               recipe: TextRecipe | None | str = "auto") -> QueryPlan:
+    """Encode, route and build the prefetches, the same way for `search` and for /v1/encode."""
+    q = encode_query(bundle, text, image, encoder=encoder)
+    chosen = choose_clusters(bundle, q.cluster_probs, parse_clusters(clusters), threshold, max_clusters)
+    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=typed_filters(store, collection, filters or {}))
+    if recipe == "auto":
+        recipe = collection_recipe(store, collection) if text and text.strip() and text_weight > 0 else None
+    vectors, weights = hybrid_vectors(q.vectors, text, recipe if isinstance(recipe, TextRecipe) else None,
+                                      text_weight)
+    return QueryPlan(q, chosen, None if flt.is_empty() else flt, vectors, weights)
+
+
 def search(bundle: Bundle, store: Store, collection: str, text: str | None = None, *,
            image: str | Path | Image.Image | None = None, top_k: int = 10, clusters: ClusterMode = "auto",
            fusion: Fusion = "rrf", filters: Mapping[str, Sequence[Any]] | None = None,
@@ -215,28 +243,20 @@ def search(bundle: Bundle, store: Store, collection: str, text: str | None = Non
            recipe: TextRecipe | None | str = "auto") -> SearchResponse:
     """`text_weight`: the text prefetch's RRF weight (0: dense only). `recipe`: the collection's text recipe when
     the caller has it cached ("auto": read from the collection's metadata when the query has text)."""
-    if top_k < 1:
-        raise QueryError("--top-k must be at least 1")
-    if fusion not in ("rrf", "dbsf"):
-        raise QueryError(f"unknown fusion {fusion!r}: use rrf or dbsf")
-    if not text_weight >= 0:
-        raise QueryError(f"--text-weight must be >= 0, not {text_weight!r}")
+    SearchOptions(top_k=top_k, fusion=fusion, threshold=threshold, max_clusters=max_clusters,  # checks, once
+                  oversample=oversample, text_weight=text_weight)
     t0 = time.perf_counter()
     pil = load_query_image(image, image_bound(bundle)) if isinstance(image, (str, Path)) else image
-    q = encode_query(bundle, text, pil, encoder=encoder)
+    plan = plan_query(bundle, store, collection, text, pil, clusters=clusters, filters=filters, threshold=threshold,
+                      max_clusters=max_clusters, encoder=encoder, text_weight=text_weight, recipe=recipe)
+    q, chosen, vectors = plan.encoded, plan.chosen, plan.vectors
     t1 = time.perf_counter()
-    chosen = choose_clusters(bundle, q.cluster_probs, parse_clusters(clusters), threshold, max_clusters)
-    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=typed_filters(store, collection, filters or {}))
-    if recipe == "auto":
-        recipe = collection_recipe(store, collection) if text and text.strip() and text_weight > 0 else None
-    vectors, weights = hybrid_vectors(q.vectors, text, recipe if isinstance(recipe, TextRecipe) else None,
-                                      text_weight)
     hits = store.query_fused(collection, vectors, limit=top_k, prefetch_limit=top_k * oversample,
-                             fusion=fusion, filter=None if flt.is_empty() else flt, weights=weights)
+                             fusion=fusion, filter=plan.filter, weights=plan.weights)
     t2 = time.perf_counter()
     results = [Result(i + 1, h.id, h.score, h.payload.get("cluster"), h.payload) for i, h in enumerate(hits)]
     if explain:
-        per = store.query_each(collection, vectors, limit=top_k * oversample, filter=None if flt.is_empty() else flt)
+        per = store.query_each(collection, vectors, limit=top_k * oversample, filter=plan.filter)
         ranks = {name: {h.id: r + 1 for r, h in enumerate(member_hits)} for name, member_hits in per.items()}
         for r in results:
             r.member_ranks = {name: ranks[name].get(r.id) for name in ranks}

@@ -40,15 +40,13 @@ from enclip_qdrant.search import (
     DEFAULT_OVERSAMPLE,
     DEFAULT_TEXT_WEIGHT,
     DEFAULT_THRESHOLD,
-    choose_clusters,
-    encode_query,
-    hybrid_vectors,
+    SearchOptions,
     parse_clusters,
     parse_filters,
+    plan_query,
     search,
-    typed_filters,
 )
-from enclip_qdrant.store import SearchFilter, SparseVec, Store
+from enclip_qdrant.store import SparseVec, Store
 from enclip_qdrant.store.server import fused_query_request
 
 from .batching import BatchingEncoder, EncodeTimeout, MicroBatcher, Overloaded
@@ -334,22 +332,19 @@ class Service:
         """The query as vectors plus the Qdrant request `search` would send, for applications that query
         their own Qdrant (the collection name is the alias when there is one, so it follows blue/green)."""
         text, image = self._inputs(req, image)
-        if req.fusion not in ("rrf", "dbsf"):
-            raise QueryError(f"unknown fusion {req.fusion!r}: use rrf or dbsf")
-        q = encode_query(self.bundle, text, image, encoder=self.encoder)
-        chosen = choose_clusters(self.bundle, q.cluster_probs, self._mode(req), req.threshold, req.max_clusters)
-        flt = SearchFilter(clusters=[c for c, _ in chosen] or None,
-                           fields=typed_filters(self.store, self.collection, parse_filters(req.filter)))
-        vectors, weights = hybrid_vectors(q.vectors, text, self.recipe, req.text_weight)
-        body = fused_query_request(vectors, limit=req.top_k, prefetch_limit=req.top_k * req.oversample,
-                                   fusion=req.fusion, filter=None if flt.is_empty() else flt,  # type: ignore[arg-type]
-                                   weights=weights)
+        SearchOptions(top_k=req.top_k, fusion=req.fusion, threshold=req.threshold,  # type: ignore[arg-type]
+                      max_clusters=req.max_clusters, oversample=req.oversample, text_weight=req.text_weight)
+        plan = plan_query(self.bundle, self.store, self.collection, text, image, clusters=self._mode(req),
+                          filters=parse_filters(req.filter), threshold=req.threshold, max_clusters=req.max_clusters,
+                          encoder=self.encoder, text_weight=req.text_weight, recipe=self.recipe)
+        body = fused_query_request(plan.vectors, limit=req.top_k, prefetch_limit=req.top_k * req.oversample,
+                                   fusion=req.fusion, filter=plan.filter, weights=plan.weights)  # type: ignore[arg-type]
         return {
-            "vectors": {name: [float(x) for x in v] for name, v in q.vectors.items()},
+            "vectors": {name: [float(x) for x in v] for name, v in plan.encoded.vectors.items()},
             "sparse_vectors": {name: {"indices": list(v.indices), "values": list(v.values)}
-                               for name, v in vectors.items() if isinstance(v, SparseVec)},
-            "clusters": [{"id": c, "p": round(p, 4)} for c, p in chosen],
-            "cluster_probs": [round(float(p), 6) for p in q.cluster_probs],
+                               for name, v in plan.vectors.items() if isinstance(v, SparseVec)},
+            "clusters": [{"id": c, "p": round(p, 4)} for c, p in plan.chosen],
+            "cluster_probs": [round(float(p), 6) for p in plan.encoded.cluster_probs],
             "qdrant": {"collection": self.collection, "method": "POST",
                        "path": f"/collections/{self.collection}/points/query",
                        "body": body.model_dump(mode="json", exclude_none=True)},
