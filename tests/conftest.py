@@ -44,3 +44,13 @@ def other_bundle(catalog, tmp_path_factory: pytest.TempPathFactory):
 
     return train(catalog, tmp_path_factory.mktemp("bundles") / "other",
                  TrainConfig(members=1, preset="tiny", epochs=1, seed=9))
+
+
+@pytest.fixture(params=["edge", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """An empty store on each backend: the embedded engine and qdrant-client's local stand-in for a server."""
+    from enclip_qdrant.store import EdgeStore, ServerStore
+
+    s = EdgeStore(tmp_path / "home") if request.param == "edge" else ServerStore(":memory:")
+    yield s
+    s.close()

@@ -3,8 +3,6 @@ rollback restores the old collection and its bundle; push copies an embedded col
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,13 +12,6 @@ from enclip_qdrant.indexing import check_compatible, index_catalog, physical_nam
 from enclip_qdrant.migrate import migrate
 from enclip_qdrant.search import search
 from enclip_qdrant.store import EdgeStore, ServerStore
-
-
-@pytest.fixture(params=["edge", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path):
-    s = EdgeStore(tmp_path / "home") if request.param == "edge" else ServerStore(":memory:")
-    yield s
-    s.close()
 
 
 def test_first_index_puts_the_name_in_front_of_a_physical_collection(store, bundle, catalog):

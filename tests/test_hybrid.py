@@ -20,13 +20,6 @@ from enclip_qdrant.search_options import SearchOptions
 from enclip_qdrant.store import EdgeStore, ServerStore, Store
 
 
-@pytest.fixture(params=["edge", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path):
-    s = EdgeStore(tmp_path / "home") if request.param == "edge" else ServerStore(":memory:")
-    yield s
-    s.close()
-
-
 @pytest.fixture
 def indexed(store: Store, bundle, catalog) -> Store:
     index_catalog(catalog, bundle, store, "shop")

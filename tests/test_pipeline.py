@@ -20,16 +20,8 @@ from enclip_qdrant.catalog import load_catalog
 from enclip_qdrant.errors import BundleError, QueryError
 from enclip_qdrant.indexing import index_catalog, point_id
 from enclip_qdrant.search import search
-from enclip_qdrant.store import EdgeStore, ServerStore
 
 QUERY_NOUN = {"Dress": "dress", "Handbag": "handbag", "Sneakers": "sneakers", "Cap": "cap"}
-
-
-@pytest.fixture(params=["edge", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path):
-    s = EdgeStore(tmp_path / "home") if request.param == "edge" else ServerStore(":memory:")
-    yield s
-    s.close()
 
 
 @pytest.fixture
