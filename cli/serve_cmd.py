@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from .options import ApiKey, Home, PreferGrpc, Timeout, Url
+from .options import ApiKey, Home, PreferGrpc, Timeout, Url, conn_for
 
 
 def serve_command(
@@ -33,10 +33,8 @@ def serve_command(
     """Serve search over HTTP: JSON API under /v1, a search page at /, API docs at /docs."""
     from enclip_qdrant import ServeOptions, serve
 
-    store_options: dict[str, Any] = {"prefer_grpc": True} if prefer_grpc else {}
-    if timeout is not None:
-        store_options["timeout"] = timeout
+    conn = conn_for(home, url, api_key, prefer_grpc, timeout)
     serve(ServeOptions(collection=collection, bundle=bundle, home=home, url=url, api_key=api_key,
-                       store_options=store_options, host=host, port=port, key=key, max_batch=max_batch,
+                       store_options=conn.options, host=host, port=port, key=key, max_batch=max_batch,
                        max_wait_ms=max_wait_ms, max_queue=max_queue,
                        max_upload_bytes=int(max_upload_mb * 1024 * 1024), request_timeout=request_timeout))

@@ -46,7 +46,7 @@ from enclip_qdrant.search import (
     plan_query,
     search,
 )
-from enclip_qdrant.store import SparseVec, Store
+from enclip_qdrant.store import ServerOptions, SparseVec, Store
 from enclip_qdrant.store.server import fused_query_request
 
 from .batching import BatchingEncoder, EncodeTimeout, MicroBatcher, Overloaded
@@ -68,7 +68,7 @@ class ServeOptions:
     home: str | Path | None = None
     url: str | None = None  # Qdrant server; None = embedded store under `home`
     api_key: str | None = None  # Qdrant API key
-    store_options: Mapping[str, Any] | None = None  # prefer_grpc, timeout... for ServerStore
+    store_options: ServerOptions | Mapping[str, Any] | None = None  # prefer_grpc, timeout... for ServerStore
     host: str = "127.0.0.1"
     port: int = 8080
     key: str | None = None
@@ -81,7 +81,7 @@ class ServeOptions:
     max_top_k: int = 100
 
     def connection(self) -> Connection:
-        return Connection(home=self.home, url=self.url, api_key=self.api_key, options=dict(self.store_options or {}))
+        return Connection(home=self.home, url=self.url, api_key=self.api_key, options=self.store_options)  # type: ignore[arg-type] - Connection types it
 
 
 class ServiceError(Exception):
