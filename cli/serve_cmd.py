@@ -22,8 +22,9 @@ def serve_command(
     timeout: Timeout = None,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Queries encoded in one forward pass.")]
     = 32,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="How long a query waits for others "
-                                               "to batch with.")] = 5.0,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="Under load, how long a round of "
+                                               "queries waits for more to batch with (an idle service encodes a "
+                                               "query at once).")] = 5.0,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Queries waiting to be encoded before "
                                            "new ones get 503.")] = 64,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.01, help="Largest upload.")] = 10.0,

@@ -402,3 +402,23 @@ def test_micro_batcher_bounds_and_errors():
     finally:
         gate.set()
         b.close()
+
+
+def test_lone_query_is_not_held_for_company():
+    """An idle batcher encodes a query at once: max_wait only applies when others are already waiting."""
+    import numpy as np
+
+    calls: list[int] = []
+
+    def embed(items):
+        calls.append(len(items))
+        return {"m": np.ones((len(items), 2))}, np.ones((len(items), 2))
+
+    b = MicroBatcher(embed, embed, max_batch=8, max_wait_ms=3000, max_queue=8).start()
+    try:
+        t = time.monotonic()
+        b.encode("text", ["alone"], timeout=10)
+        assert time.monotonic() - t < 2.0  # would be >= 3 s if it waited for company
+        assert calls == [1]
+    finally:
+        b.close()

@@ -1,9 +1,10 @@
 """Micro-batching for query encoding.
 
-Encoding is CPU-bound and a forward pass over 16 queries costs little more than over one, so concurrent
-requests wait a few milliseconds in a bounded queue and are encoded together: one forward pass per member
-for all waiting texts, one for all waiting images. A full queue is refused at once (`Overloaded`, which
-the service answers with 503 + Retry-After) instead of letting latency grow without bound.
+Encoding is CPU-bound and a forward pass over 16 queries costs little more than over one, so queries
+that arrive while a forward pass runs wait in a bounded queue and are encoded together in the next round:
+one forward pass per member for all waiting texts, one for all waiting images. A full queue is refused at
+once (`Overloaded`, which the service answers with 503 + Retry-After) instead of letting latency grow
+without bound.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class BatchStats:
 class MicroBatcher:
     """One worker thread runs the forward passes; callers from any thread `encode()` and block on a future.
 
-    `max_batch` queries at most per round; the first query of a round waits at most `max_wait_ms` for
-    company; at most `max_queue` queries wait (the rest get `Overloaded`)."""
+    `max_batch` queries at most per round. A query that finds the worker idle and nobody waiting is
+    encoded at once; when others are already waiting, the round waits at most `max_wait_ms` more for
+    company. At most `max_queue` queries wait (the rest get `Overloaded`)."""
 
     def __init__(self, embed_texts: Callable[[list[str]], Row], embed_images: Callable[[list[Image.Image]], Row], *,
                  max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 64) -> None:
@@ -102,19 +104,30 @@ class MicroBatcher:
             if first is _STOP:
                 return
             batch, stop = [first], False
-            deadline = time.monotonic() + self.max_wait
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
+            stop = self._drain(batch, None)  # whatever is already waiting joins at once
+            if not stop and 1 < len(batch) < self.max_batch:
+                # others were waiting, so more are likely on their way: give them max_wait to join.
+                # A lone query on an idle service is encoded at once, so it costs what the library costs.
+                stop = self._drain(batch, time.monotonic() + self.max_wait)
             self._round(batch)
             if stop:
                 return
+
+    def _drain(self, batch: list[Any], deadline: float | None) -> bool:
+        """Move queued entries into `batch` (up to max_batch): without waiting, or until `deadline`.
+        True when the stop sentinel was met."""
+        while len(batch) < self.max_batch:
+            try:
+                if deadline is None:
+                    nxt = self._queue.get_nowait()
+                else:
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return False
+            if nxt is _STOP:
+                return True
+            batch.append(nxt)
+        return False
 
     def _round(self, batch: list[tuple[Kind, Any, Future[Row]]]) -> None:
         live = [b for b in batch if b[2].set_running_or_notify_cancel()]
