@@ -29,6 +29,7 @@ from .options import (
     Batch,
     Clusters,
     Diversity,
+    EngineOpt,
     Epochs,
     Home,
     IdCol,
@@ -114,6 +115,7 @@ def index(
     blue_green: Annotated[bool, typer.Option("--blue-green", help="Collection built by another bundle: build "
                                              "a new one beside it and switch the name over when complete "
                                              "(`rollback` undoes it).")] = False,
+    engine: EngineOpt = "auto",
 ) -> None:
     """Embed every image with every member into a Qdrant collection (training first if needed)."""
     options = collection_options(on_disk, quantization.value, shards, replicas, index_fields)
@@ -124,7 +126,7 @@ def index(
     with RichProgress() as progress:
         report = api.index(catalog, bundle=bundle, collection=collection,
                            conn=conn_for(home, url, api_key, prefer_grpc, timeout), config=config, prune=prune,
-                           progress=progress, options=options, blue_green=blue_green, confirm=yes,
+                           progress=progress, options=options, blue_green=blue_green, confirm=yes, engine=engine,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
     if options is not None and not report.created:
         err.print(f"[yellow]note:[/] collection {report.collection!r} already existed, so its layout options "
@@ -159,7 +161,7 @@ def query(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a PNG contact sheet.")] = None,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
-    timeout: Timeout = None,
+    timeout: Timeout = None, engine: EngineOpt = "auto",
 ) -> None:
     """Search: encode with every member, route to clusters, one fused Qdrant query."""
     conn = conn_for(home, url, api_key, prefer_grpc, timeout)
@@ -167,7 +169,7 @@ def query(
                             threshold=threshold, max_clusters=max_clusters, oversample=oversample, explain=explain,
                             text_weight=0.0 if no_text else text_weight)
     resp = api.query(text, image=image, collection=collection, bundle=bundle, conn=conn,
-                     filters=parse_filters(filters), options=options)
+                     filters=parse_filters(filters), options=options, engine=engine)
     if sheet:
         write_contact_sheet(resp, sheet)
         err.print(f"contact sheet written to {sheet}")
@@ -239,6 +241,21 @@ def push(
         render.print_json(out, vars(report))
     else:
         out.print(render.push_table(report))
+
+
+@app.command()
+def export(
+    bundle: Annotated[Path, typer.Argument(help="A trained bundle folder.")],
+    force: Annotated[bool, typer.Option("--force", help="Export again even if the bundle has ONNX towers.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest's onnx record as JSON.")] = False,
+) -> None:
+    """Add ONNX towers to a bundle (checked against torch), so queries and indexing run without torch."""
+    with RichProgress() as progress:
+        record = api.export(bundle, force=force, progress=progress)
+    if json_out:
+        render.print_json(out, record)
+    else:
+        out.print(render.export_table(record))
 
 
 app.command("eval")(eval_command)

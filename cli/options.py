@@ -45,6 +45,9 @@ Parallel = Annotated[int | None, typer.Option("--parallel", min=1, help="Members
                                               "up to 4; 1 = one after another).")]
 Precision = Annotated[str, typer.Option("--precision", help="Training arithmetic: auto (bf16 where the CPU has "
                                         "it natively, else fp32), bf16 or fp32.")]
+EngineOpt = Annotated[str, typer.Option("--engine", envvar="ENCLIP_ENGINE",
+                                        help="What encodes: onnx (ONNX Runtime, no torch), torch, or auto (onnx "
+                                             "when the bundle has ONNX towers).")]
 TextEncoder = Annotated[str | None, typer.Option("--text-encoder", help="Text tower recipe: minilm (members share a "
                                                  "frozen pretrained MiniLM, each learns an image tower + linear "
                                                  "head) or none (open_clip text towers from scratch); default: "

@@ -80,6 +80,21 @@ def push_table(report: PushReport) -> Table:
     return t
 
 
+def export_table(record: dict[str, Any]) -> Table:
+    """One row per member: its ONNX files and how far each tower is from torch on the parity samples."""
+    t = Table(title=f"ONNX towers (opset {record.get('opset')}, from bundle {record.get('of_fingerprint')})",
+              title_justify="left")
+    for col in ("member", "image tower", "text tower", "max |diff| image / text"):
+        t.add_column(col)
+    for name, m in record.get("members", {}).items():
+        p = m.get("parity", {})
+        t.add_row(name, m["image"]["path"], m["text"]["path"], f"{p.get('image', 0):.1e} / {p.get('text', 0):.1e}")
+    shared = record.get("shared_text")
+    if shared:
+        t.add_row("(shared text encoder)", "", shared["model"]["path"], f"- / {shared.get('parity', 0):.1e}")
+    return t
+
+
 def index_dict(report: IndexReport) -> dict[str, Any]:
     return asdict(report) | {"failed": [{"id": i, "error": e} for i, e in report.failed]}
 

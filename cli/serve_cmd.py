@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import ApiKey, Home, PreferGrpc, Timeout, Url, conn_for
+from .options import ApiKey, EngineOpt, Home, PreferGrpc, Timeout, Url, conn_for
 
 
 def serve_command(
@@ -30,6 +30,7 @@ def serve_command(
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.01, help="Largest upload.")] = 10.0,
     request_timeout: Annotated[float, typer.Option("--request-timeout", min=0.1, help="Seconds per request "
                                                    "before 504.")] = 30.0,
+    engine: EngineOpt = "auto",
 ) -> None:
     """Serve search over HTTP: JSON API under /v1, a search page at /, API docs at /docs."""
     from enclip_qdrant import ServeOptions, serve
@@ -38,4 +39,5 @@ def serve_command(
     serve(ServeOptions(collection=collection, bundle=bundle, home=home, url=url, api_key=api_key,
                        store_options=conn.options, host=host, port=port, key=key, max_batch=max_batch,
                        max_wait_ms=max_wait_ms, max_queue=max_queue,
-                       max_upload_bytes=int(max_upload_mb * 1024 * 1024), request_timeout=request_timeout))
+                       max_upload_bytes=int(max_upload_mb * 1024 * 1024), request_timeout=request_timeout,
+                       engine=engine))

@@ -89,7 +89,8 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
           conn: Connection | None = None, config: TrainConfig | None = None,
           columns: Mapping[str, str | None] | None = None, prune: bool = False, batch_size: int = 256,
           progress: Progress | None = None, options: CollectionOptions | None = None,
-          blue_green: bool = False, prune_threshold: float | None = None, confirm: bool = False) -> IndexReport:
+          blue_green: bool = False, prune_threshold: float | None = None, confirm: bool = False,
+          engine: str = "auto") -> IndexReport:
     """Embed a catalog into a collection; with no bundle, reuse (or train) the workspace's own.
 
     `collection`: the name (default: the catalog folder's); `config`: training settings when a bundle must be
@@ -97,7 +98,8 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
     20 %, of the collection needs `confirm`; CLI: --yes); `options` (on-disk vectors, quantization,
     shards...) apply when the collection is created; `blue_green`: a collection built by another bundle is
     rebuilt beside it and switched when complete. The default collection and bundle (named after the
-    catalog's folder) refuse another folder of that name."""
+    catalog's folder) refuse another folder of that name. `engine`: what embeds the images ("auto": ONNX
+    Runtime when the bundle has ONNX towers, else torch; see `load_bundle`)."""
     from .bundle import Bundle, load_bundle
     from .indexing import PRUNE_THRESHOLD, check_catalog, index_catalog
 
@@ -113,9 +115,10 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
     if isinstance(bundle, Bundle):
         b = bundle
     elif bundle is not None:
-        b = load_bundle(bundle)
+        b = load_bundle(bundle, engine=engine)
     else:
-        b = _own_bundle(cat, conn.workspace.default_bundle_dir(collection_name_for(cat.root)), config, progress)
+        b = _own_bundle(cat, conn.workspace.default_bundle_dir(collection_name_for(cat.root)), config, progress,
+                        engine)
     with conn.open() as store:
         report = index_catalog(cat, b, store, name, prune=prune, batch_size=batch_size, progress=progress,
                                options=options, blue_green=blue_green, prune_threshold=prune_threshold,
@@ -137,7 +140,8 @@ def rollback(collection: str | None = None, *, conn: Connection | None = None) -
         return report
 
 
-def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: Progress) -> Bundle:
+def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: Progress,
+                engine: str = "auto") -> Bundle:
     """The catalog's default bundle: reused when complete (retraining is an explicit `train`), else trained."""
     from .bundle import load_bundle, read_manifest
     from .training import train as train_bundle
@@ -153,7 +157,7 @@ def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: 
             raise BundleError(f"{path} holds an ensemble trained with other settings; retrain it explicitly with "
                               f"`enclip-qdrant train {cat.root} --overwrite ...`, or pass --bundle")
         progress.log(f"using the trained ensemble in {path} (run `enclip-qdrant train` to retrain)")
-        return load_bundle(path)
+        return load_bundle(path, engine=engine)
     progress.log(f"no trained ensemble for this catalog yet: training one into {path}")
     return train_bundle(cat, path, config, progress=progress)
 
@@ -162,8 +166,9 @@ class Searcher:
     """A collection opened with its bundle, for many queries in one process (the bundle loads once)."""
 
     def __init__(self, collection: str | None = None, *, bundle: str | Path | Bundle | None = None,
-                 conn: Connection | None = None):
-        """`collection`: default the workspace's; `bundle`: default the one that built the collection."""
+                 conn: Connection | None = None, engine: str = "auto"):
+        """`collection`: default the workspace's; `bundle`: default the one that built the collection;
+        `engine`: "onnx", "torch" or "auto" (ONNX when the bundle has it), see `load_bundle`."""
         from .bundle import Bundle, load_bundle
         from .meta import check_compatible
 
@@ -172,7 +177,8 @@ class Searcher:
         self.store = self.conn.open()
         try:
             self.meta = read_meta(self.store, self.collection)
-            self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(self._bundle_path(bundle))
+            self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(self._bundle_path(bundle),
+                                                                                  engine=engine)
             check_compatible(self.store, self.collection, self.bundle)
         except BaseException:
             self.store.close()
@@ -219,9 +225,10 @@ class Searcher:
 
 def query(text: str | None = None, *, image: str | Path | None = None, collection: str | None = None,
           bundle: str | Path | None = None, conn: Connection | None = None,
-          filters: Mapping[str, Sequence[Any]] | None = None, options: SearchOptions | None = None) -> SearchResponse:
+          filters: Mapping[str, Sequence[Any]] | None = None, options: SearchOptions | None = None,
+          engine: str = "auto") -> SearchResponse:
     """One query (see `Searcher.search`); for many, open a `Searcher` once so the bundle loads once."""
-    with Searcher(collection, bundle=bundle, conn=conn) as s:
+    with Searcher(collection, bundle=bundle, conn=conn, engine=engine) as s:
         return s.search(text, image=image, filters=filters, options=options or SearchOptions())
 
 
@@ -294,6 +301,14 @@ def push(collection: str | None = None, target: Connection | None = None, *, sou
     name = collection or source.workspace.default_collection()
     with open_store(source.workspace.home) as src, target.open() as dst:
         return migrate(src, dst, name, batch_size=batch_size, progress=progress)
+
+
+def export(bundle: str | Path, *, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Export a trained bundle's towers to ONNX (checked against torch; the fingerprint is unchanged); returns
+    the manifest's `onnx` record. Training does this itself; this is for bundles made before, or re-exports."""
+    from .onnx_export import export_bundle
+
+    return export_bundle(bundle, progress=progress, force=force)
 
 
 def eval_workdir(catalog: str | Path, conn: Connection | None = None) -> Path:

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -30,23 +30,43 @@ from safetensors.numpy import save as save_safetensors
 
 from .clustering import ClusterModel, LinearRouter
 from .errors import BundleError
-from .files import atomic_write_bytes, atomic_write_json, read_json
+from .files import atomic_write_bytes, atomic_write_json, file_sha256, read_json
 from .labels import check_labels
-from .members import CONFIG_NAME, WEIGHTS_NAME, Ensemble, Member, file_sha256, joint_embedding, load_member
+from .layout import CLUSTERS, CONFIG_NAME, MANIFEST, PLAN, WEIGHTS_NAME
+from .vectors import joint_embedding
+
+if TYPE_CHECKING:
+    from .members import Member
 
 FORMAT = "enclip-bundle"
 FORMAT_VERSION = 2  # 2: the fingerprint also covers each member's open_clip_config.json
-MANIFEST = "manifest.json"
-CLUSTERS = "clusters.safetensors"
-PLAN = "training.json"
+
+
+class EnsembleEngine(Protocol):
+    """What search and indexing need of the members: `members.Ensemble` (torch) or `onnx_runtime.OnnxEnsemble`."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+    @property
+    def dims(self) -> dict[str, int]: ...
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = ...) -> dict[str, np.ndarray]: ...
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = ...) -> dict[str, np.ndarray]: ...
 
 
 @dataclass
 class Bundle:
     path: Path
     manifest: dict[str, Any]
-    ensemble: Ensemble
+    ensemble: EnsembleEngine
     clusters: ClusterModel
+
+    @property
+    def engine(self) -> str:
+        """"onnx" or "torch": what encodes queries and images."""
+        return getattr(self.ensemble, "engine", "torch")
 
     @property
     def fingerprint(self) -> str:
@@ -202,7 +222,7 @@ def _check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
             raise bad(f"'{key}' must be an object")
 
 
-def _inside(root: Path, rel: str, what: str) -> Path:
+def inside(root: Path, rel: str, what: str) -> Path:
     """`root/rel`, refused unless it stays inside `root` (no absolute path, no `..`, no symlink out)."""
     pure = PurePosixPath(rel)
     if not rel or pure.is_absolute() or Path(rel).is_absolute() or ".." in pure.parts or "\\" in rel:
@@ -237,41 +257,59 @@ def seen_product_ids(path: str | Path) -> set[str]:
     return {str(i) for x in ids for i in x}
 
 
-def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    """Load a bundle; with `verify`, refuse it unless its files hash to the fingerprint it claims."""
+def load_bundle(path: str | Path, verify: bool = True, engine: str = "auto") -> Bundle:
+    """Load a bundle; with `verify`, refuse it unless its files hash to the fingerprint it claims.
+
+    `engine`: "onnx" runs the exported towers on ONNX Runtime (no torch imported), "torch" the open_clip
+    members, "auto" ONNX when the bundle has it. The ONNX engine checks the files it reads (ONNX towers,
+    member configs, clusters) and never reads the torch weights."""
+    from .onnx_runtime import choose_engine
+
     path = Path(path)
     manifest = read_manifest(path)
     folders = []
     for m in manifest["members"]:
-        folder = _inside(path, m["path"], f"member {m['name']!r}")
+        folder = inside(path, m["path"], f"member {m['name']!r}")
         _check_folder_inside(path, folder, f"member {m['name']!r}")
         folders.append(folder)
-    cpath = _inside(path, CLUSTERS, "clusters")
+    cpath = inside(path, CLUSTERS, "clusters")
     if not cpath.is_file():
         raise BundleError(f"{path} has no {CLUSTERS}")
+    engine = choose_engine(manifest, engine)
     if verify:
-        _verify(path, manifest, folders, cpath)
-    members = [load_member(folder, m["vector"]) for m, folder in zip(manifest["members"], folders, strict=True)]
+        _verify(path, manifest, folders, cpath, weights=engine == "torch")
+    ensemble: EnsembleEngine
+    if engine == "onnx":
+        from .onnx_runtime import OnnxEnsemble
+
+        ensemble = OnnxEnsemble(path, manifest, folders, verify=verify)
+    else:
+        from .members import Ensemble, load_member
+
+        ensemble = Ensemble([load_member(folder, m["vector"])
+                             for m, folder in zip(manifest["members"], folders, strict=True)])
     clusters = load_clusters(cpath, manifest["clusters"]["criterion"])
-    return Bundle(path, manifest, Ensemble(members), clusters)
+    return Bundle(path, manifest, ensemble, clusters)
 
 
-def _verify(path: Path, manifest: dict[str, Any], folders: list[Path], cpath: Path) -> None:
+def _verify(path: Path, manifest: dict[str, Any], folders: list[Path], cpath: Path, weights: bool = True) -> None:
+    """Recompute the fingerprint. Without `weights` (the ONNX engine, which never reads them) the weights'
+    recorded hashes stand in for theirs; the ONNX files are then checked against their own hashes."""
     v2 = manifest.get("format_version", 0) >= 2
-    weights, configs = [], []
+    hashes, configs = [], []
     for m, folder in zip(manifest["members"], folders, strict=True):
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
+        for name in ((WEIGHTS_NAME,) if weights else ()) + (CONFIG_NAME,):
             if not (folder / name).is_file():
                 raise BundleError(f"member {m['name']!r} is incomplete: {folder} needs {name}")
-        weights.append(file_sha256(folder / WEIGHTS_NAME))
-        if weights[-1] != m["sha256"]:
+        hashes.append(file_sha256(folder / WEIGHTS_NAME) if weights else m["sha256"])
+        if hashes[-1] != m["sha256"]:
             raise BundleError(f"member {m['name']} weights do not match the manifest (file changed?)")
         if v2:
             configs.append(file_sha256(folder / CONFIG_NAME))
             if configs[-1] != m["config_sha256"]:
                 raise BundleError(f"member {m['name']} config ({CONFIG_NAME}) does not match the manifest "
                                   "(file changed?)")
-    actual = bundle_fingerprint(weights, file_sha256(cpath), configs if v2 else None)
+    actual = bundle_fingerprint(hashes, file_sha256(cpath), configs if v2 else None)
     if actual != manifest["fingerprint"]:
         raise BundleError(f"{path} does not match its fingerprint {manifest['fingerprint']} (its files hash to "
                           f"{actual}: changed or tampered with); refusing to load it")

@@ -12,9 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import silhouette_score
 
 from .search_options import DEFAULT_MAX_CLUSTERS, DEFAULT_THRESHOLD, parse_cluster_list  # noqa: F401
 
@@ -73,6 +70,8 @@ class LinearRouter:
         classes = np.unique(labels)
         if len(classes) == 1:
             return cls(np.zeros((1, x.shape[1]), np.float32), np.zeros(1, np.float32), classes, k)
+        from sklearn.linear_model import LogisticRegression  # fitting only: queries never import sklearn
+
         lr = LogisticRegression(C=10.0, max_iter=2000, random_state=seed)
         lr.fit(x, labels)
         return cls(lr.coef_.astype(np.float32), lr.intercept_.astype(np.float32),
@@ -109,6 +108,9 @@ def choose_k(joint: np.ndarray, seed: int, max_k: int = AUTO_MAX_K) -> tuple[int
     if upper < 2:
         return 1, f"auto: {n} items are too few to split (needs >= {2 * POINTS_PER_CLUSTER})", {}
     scores: dict[int, float] = {}
+    from sklearn.cluster import KMeans  # fitting only: queries never import sklearn
+    from sklearn.metrics import silhouette_score
+
     for k in range(2, upper + 1):
         labels = KMeans(k, n_init=3, random_state=seed).fit_predict(joint)
         scores[k] = float(silhouette_score(joint, labels, sample_size=min(n, 3000), random_state=seed))
@@ -128,6 +130,8 @@ def fit_clusters(image_joint: np.ndarray, text_joint: np.ndarray, k: int | None,
         labels = np.zeros(len(image_joint), dtype=np.int64)
         centroids = image_joint.mean(axis=0, keepdims=True)
     else:
+        from sklearn.cluster import KMeans
+
         km = KMeans(k, n_init=10, random_state=seed).fit(image_joint)
         labels, centroids = km.labels_.astype(np.int64), km.cluster_centers_
     model = ClusterModel(

@@ -54,6 +54,7 @@ class ResolvedConfig:
     precision: Literal["bf16", "fp32"]
     weight_decay: float
     text_encoder: str = "none"  # "none": open_clip text towers; else a shared frozen encoder (recipes.py)
+    onnx: bool = True  # export ONNX towers when the bundle is complete (not a training setting: not in the plan key)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, for the manifest, the training plan and worker job files."""

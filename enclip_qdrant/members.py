@@ -23,10 +23,9 @@ from safetensors.torch import save as save_tensors
 
 from .errors import BundleError, EnclipError
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256, read_json
+from .layout import CONFIG_NAME, WEIGHTS_NAME
 from .presets import Preset
-
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
+from .vectors import concat_rows, joint_embedding  # noqa: F401 - re-exported
 
 
 def eval_transform(preprocess_cfg: Mapping[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
@@ -347,7 +346,7 @@ class Ensemble:
                 if m.preprocess_key not in pixels:
                     pixels[m.preprocess_key] = torch.stack([m.preprocess(im) for im in chunk])
                 out[m.name].append(m.encode_pixels(pixels[m.preprocess_key]))
-        return {k: _concat(v, self.dims[k]) for k, v in out.items()}
+        return {k: concat_rows(v, self.dims[k]) for k, v in out.items()}
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 512) -> dict[str, np.ndarray]:
         out: dict[str, list[np.ndarray]] = {m.name: [] for m in self.members}
@@ -358,7 +357,7 @@ class Ensemble:
                 if m.tokenizer_key not in tokens:
                     tokens[m.tokenizer_key] = m.tokenizer(chunk)
                 out[m.name].append(m.encode_texts(chunk, tokens[m.tokenizer_key]))
-        return {k: _concat(v, self.dims[k]) for k, v in out.items()}
+        return {k: concat_rows(v, self.dims[k]) for k, v in out.items()}
 
 
 def _causal_argmax_tower(model: torch.nn.Module) -> bool:
@@ -392,22 +391,6 @@ def _encode_by_length(model: open_clip.CLIP, tokens: torch.Tensor, chunk: int = 
         parts.append(torch.nn.functional.normalize(x, dim=-1))
     feats = torch.cat(parts) if parts else model.encode_text(tokens, normalize=True)
     return feats[torch.argsort(order)]
-
-
-def joint_embedding(per_member: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The ensemble's view of each item, for clustering and routing.
-
-    Members are trained independently, so their spaces are not aligned and averaging vectors would mix
-    unrelated axes. Concatenating the L2-normalised embeddings, scaled by 1/sqrt(N), gives unit vectors
-    whose dot product is exactly the mean of the members' cosines: the ensemble's own similarity.
-    """
-    parts = [np.asarray(v, dtype=np.float32) for v in per_member.values()]
-    joint = np.concatenate(parts, axis=1) / np.sqrt(len(parts))
-    return joint / np.maximum(np.linalg.norm(joint, axis=1, keepdims=True), 1e-12)
-
-
-def _concat(parts: list[np.ndarray], dim: int) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
 
 
 def deepcopy_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:

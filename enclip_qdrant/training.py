@@ -74,6 +74,7 @@ class TrainConfig:
     parallel: int | None = None  # members trained at once; None: one per core (at most 4)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the CPU computes it natively
     text_encoder: str | None = None  # "minilm": shared frozen pretrained text tower (recipes.py); None: the preset's
+    onnx: bool = True  # export the towers to ONNX (torch-free queries); off only to save seconds in tests
 
     def __post_init__(self) -> None:  # fail before any catalog is read or member trained
         if self.precision not in PRECISIONS:
@@ -320,6 +321,18 @@ def _auto_workers(budget: int, pairs_per_member: int) -> int:
     return 1 if pairs_per_member < PARALLEL_MIN_PAIRS else min(budget, 4)
 
 
+def _export_onnx(out: Path, members: list[Member], fingerprint: str, progress: Progress) -> dict[str, Any] | None:
+    """ONNX towers for the torch-free query path; a member that cannot be exported leaves the bundle on torch
+    (said in one line), never fails the training run."""
+    from .onnx_export import UnsupportedExport, export_members
+
+    try:
+        return export_members(out, members, fingerprint, progress)
+    except (UnsupportedExport, ImportError) as e:
+        progress.log(f"ONNX export skipped ({e}); this bundle's queries run on torch")
+        return None
+
+
 def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: Sequence[Any], train_idx: np.ndarray,
             val_idx: np.ndarray, members: list[Member], reports: list[dict[str, Any]], cfg: ResolvedConfig,
             progress: Progress) -> Bundle:
@@ -347,6 +360,9 @@ def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: S
         training={"catalog_fingerprint": fingerprint, "catalog": str(catalog.root), "pairs": len(products),
                   "train": len(train_idx), "val": len(val_idx)},
         config=cfg.to_dict(), validation={"ensemble": ens_val}, labels=labels)
+    onnx = _export_onnx(out, members, manifest["fingerprint"], progress) if cfg.onnx else None
+    if onnx is not None:
+        manifest["onnx"] = onnx
     write_manifest(out, manifest)
     progress.log(f"ensemble val R@10 {ens_val['r@10']:.3f} (best member "
                  f"{max(r['val']['r@10'] for r in reports):.3f}); {clusters.k} clusters, "

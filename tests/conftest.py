@@ -43,7 +43,7 @@ def other_bundle(catalog, tmp_path_factory: pytest.TempPathFactory):
     from enclip_qdrant import TrainConfig, train
 
     return train(catalog, tmp_path_factory.mktemp("bundles") / "other",
-                 TrainConfig(members=1, preset="tiny", epochs=1, seed=9))
+                 TrainConfig(members=1, preset="tiny", epochs=1, seed=9, onnx=False))
 
 
 @pytest.fixture(params=["edge", "memory"])

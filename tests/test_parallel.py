@@ -48,7 +48,7 @@ class Recorder:
 
 def test_parallel_training_gives_a_complete_bundle_with_worker_progress(small_catalog, tmp_path):
     rec = Recorder()
-    bundle = train(small_catalog, tmp_path / "b", TrainConfig(members=3, parallel=2, **QUICK), progress=rec)
+    bundle = train(small_catalog, tmp_path / "b", TrainConfig(onnx=False, members=3, parallel=2, **QUICK), progress=rec)
     assert [m["name"] for m in bundle.manifest["members"]] == ["m0", "m1", "m2"]
     for m in bundle.manifest["members"]:
         folder = tmp_path / "b" / "members" / m["name"]
@@ -65,13 +65,13 @@ def test_parallel_training_gives_a_complete_bundle_with_worker_progress(small_ca
 
 def test_a_failing_member_keeps_the_others_and_a_rerun_resumes(small_catalog, tmp_path):
     out = tmp_path / "b"
-    train(small_catalog, out, TrainConfig(members=1, **QUICK))  # m0 done; the run continues with 3 members
+    train(small_catalog, out, TrainConfig(onnx=False, members=1, **QUICK))  # m0 done; the run continues with 3 members
     kept = (out / "members" / "m0" / "open_clip_model.safetensors").stat().st_mtime_ns
     # m1 cannot replace its report: the name is taken by a directory
     blocker = out / "members" / "m1" / "report.json"
     blocker.mkdir(parents=True)
     with pytest.raises(MemberFailed, match=r"member m1 failed: .*worker\.log.*run the same command again"):
-        train(small_catalog, out, TrainConfig(members=3, parallel=2, **QUICK))
+        train(small_catalog, out, TrainConfig(onnx=False, members=3, parallel=2, **QUICK))
     assert (out / "members" / "m2" / "report.json").is_file()  # trained beside m1, finished, kept
     assert not (out / "members" / "m1" / "report.json").is_file()
     assert "Error" in (out / "members" / "m1" / LOG_FILE).read_text()  # the traceback is kept for the user
@@ -79,7 +79,7 @@ def test_a_failing_member_keeps_the_others_and_a_rerun_resumes(small_catalog, tm
 
     blocker.rmdir()
     rec = Recorder()
-    bundle = train(small_catalog, out, TrainConfig(members=3, parallel=2, **QUICK), progress=rec)
+    bundle = train(small_catalog, out, TrainConfig(onnx=False, members=3, parallel=2, **QUICK), progress=rec)
     assert len(bundle.manifest["members"]) == 3
     assert {"member m0: already trained, kept", "member m2: already trained, kept"} <= set(rec.logs)
     assert sum("already trained" in line for line in rec.logs) == 2
@@ -92,23 +92,23 @@ def test_auto_stays_in_process_for_small_runs(small_catalog, tmp_path, monkeypat
 
     import enclip_qdrant.parallel as parallel_mod
     monkeypatch.setattr(parallel_mod, "train_members_parallel", no_workers)
-    train(small_catalog, tmp_path / "b", TrainConfig(members=2, **QUICK))
+    train(small_catalog, tmp_path / "b", TrainConfig(onnx=False, members=2, **QUICK))
     assert training_mod._auto_workers(8, training_mod.PARALLEL_MIN_PAIRS) == 4
     assert training_mod._auto_workers(2, training_mod.PARALLEL_MIN_PAIRS) == 2
     assert training_mod._auto_workers(8, training_mod.PARALLEL_MIN_PAIRS - 1) == 1
 
 
 def test_precision_is_resolved_and_checked():
-    assert TrainConfig(precision="fp32").resolved().precision == "fp32"
+    assert TrainConfig(onnx=False, precision="fp32").resolved().precision == "fp32"
     assert TrainConfig().resolved().precision == ("bf16" if training_mod.native_bf16() else "fp32")
     with pytest.raises(BundleError, match="--precision must be auto, bf16 or fp32"):
-        TrainConfig(precision="fp16")  # type: ignore[arg-type]
+        TrainConfig(onnx=False, precision="fp16")  # type: ignore[arg-type]
     with pytest.raises(BundleError, match="--parallel must be at least 1"):
-        TrainConfig(parallel=0)
+        TrainConfig(onnx=False, parallel=0)
 
 
 def test_bf16_training_runs_and_is_recorded(small_catalog, tmp_path):
-    bundle = train(small_catalog, tmp_path / "b", TrainConfig(members=1, **(QUICK | {"precision": "bf16"})))
+    bundle = train(small_catalog, tmp_path / "b", TrainConfig(onnx=False, members=1, **(QUICK | {"precision": "bf16"})))
     report = json.loads((tmp_path / "b" / "members" / "m0" / "report.json").read_text())
     assert report["precision"] == "bf16"
     assert bundle.manifest["training"]["config"]["precision"] == "bf16"

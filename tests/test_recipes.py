@@ -29,7 +29,8 @@ from enclip_qdrant.synthetic import make_catalog  # noqa: E402
 def head_bundle(tmp_path_factory):
     cat = load_catalog(make_catalog(tmp_path_factory.mktemp("c") / "c", n=160, seed=7))
     out = tmp_path_factory.mktemp("b") / "minilm"
-    return train(cat, out, TrainConfig(members=3, preset="tiny", epochs=1, text_encoder="minilm", parallel=1))
+    return train(cat, out, TrainConfig(members=3, preset="tiny", epochs=1, text_encoder="minilm", parallel=1,
+                                       onnx=False))
 
 
 def test_bundle_records_the_encoder_and_round_trips(head_bundle):
@@ -127,7 +128,8 @@ def test_keyword_queries_come_from_categorical_fields(tmp_path):
 
 def test_from_scratch_recipe_still_trains_and_loads(tmp_path):
     cat = load_catalog(make_catalog(tmp_path / "c", n=60, seed=2))
-    b = train(cat, tmp_path / "b", TrainConfig(members=1, preset="tiny", epochs=1, text_encoder="none", parallel=1))
+    b = train(cat, tmp_path / "b", TrainConfig(members=1, preset="tiny", epochs=1, text_encoder="none",
+                                                   parallel=1, onnx=False))
     again = load_bundle(Path(b.path))
     assert again.manifest["text_encoder"] is None and again.manifest["members"][0]["recipe"] == "open_clip"
     assert again.embed_texts(["red dress"])[1].shape[0] == 1

@@ -56,7 +56,7 @@ def test_overwrite_never_deletes_a_foreign_folder(small_catalog, tmp_path):
     (out / "notes.txt").write_text("keep me")
     (out / "sub" / "data.csv").write_text("1,2")
     with pytest.raises(BundleError, match="not an enclip bundle") as e:
-        train(small_catalog, out, TrainConfig(members=1, **QUICK), overwrite=True)
+        train(small_catalog, out, TrainConfig(onnx=False, members=1, **QUICK), overwrite=True)
     assert "--overwrite" not in _one_line(e)  # no advice that would delete it
     assert (out / "notes.txt").read_text() == "keep me" and (out / "sub" / "data.csv").is_file()
 
@@ -67,7 +67,7 @@ def test_a_foreign_training_json_does_not_make_a_folder_ours(small_catalog, tmp_
     (out / "training.json").write_text('{"epochs": 3}')  # another tool's file of the same name
     (out / "weights.ckpt").write_text("x")
     with pytest.raises(BundleError, match="not an enclip bundle"):
-        train(small_catalog, out, TrainConfig(members=1, **QUICK), overwrite=True)
+        train(small_catalog, out, TrainConfig(onnx=False, members=1, **QUICK), overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["training.json", "weights.ckpt"]
 
 
@@ -80,12 +80,13 @@ def test_out_may_not_be_the_catalog_its_parent_or_the_workspace_home(tmp_path):
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     for out in (root, root.parent, tmp_path):
         with pytest.raises(BundleError, match="catalog folder") as e:
-            train(cat, out, TrainConfig(members=1, **QUICK), overwrite=True)
+            train(cat, out, TrainConfig(onnx=False, members=1, **QUICK), overwrite=True)
         _one_line(e)
     home = tmp_path / "home"
     Workspace(home).remember("c", tmp_path / "b", "embedded")
     with pytest.raises(BundleError, match="workspace home"):
-        api_train(cat, out=home, config=TrainConfig(members=1, **QUICK), conn=Connection(home=home), overwrite=True)
+        api_train(cat, out=home, config=TrainConfig(onnx=False, members=1, **QUICK), conn=Connection(home=home),
+                  overwrite=True)
     assert (home / "state.json").is_file()
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "home" not in p.parts) == before
 
@@ -94,38 +95,38 @@ def test_out_may_not_be_the_catalog_its_parent_or_the_workspace_home(tmp_path):
 
 def test_torn_report_retrains_that_member_and_torn_plan_restarts_cleanly(small_catalog, tmp_path, monkeypatch):
     out = tmp_path / "b"
-    train(small_catalog, out, TrainConfig(members=2, **QUICK))
+    train(small_catalog, out, TrainConfig(onnx=False, members=2, **QUICK))
     report = out / "members" / "m1" / "report.json"
     report.write_text(report.read_text()[:25])  # torn mid-write (an older version, or a full disk)
     real, calls = member_job.train_member, []
     monkeypatch.setattr(member_job, "train_member",
                         lambda member, *a, **k: calls.append(member.name) or real(member, *a, **k))
-    bundle = train(small_catalog, out, TrainConfig(members=2, **QUICK))
+    bundle = train(small_catalog, out, TrainConfig(onnx=False, members=2, **QUICK))
     assert calls == ["m1"] and load_bundle(bundle.path).manifest["members"][1]["name"] == "m1"
 
     plan = out / "training.json"
     plan.write_text(plan.read_text()[:40])
     with pytest.raises(BundleError, match=r"unreadable.*--overwrite") as e:
-        train(small_catalog, out, TrainConfig(members=2, **QUICK))
+        train(small_catalog, out, TrainConfig(onnx=False, members=2, **QUICK))
     _one_line(e)
     calls.clear()
-    again = train(small_catalog, out, TrainConfig(members=2, **QUICK), overwrite=True)
+    again = train(small_catalog, out, TrainConfig(onnx=False, members=2, **QUICK), overwrite=True)
     assert calls == ["m0", "m1"] and json.loads(plan.read_text())["train_ids"]
     load_bundle(again.path)
 
 
 def test_overwrite_of_our_run_keeps_the_users_own_files(small_catalog, tmp_path):
     out = tmp_path / "b"
-    train(small_catalog, out, TrainConfig(members=1, **QUICK))
+    train(small_catalog, out, TrainConfig(onnx=False, members=1, **QUICK))
     (out / "NOTES.md").write_text("mine")
-    again = train(small_catalog, out, TrainConfig(members=1, seed=3, **QUICK), overwrite=True)
+    again = train(small_catalog, out, TrainConfig(onnx=False, members=1, seed=3, **QUICK), overwrite=True)
     assert (out / "NOTES.md").read_text() == "mine" and again.manifest["members"][0]["seed"] == 3000
 
 
 def test_kill_9_mid_training_resumes_into_a_loadable_bundle(small_catalog, tmp_path):
     out = tmp_path / "b"
     code = ("import sys; from enclip_qdrant import TrainConfig, train, load_catalog; "
-            "train(load_catalog(sys.argv[1]), sys.argv[2], TrainConfig(members=3, preset='tiny', epochs=1, "
+            "train(load_catalog(sys.argv[1]), sys.argv[2], TrainConfig(onnx=False, members=3, preset='tiny', epochs=1, "
             "batch_size=32, precision='fp32', parallel=1))")
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", code, str(small_catalog.root), str(out)], env=env,
@@ -155,7 +156,8 @@ def test_kill_9_mid_training_resumes_into_a_loadable_bundle(small_catalog, tmp_p
             logs.append(message)
 
     kept = file_sha256(out / "members" / "m0" / WEIGHTS_NAME)
-    bundle = train(small_catalog, out, TrainConfig(members=3, **QUICK), progress=Log())  # the lock died with it
+    bundle = train(small_catalog, out, TrainConfig(onnx=False, members=3, **QUICK),
+                   progress=Log())  # the lock died with it
     assert "member m0: already trained, kept" in logs
     assert file_sha256(out / "members" / "m0" / WEIGHTS_NAME) == kept
     assert len(load_bundle(bundle.path).ensemble.members) == 3
@@ -173,7 +175,7 @@ def test_a_second_training_into_the_same_folder_is_busy_not_mixed(small_catalog,
         assert holder.stdout.readline().strip() == "held"
         t0 = time.perf_counter()
         with pytest.raises(BusyError, match="busy") as e:
-            train(small_catalog, out, TrainConfig(members=1, **QUICK))
+            train(small_catalog, out, TrainConfig(onnx=False, members=1, **QUICK))
         _one_line(e)
         assert time.perf_counter() - t0 < 30
         assert not (out / "members").exists() and not (out / "training.json").exists()
@@ -203,7 +205,7 @@ def test_workspace_state_keeps_every_concurrent_update(tmp_path):
 @pytest.fixture(scope="module")
 def bundle(small_catalog, tmp_path_factory):
     """A cheap three-member bundle for this module (overrides the session one: these tests only tamper)."""
-    return train(small_catalog, tmp_path_factory.mktemp("bundles") / "b", TrainConfig(members=3, **QUICK))
+    return train(small_catalog, tmp_path_factory.mktemp("bundles") / "b", TrainConfig(onnx=False, members=3, **QUICK))
 
 
 @pytest.fixture

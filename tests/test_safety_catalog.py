@@ -40,7 +40,7 @@ def bundle(own_shop: Path, tmp_path_factory: pytest.TempPathFactory):
     from enclip_qdrant import TrainConfig, train
 
     return train(own_shop, out=tmp_path_factory.mktemp("b") / "tiny",
-                 config=TrainConfig(members=1, preset="tiny", epochs=1, seed=0, clusters=2))
+                 config=TrainConfig(onnx=False, members=1, preset="tiny", epochs=1, seed=0, clusters=2))
 
 
 def _shop(root: Path, n: int = 12, seed: int = 5) -> Path:

