@@ -86,7 +86,7 @@ def part_query(catalog: Any, home: str, n_text: int, n_image: int, seed: int) ->
         with Image.open(p.image) as im:
             photos.append(im.convert("RGB"))
     out: dict[str, Any] = {"text_queries": len(texts), "image_queries": len(photos)}
-    with Searcher("bench", conn=Connection(home=home)) as s:
+    with Searcher("bench", conn=Connection(home=home), engine="torch") as s:  # single_* use a torch member
         member = s.bundle.ensemble.members[0]
         physical = s.store.resolve("bench")
         out["members"] = len(s.bundle.ensemble.members)

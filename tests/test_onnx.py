@@ -155,3 +155,29 @@ def test_head_recipe_exports_the_shared_encoder_once(tmp_path) -> None:
     before = onnx.ensemble.shared.calls
     onnx.embed_texts(["one new query"])
     assert onnx.ensemble.shared.calls == before + 1  # once for both members
+
+
+@pytest.mark.parametrize("path", ["../../outside.onnx", "/etc/passwd", "members/../../x.onnx"])
+def test_onnx_paths_must_stay_inside_the_bundle(bundle, tmp_path, path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundle.path, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    next(iter(m["onnx"]["members"].values()))["text"]["path"] = path
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="bundle folder"):
+        load_bundle(copy, engine="onnx")
+
+
+def test_export_command_prints_the_parity_table(other_bundle, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from enclip_qdrant.cli.app import app
+
+    copy = tmp_path / "b"
+    shutil.copytree(other_bundle.path, copy)
+    r = CliRunner().invoke(app, ["export", str(copy), "--json"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout[r.stdout.index("{"):])
+    assert set(rec["members"]) == {"m0"} and rec["members"]["m0"]["parity"]["text"] < 1e-4
+    r = CliRunner().invoke(app, ["export", str(copy)])
+    assert r.exit_code == 0 and "already has ONNX towers" in r.output

@@ -15,6 +15,7 @@ import itertools
 import os
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -365,6 +366,13 @@ class Service:
                 "members": list(self.bundle.vectors), "fields": self.fields(), "collections": out}
 
 
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """fn(*args) and how long it took, in ms."""
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, (time.perf_counter() - start) * 1e3
+
+
 def _key_ok(request: Request, key: str, allow_cookie: bool = False) -> bool:
     auth = request.headers.get("authorization", "")
     given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
@@ -516,7 +524,10 @@ def create_app(options: ServeOptions | None = None, *,
               openapi_extra=body_doc)
     async def encode(request: Request) -> JSONResponse:
         req, image = await parse(request)
-        return JSONResponse(await run_in_threadpool(service().encode, req, image))
+        out, ms = await run_in_threadpool(_timed, service().encode, req, image)
+        # the service's own work (encode, route, build the body), apart from HTTP: applications and
+        # bench/encode_compare.py compare it with the library's
+        return JSONResponse(out, headers={"Server-Timing": f"encode;dur={ms:.3f}"})
 
     @app.get("/v1/collections", summary="Collections in the store; the served one's fields and clusters")
     async def collections() -> JSONResponse:
