@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .errors import BundleError, EnclipError
 from .files import file_sha256
@@ -105,15 +104,17 @@ class SharedTextEncoder:
     def dim(self) -> int:
         return self.spec.dim
 
-    @torch.inference_mode()
     def _forward(self, texts: list[str]) -> np.ndarray:
+        import torch  # here, not at import: the ONNX engine reads this module's specs without torch
+
         self.calls += 1
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.spec.max_length,
-                               return_tensors="pt")
-        hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1).float().numpy()
+        with torch.inference_mode():
+            batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.spec.max_length,
+                                   return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1).float().numpy()
 
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Unit vectors of `texts`; texts seen before (training captions, repeated queries) come from the cache."""
