@@ -155,6 +155,11 @@ def test_head_recipe_exports_the_shared_encoder_once(tmp_path) -> None:
     before = onnx.ensemble.shared.calls
     onnx.embed_texts(["one new query"])
     assert onnx.ensemble.shared.calls == before + 1  # once for both members
+    code = ("import sys\nfrom enclip_qdrant.bundle import load_bundle\n"
+            f"b = load_bundle({str(b.path)!r})\nassert b.engine == 'onnx'\nb.embed_texts(['red dress'])\n"
+            "print('LOADED', *[m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip().splitlines()[-1] == "LOADED", r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("path", ["../../outside.onnx", "/etc/passwd", "members/../../x.onnx"])
