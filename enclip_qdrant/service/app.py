@@ -547,7 +547,8 @@ def create_app(options: ServeOptions | None = None, *,
         except EnclipError as e:
             return JSONResponse({"ready": False, "error": str(e).splitlines()[0]}, status_code=503)
         return JSONResponse({"ready": True, "collection": svc.collection, "points": points,
-                             "bundle": svc.bundle.fingerprint, "batches": vars(svc.batcher.stats)})
+                             "bundle": svc.bundle.fingerprint, "engine": svc.bundle.engine,
+                             "batches": vars(svc.batcher.stats)})
 
     @app.get("/images/{point_id}", summary="A product's catalog image (only files inside the catalog folder)")
     async def image(point_id: str) -> FileResponse:
