@@ -289,7 +289,7 @@ def _train_members(out: Path, catalog: Any, fingerprint: str, products: Sequence
         from .recipes import prepare_text_cache
 
         texts = pairs.encoder_texts()
-        progress.log(f"encoding {len(texts)} captions with the shared {cfg.text_encoder} text encoder")
+        progress.log(f"encoding {len(set(texts))} distinct texts with the shared {cfg.text_encoder} text encoder")
         prepare_text_cache(out, texts, cfg.text_encoder)
 
     jobs: list[MemberJob] = []
