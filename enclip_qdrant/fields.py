@@ -87,15 +87,14 @@ def batch_positives(titles: Sequence[str], own: Sequence[Sequence[str]], extra: 
 
     An image's positives are every title equal to its own (catalogs repeat titles) and every extra text among
     its own field texts `own[i]`."""
-    n = len(titles)
-    pos = torch.zeros(n, n + len(extra))
-    for i in range(n):
-        for j in range(n):
-            pos[i, j] = titles[i] == titles[j]
-        mine = set(own[i])
-        for j, t in enumerate(extra):
-            pos[i, n + j] = t in mine
-    return pos
+    ids = {t: i for i, t in enumerate(dict.fromkeys(titles))}
+    title_id = torch.tensor([ids[t] for t in titles])
+    slot = {t: j for j, t in enumerate(extra)}
+    fields = torch.zeros(len(titles), len(extra))
+    for i, ts in enumerate(own):
+        js = [slot[t] for t in ts if t in slot]
+        fields[i, js] = 1.0
+    return torch.cat([(title_id[:, None] == title_id[None, :]).float(), fields], dim=1)
 
 
 class MultiPositiveClipLoss(open_clip.loss.ClipLoss):
