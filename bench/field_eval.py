@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +26,26 @@ class Log(NullProgress):
         print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
+def _reuse(src: Path, catalog: str, seed: int, config, workdir: Path) -> None:
+    """Copy src's plan, text cache and members where `evaluate` will train this config: training resumes them."""
+    import dataclasses
+
+    from enclip_qdrant.evaluation import _train_dir, split_test
+
+    cat = api.open_catalog(catalog, None, True, NullProgress())
+    _, test_ids = split_test(cat.products, 0.2, seed)
+    train_cat = dataclasses.replace(cat, products=[p for p in cat.products if p.id not in set(test_ids)])
+    dst = _train_dir(workdir, train_cat, config)
+    if dst.exists():
+        return
+    (dst / "members").mkdir(parents=True)
+    for name in ("training.json", "text_features.safetensors"):
+        if (src / name).is_file():
+            shutil.copy(src / name, dst / name)
+    for m in sorted((src / "members").iterdir()):
+        shutil.copytree(m, dst / "members" / m.name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("catalog")
@@ -35,10 +56,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--home", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--reuse", type=Path, default=None, help="an earlier run's bundle folder (same split and "
+                    "settings, fewer members): its members are kept and only the missing ones are trained")
     a = ap.parse_args()
     config = train_config(a.members, "small", a.epochs, None, a.seed, "auto", "seed", None, None,
                           text_encoder=a.text_encoder, field_cols=a.field_cols)
     workdir = api.eval_workdir(a.catalog, api.Connection(a.home))
+    if a.reuse is not None:
+        _reuse(a.reuse, a.catalog, a.seed, config, workdir)
     t0 = time.time()
     report = api.evaluate(a.catalog, config=config, seed=a.seed, workdir=workdir, progress=Log())
     a.out.parent.mkdir(parents=True, exist_ok=True)
