@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from .augment import train_transform
-from .fields import MultiPositiveClipLoss, batch_positives
+from .fields import TITLE_SHARE, MultiPositiveClipLoss, batch_positives
 from .files import atomic_write_json, read_json
 from .images import load_image
 from .members import WEIGHTS_NAME, Ensemble, Member, file_sha256, new_member
@@ -205,7 +205,7 @@ class FieldSampler:
     def batch(self, batch: np.ndarray, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         own = [self.pairs.field_texts[i] for i in batch]
         drawn = list(dict.fromkeys(ts[self.rng.integers(len(ts))] for ts in own if ts))
-        positives = batch_positives([self.pairs.texts[i] for i in batch], own, drawn)
+        positives = batch_positives([self.pairs.texts[i] for i in batch], own, drawn, TITLE_SHARE)
         extra = self.tokens[[self.slot[t] for t in drawn]]
         return torch.cat([tokens[batch], extra]), positives
 

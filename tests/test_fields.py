@@ -77,6 +77,17 @@ def test_sharing_a_value_pulls_together_where_plain_clip_pushes_apart():
     assert step_towards_shirts(pos) > 0 > step_towards_shirts(only_first)
 
 
+def test_title_share_keeps_half_of_an_image_s_target_on_its_title():
+    pos = batch_positives(["a", "a", "b"], [("x", "y"), ("x",), ()], ["x", "y"], title_share=0.5)
+    assert torch.allclose(pos, torch.tensor([[.25, .25, 0, .25, .25], [.25, .25, 0, .5, 0], [0, 0, 1, 0, 0]]))
+    img, txt = _unit(3, 8, 4), _unit(5, 8, 5)
+    logits = 10.0 * img @ txt.T
+    want_txt = -(torch.log_softmax(logits.T, 1) * torch.tensor([[.5, .5, 0], [.5, .5, 0], [0, 0, 1], [.5, .5, 0],
+                                                                 [1, 0, 0]])).sum(1).mean()
+    want_img = -(torch.log_softmax(logits, 1) * pos).sum(1).mean()
+    assert torch.allclose(MultiPositiveClipLoss()(img, txt, torch.tensor(10.0), pos), (want_img + want_txt) / 2)
+
+
 def test_repeated_titles_are_positives_of_each_other():
     pos = batch_positives(["tee", "tee", "cap"], [(), (), ()], [])
     assert pos.tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
