@@ -31,6 +31,7 @@ from .options import (
     Diversity,
     EngineOpt,
     Epochs,
+    FieldCols,
     Home,
     IdCol,
     ImageCol,
@@ -64,6 +65,7 @@ def train(
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
     parallel: Parallel = None, precision: Precision = "auto", text_encoder: TextEncoder = None,
+    field_cols: FieldCols = None,
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
@@ -71,7 +73,7 @@ def train(
 ) -> None:
     """Train an ensemble of CLIP members and fit the clusters; resumes an interrupted run."""
     config = train_config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained, parallel,
-                          precision, text_encoder)
+                          precision, text_encoder, field_cols)
     with RichProgress() as progress:
         bundle = api.train(catalog, out=out_dir, config=config, conn=conn_for(home, None, None), overwrite=overwrite,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col},

@@ -53,6 +53,11 @@ TextEncoder = Annotated[str | None, typer.Option("--text-encoder", help="Text to
                                                  "head) or none (open_clip text towers from scratch); default: "
                                                  "the preset's.")]
 
+FieldCols = Annotated[str | None, typer.Option("--field-cols", help="Field-aware training: catalog columns whose "
+                                               "values become extra positive texts ('blue shirts'), trained with a "
+                                               "multi-positive loss: auto (the categorical columns), none (titles "
+                                               "only) or a,b,c; default: none.")]
+
 
 class Quantization(str, Enum):
     none = "none"
@@ -86,7 +91,7 @@ def collection_options(on_disk: bool, quantization: str, shards: int | None, rep
 
 def train_config(members: int, preset: str, epochs: int | None, batch_size: int | None, seed: int, clusters: str,
             diversity: str, model: str | None, pretrained: str | None, parallel: int | None = None,
-            precision: str = "auto", text_encoder: str | None = None) -> TrainConfig:
+            precision: str = "auto", text_encoder: str | None = None, field_cols: str | None = None) -> TrainConfig:
     """The training flags as a checked TrainConfig (importing it loads torch: only commands that train call this)."""
     from enclip_qdrant import TrainConfig
 
@@ -97,4 +102,5 @@ def train_config(members: int, preset: str, epochs: int | None, batch_size: int 
     return TrainConfig(members=members, preset=preset, epochs=epochs, batch_size=batch_size, seed=seed,
                        clusters=None if clusters == "auto" else int(clusters), diversity=diversity,  # type: ignore[arg-type]
                        base_model=model, pretrained=pretrained, parallel=parallel,
-                       precision=precision, text_encoder=text_encoder)  # type: ignore[arg-type]
+                       precision=precision, text_encoder=text_encoder,  # type: ignore[arg-type]
+                       field_cols=field_cols)

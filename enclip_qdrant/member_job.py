@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from .augment import train_transform
+from .fields import TITLE_SHARE, MultiPositiveClipLoss, batch_positives
 from .files import atomic_write_json, read_json
 from .images import load_image
 from .members import WEIGHTS_NAME, Ensemble, Member, file_sha256, new_member
@@ -55,6 +56,7 @@ class ResolvedConfig:
     weight_decay: float
     text_encoder: str = "none"  # "none": open_clip text towers; else a shared frozen encoder (recipes.py)
     onnx: bool = True  # export ONNX towers when the bundle is complete (not a training setting: not in the plan key)
+    field_cols: str = "none"  # field-aware training (fields.py): "none", "auto" or "a,b,c"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, for the manifest, the training plan and worker job files."""
@@ -72,10 +74,15 @@ class Pairs:
     ids: list[str]
     images: list[Image.Image]
     texts: list[str]
+    field_texts: list[tuple[str, ...]] = field(default_factory=list)  # per product; empty: titles only
     index: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.index = {pid: i for i, pid in enumerate(self.ids)}
+
+    def encoder_texts(self) -> list[str]:
+        """Every text a member is trained on (titles, then field texts), for the shared encoder's cache."""
+        return self.texts + [t for ts in self.field_texts for t in ts]
 
 
 def decode_image(path: str | Path) -> Image.Image:
@@ -115,6 +122,9 @@ def train_member(member: Member, pairs: Pairs, train_idx: np.ndarray, val_idx: n
                  threads: Callable[[], int] | None = None) -> dict[str, Any]:
     """Contrastive training (open_clip's ClipLoss, AdamW, warm-up + cosine); keeps the best epoch on val.
 
+    With field texts (`pairs.field_texts`, field-aware training) each product of a batch also brings one of
+    its field texts, drawn at random, and the loss is `MultiPositiveClipLoss` over titles + field texts.
+
     `threads`, when given, is asked before every step how many CPU threads to use: a member training
     beside others gets its share of the cores, and all of them once the others have finished.
     """
@@ -134,6 +144,7 @@ def train_member(member: Member, pairs: Pairs, train_idx: np.ndarray, val_idx: n
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = open_clip.ClipLoss()
+    fields = FieldSampler(member, pairs, seed) if any(pairs.field_texts) else None
     task = progress.task(f"{label} training", total=total)
     best: dict[str, Any] = {"score": -1.0}
     history = []
@@ -150,9 +161,13 @@ def train_member(member: Member, pairs: Pairs, train_idx: np.ndarray, val_idx: n
             images = torch.stack([tf(pairs.images[i]) for i in batch])
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, warmup, cfg.lr)
+            text_in, positives = (tokens[batch], None) if fields is None else fields.batch(batch, tokens)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                img_f, txt_f, scale = model(images, tokens[batch])[:3]
-            loss = loss_fn(img_f.float(), txt_f.float(), scale.float())
+                img_f, txt_f, scale = model(images, text_in)[:3]
+            if positives is None:
+                loss = loss_fn(img_f.float(), txt_f.float(), scale.float())
+            else:
+                loss = fields.loss(img_f.float(), txt_f.float(), scale.float(), positives)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -176,6 +191,26 @@ def train_member(member: Member, pairs: Pairs, train_idx: np.ndarray, val_idx: n
             "pairs_per_second": round(total * bs / elapsed, 1), "precision": cfg.precision}
 
 
+class FieldSampler:
+    """Field-aware batches: each product's title plus one of its field texts (drawn from its own generator, so
+    the data order and augmentation stay those of plain training with the same seed)."""
+
+    def __init__(self, member: Member, pairs: Pairs, seed: int):
+        self.pairs = pairs
+        self.vocab = sorted({t for ts in pairs.field_texts for t in ts})
+        self.slot = {t: i for i, t in enumerate(self.vocab)}
+        self.tokens = member.tokenizer(self.vocab)
+        self.rng = np.random.default_rng([seed, 1])
+        self.loss = MultiPositiveClipLoss()
+
+    def batch(self, batch: np.ndarray, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        own = [self.pairs.field_texts[i] for i in batch]
+        drawn = list(dict.fromkeys(ts[self.rng.integers(len(ts))] for ts in own if ts))
+        positives = batch_positives([self.pairs.texts[i] for i in batch], own, drawn, TITLE_SHARE)
+        extra = self.tokens[[self.slot[t] for t in drawn]]
+        return torch.cat([tokens[batch], extra]), positives
+
+
 def evaluate_member(member: Member, pairs: Pairs, val_idx: np.ndarray) -> dict[str, float]:
     ens = Ensemble([member])
     img = ens.encode_images([pairs.images[i] for i in val_idx])[member.name]
@@ -191,7 +226,7 @@ def train_and_save(job: MemberJob, pairs: Pairs, val_idx: np.ndarray, cfg: Resol
     if cfg.text_encoder != "none":
         from .recipes import load_text_cache, new_head_member
 
-        load_text_cache(job.folder.parent.parent, pairs.texts, cfg.text_encoder)  # <bundle>/members/<name>
+        load_text_cache(job.folder.parent.parent, pairs.encoder_texts(), cfg.text_encoder)  # <bundle>/members/<name>
         member: Member = new_head_member(job.name, get_preset(cfg.preset), cfg.text_encoder, seed=job.seed)
     else:
         member = new_member(job.name, get_preset(cfg.preset), seed=job.seed, base_model=cfg.base_model,

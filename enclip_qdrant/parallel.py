@@ -94,13 +94,15 @@ class _Worker:
 
 
 def train_members_parallel(jobs: Sequence[MemberJob], products: Sequence[Any], val_idx: np.ndarray, cfg: ResolvedConfig,
-                           workers: int, budget: int, progress: Progress) -> None:
+                           workers: int, budget: int, progress: Progress,
+                           field_texts: Sequence[Sequence[str]] = ()) -> None:
     """Train `jobs` in up to `workers` processes sharing `budget` threads.
 
     A member that fails does not take the others down: the running ones finish and are kept (a re-run
     resumes), no new one starts, and then the first failure is raised. Ctrl-C stops every worker.
     """
     common = {"images": [str(p.image) for p in products], "texts": [p.text for p in products],
+              "field_texts": [list(ts) for ts in field_texts],
               "val_idx": val_idx.tolist(), "cfg": cfg.to_dict()}
     events: queue.Queue = queue.Queue()
     relay = ProgressRelay(events, progress)
@@ -172,7 +174,8 @@ def _worker_main(job_file: str) -> None:
     torch.set_num_threads(state["threads"])
     threading.Thread(target=_watch_stdin, args=(state,), daemon=True).start()
     images = [decode_image(p) for p in spec["images"]]
-    pairs = Pairs([str(i) for i in range(len(images))], images, spec["texts"])
+    pairs = Pairs([str(i) for i in range(len(images))], images, spec["texts"],
+                  [tuple(ts) for ts in spec.get("field_texts", [])])
     job = MemberJob(spec["name"], spec["label"], spec["seed"], Path(spec["folder"]), np.asarray(spec["idx"]))
     progress = QueueProgress(_StdoutSink(), spec["name"])
     train_and_save(job, pairs, np.asarray(spec["val_idx"]), ResolvedConfig.from_dict(spec["cfg"]), progress,

@@ -27,6 +27,7 @@ import torch
 from .bundle import CLUSTERS, FORMAT, MANIFEST, PLAN, Bundle, build_manifest, load_bundle, save_clusters, write_manifest
 from .clustering import fit_clusters
 from .errors import BundleError, CatalogError
+from .fields import field_texts, parse_field_cols, resolve_field_cols
 from .files import atomic_write_json, locked, read_json
 from .labels import cluster_labels
 from .member_job import (  # noqa: F401 - Pairs, decode_image, train_member... are this module's API too
@@ -75,6 +76,7 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the CPU computes it natively
     text_encoder: str | None = None  # "minilm": shared frozen pretrained text tower (recipes.py); None: the preset's
     onnx: bool = True  # export the towers to ONNX (torch-free queries); off only to save seconds in tests
+    field_cols: str | None = None  # field-aware training: "auto", "none" or "a,b,c"; None: fields.DEFAULT_FIELD_COLS
 
     def __post_init__(self) -> None:  # fail before any catalog is read or member trained
         if self.precision not in PRECISIONS:
@@ -86,6 +88,7 @@ class TrainConfig:
             raise BundleError("--text-encoder applies to members trained from a preset, not to --model/--pretrained")
         if self.parallel is not None and self.parallel < 1:
             raise BundleError(f"--parallel must be at least 1, not {self.parallel}")
+        parse_field_cols(self.field_cols)
 
     def resolved(self) -> ResolvedConfig:
         """The settings members really train with: the preset's defaults filled in, precision decided."""
@@ -98,11 +101,13 @@ class TrainConfig:
             "weight_decay": preset.weight_decay,
             "precision": resolve_precision(self.precision),
             "text_encoder": "none" if finetune else (self.text_encoder or preset.text_encoder),
+            "field_cols": parse_field_cols(self.field_cols),
         }))
 
     def differs_from(self, trained: dict[str, Any]) -> list[str]:
         """Settings (of those that change what members learn) in which a trained bundle's config differs."""
         mine = self.resolved().to_dict()
+        trained = _LEGACY | trained
         return [k for k in (*_PLAN_KEYS, "members", "clusters") if trained.get(k) != mine[k]]
 
 
@@ -131,17 +136,19 @@ def resolve_precision(precision: str) -> str:
 
 # The parts of the config that change what a member learns; `members` and `clusters` may change on resume.
 _PLAN_KEYS = ("preset", "epochs", "batch_size", "lr", "seed", "diversity", "val_fraction", "base_model",
-              "pretrained", "warmup_fraction", "weight_decay", "text_encoder")
+              "pretrained", "warmup_fraction", "weight_decay", "text_encoder", "field_cols")
+# What a bundle or plan written before a setting existed was trained with (field_cols: titles only).
+_LEGACY = {"field_cols": "none"}
 
 
-def load_pairs(products: Sequence[Any], progress: Progress) -> Pairs:
+def load_pairs(products: Sequence[Any], progress: Progress, field_cols: Sequence[str] = ()) -> Pairs:
     task = progress.task("decoding images", total=len(products))
     images = []
     for p in products:
         images.append(decode_image(p.image))
         task.advance()
     task.close()
-    return Pairs([p.id for p in products], images, [p.text for p in products])
+    return Pairs([p.id for p in products], images, [p.text for p in products], field_texts(products, field_cols))
 
 
 def split_ids(ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -223,7 +230,7 @@ def _prepare(out: Path, fingerprint: str, wanted: dict[str, Any], overwrite: boo
                           "pick another --out: enclip only deletes folders it made")
     if state == "run" and not overwrite:
         plan = read_json(out / PLAN)
-        if plan["catalog_fingerprint"] != fingerprint or plan["config"] != wanted:
+        if plan["catalog_fingerprint"] != fingerprint or _LEGACY | plan["config"] != wanted:
             raise BundleError(f"{out} holds a training run with another catalog or settings; "
                               "pass --overwrite to replace it or choose another --out")
         progress.log(f"resuming the training run in {out}")
@@ -257,6 +264,7 @@ def train(catalog: Any, out: str | Path, config: TrainConfig | None = None,
         raise CatalogError(f"training needs captions: {len(products)} products have text "
                            f"(at least {MIN_PAIRS} needed; set the text column with --text-col)")
     _refuse_protected(out, [("catalog folder", Path(catalog.root)), *protected])
+    field_cols = resolve_field_cols(cfg.field_cols, products)  # an unknown column fails before any work
     fingerprint = catalog.fingerprint()
     wanted = {k: getattr(cfg, k) for k in _PLAN_KEYS}
     with locked(out, timeout=TRAIN_LOCK_TIMEOUT, what=f"the bundle folder {out}"):
@@ -266,19 +274,24 @@ def train(catalog: Any, out: str | Path, config: TrainConfig | None = None,
         train_ids, val_ids = split_ids([p.id for p in products], cfg.val_fraction, cfg.seed)
         atomic_write_json(out / PLAN, {"catalog_fingerprint": fingerprint, "config": wanted,
                                        "train_ids": train_ids, "val_ids": val_ids}, indent=1)
-        return _train_members(out, catalog, fingerprint, products, train_ids, val_ids, config.members, cfg, progress)
+        return _train_members(out, catalog, fingerprint, products, train_ids, val_ids, config.members, cfg,
+                              field_cols, progress)
 
 
 def _train_members(out: Path, catalog: Any, fingerprint: str, products: Sequence[Any], train_ids: list[str],
-                   val_ids: list[str], n_members: int, cfg: ResolvedConfig, progress: Progress) -> Bundle:
-    pairs = load_pairs(products, progress)
+                   val_ids: list[str], n_members: int, cfg: ResolvedConfig, field_cols: Sequence[str],
+                   progress: Progress) -> Bundle:
+    if field_cols:
+        progress.log(f"field-aware training on {', '.join(field_cols)} (--field-cols none: titles only)")
+    pairs = load_pairs(products, progress, field_cols)
     train_idx = np.array([pairs.index[i] for i in train_ids])
     val_idx = np.array([pairs.index[i] for i in val_ids])
     if cfg.text_encoder != "none":  # frozen shared encoder: every caption encoded once per run
         from .recipes import prepare_text_cache
 
-        progress.log(f"encoding {len(pairs.texts)} captions with the shared {cfg.text_encoder} text encoder")
-        prepare_text_cache(out, pairs.texts, cfg.text_encoder)
+        texts = pairs.encoder_texts()
+        progress.log(f"encoding {len(set(texts))} distinct texts with the shared {cfg.text_encoder} text encoder")
+        prepare_text_cache(out, texts, cfg.text_encoder)
 
     jobs: list[MemberJob] = []
     for i in range(n_members):
@@ -297,7 +310,7 @@ def _train_members(out: Path, catalog: Any, fingerprint: str, products: Sequence
         progress.log(f"training {len(todo)} members, {workers} at a time on {budget} threads ({cfg.precision})")
         from .parallel import train_members_parallel
 
-        train_members_parallel(todo, products, val_idx, cfg, workers, budget, progress)
+        train_members_parallel(todo, products, val_idx, cfg, workers, budget, progress, pairs.field_texts)
     else:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -308,7 +321,7 @@ def _train_members(out: Path, catalog: Any, fingerprint: str, products: Sequence
     if any(r is None for r in reports):
         raise BundleError(f"a member's report in {out / 'members'} did not read back after training; run again")
     return _finish(out, catalog, fingerprint, pairs, products, train_idx, val_idx, members,
-                   [r for r in reports if r is not None], cfg, progress)
+                   [r for r in reports if r is not None], cfg, field_cols, progress)
 
 
 # A worker process costs ~5 s to start (importing torch and open_clip); below this much training per
@@ -335,7 +348,7 @@ def _export_onnx(out: Path, members: list[Member], fingerprint: str, progress: P
 
 def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: Sequence[Any], train_idx: np.ndarray,
             val_idx: np.ndarray, members: list[Member], reports: list[dict[str, Any]], cfg: ResolvedConfig,
-            progress: Progress) -> Bundle:
+            field_cols: Sequence[str], progress: Progress) -> Bundle:
     """Cluster the catalog in the ensemble's joint space, fit the routers, write clusters + manifest."""
     ensemble = Ensemble(members)
     task = progress.task("embedding the catalog for clustering", total=2)
@@ -358,7 +371,7 @@ def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: S
     manifest = build_manifest(
         out, members=members, reports=reports, clusters=clusters, sizes=sizes.tolist(), router_accuracy=router_acc,
         training={"catalog_fingerprint": fingerprint, "catalog": str(catalog.root), "pairs": len(products),
-                  "train": len(train_idx), "val": len(val_idx)},
+                  "train": len(train_idx), "val": len(val_idx), "field_cols": list(field_cols)},
         config=cfg.to_dict(), validation={"ensemble": ens_val}, labels=labels)
     onnx = _export_onnx(out, members, manifest["fingerprint"], progress) if cfg.onnx else None
     if onnx is not None:
