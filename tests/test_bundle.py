@@ -47,7 +47,9 @@ def test_round_trip_gives_identical_embeddings(bundle, catalog):
 
 def test_bundle_holds_no_pickles_and_members_are_open_clip_folders(bundle):
     suffixes = {p.suffix for p in bundle.path.rglob("*") if p.is_file()}
-    assert suffixes <= {".json", ".safetensors"}, suffixes
+    assert suffixes <= {".json", ".safetensors", ".onnx"}, suffixes  # ONNX files are protobuf graphs, not pickles
+    for f in bundle.path.rglob("*.onnx"):
+        assert not f.read_bytes()[:2].startswith(b"\x80"), f  # no pickle protocol header
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{bundle.path / 'members' / 'm0'}")
     assert isinstance(model, open_clip.CLIP)
 
