@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,17 +53,15 @@ def timed(fn, items, warm=10):
         t = time.perf_counter(); fn(it); out.append((time.perf_counter() - t) * 1e3)
     return out
 opts = dict(top_k=10)
-if args.get("single"):
-    from enclip_qdrant.search import encode_query
-    ttext = timed(lambda q: encode_query(b, q), texts)
-    timg = timed(lambda im: encode_query(b, None, im), images)
+if args.get("single"):  # the members' forward passes alone: one member vs all (routing needs all of them)
+    ttext = timed(lambda q: b.ensemble.encode_texts([q]), texts)
+    timg = timed(lambda im: b.ensemble.encode_images([im]), images)
     res = {"text_encode_ms": ttext, "image_encode_ms": timg}
 else:
     ttext = timed(lambda q: search(b, s.store, s.collection, q, **opts), texts)
     timg = timed(lambda im: search(b, s.store, s.collection, None, image=im, **opts), images)
-    from enclip_qdrant.search import encode_query
-    etext = timed(lambda q: encode_query(b, q), texts)
-    eimg = timed(lambda im: encode_query(b, None, im), images)
+    etext = timed(lambda q: b.ensemble.encode_texts([q]), texts)
+    eimg = timed(lambda im: b.ensemble.encode_images([im]), images)
     answers = {q: [(str(h.id), h.score) for h in search(b, s.store, s.collection, q, **opts).results]
                for q in args["parity"]}
     bulk = [Image.open(p).convert("RGB") for p in args["index_images"]]
@@ -117,12 +116,12 @@ def index_throughput(home: str, catalog: str, bundle: str, engine: str, n: int) 
         with open(src / "captions.csv", newline="") as f:
             rows = list(csv.DictReader(f))[:n]
         sub = Path(tmp) / "cat"
-        sub.mkdir()
-        with open(sub / "captions.csv", "w", newline="") as f:
+        (sub / "images").mkdir(parents=True)
+        with open(sub / "captions.csv", "w", newline="") as f:  # a copy: paths out of a catalog are refused
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             for row in rows:
-                row = dict(row, image=str((src / row["image"]).resolve()))
+                shutil.copyfile(src / row["image"], sub / row["image"])
                 w.writerow(row)
         exe = str(Path(sys.executable).with_name("enclip-qdrant"))
         t = time.perf_counter()

@@ -121,8 +121,11 @@ class _HeadText(torch.nn.Module):
 
 
 def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: Sequence[str],
-            dynamic: Sequence[dict[int, Any]], dest: Path) -> None:
-    """torch.onnx.export (the dynamo exporter) into `dest`, atomically, without its console chatter."""
+            dynamic: Sequence[dict[int, Any]], dest: Path, legacy: bool = False) -> None:
+    """torch.onnx.export into `dest`, atomically, without its console chatter. The dynamo exporter by default
+    (it keeps a text tower's sequence axis dynamic); `legacy`: the TorchScript exporter, whose image towers
+    run 1.3x faster in ONNX Runtime here (683 vs 524 images/s on one thread) but which bakes in every axis
+    but the batch."""
     try:
         import onnxscript  # noqa: F401 - the exporter needs it; say so plainly instead of deep in torch
     except ImportError as e:
@@ -138,9 +141,14 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: Sequ
                 contextlib.redirect_stderr(io.StringIO()), torch.inference_mode(False), \
                 torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, str(tmp), dynamo=True, external_data=False, opset_version=OPSET,
-                              input_names=list(names), output_names=["unit_vector"],
-                              dynamic_shapes=tuple(dynamic), verbose=False)
+            if legacy:
+                axes = {n: list(d) for n, d in zip(names, dynamic, strict=True)} | {"unit_vector": [0]}
+                torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=17, input_names=list(names),
+                                  output_names=["unit_vector"], dynamic_axes=axes, verbose=False)
+            else:
+                torch.onnx.export(module, args, str(tmp), dynamo=True, external_data=False, opset_version=OPSET,
+                                  input_names=list(names), output_names=["unit_vector"],
+                                  dynamic_shapes=tuple(dynamic), verbose=False)
         os.replace(tmp, dest)
     except UnsupportedExport:
         raise
@@ -198,9 +206,14 @@ def export_member(member: Member, folder: Path) -> dict[str, Any]:
     pixels = torch.stack([member.preprocess(im) for im in images])
     if not np.array_equal(preprocess_images(images, member.preprocess_cfg), pixels.numpy()):
         raise UnsupportedExport(f"member {member.name!r}: torch-free preprocessing differs from open_clip's")
-    _export(_ImageTower(model), (pixels[:2],), ["pixels"], [{0: _batch_dim()}], folder / ONNX_IMAGE)
-    image_diff = _check(member.name, "image", member.encode_pixels(pixels),
-                        _session(folder / ONNX_IMAGE).run(None, {"pixels": pixels.numpy()})[0])
+    try:
+        _export(_ImageTower(model), (pixels[:2],), ["pixels"], [{0: _batch_dim()}], folder / ONNX_IMAGE, legacy=True)
+    except UnsupportedExport:
+        _export(_ImageTower(model), (pixels[:2],), ["pixels"], [{0: _batch_dim()}], folder / ONNX_IMAGE)
+    session = _session(folder / ONNX_IMAGE)
+    ref = member.encode_pixels(pixels)
+    image_diff = max(_check(member.name, "image", ref, session.run(None, {"pixels": pixels.numpy()})[0]),
+                     _check(member.name, "image", ref[:1], session.run(None, {"pixels": pixels.numpy()[:1]})[0]))
     record: dict[str, Any] = {"image": {"path": ONNX_IMAGE, "sha256": file_sha256(folder / ONNX_IMAGE)},
                               "parity": {"image": image_diff}}
     text_cfg = member.model_cfg.get("text_cfg", {})
