@@ -68,8 +68,7 @@ else:
     t = time.perf_counter(); b.embed_images(bulk); embed_s = time.perf_counter() - t
     res = {"load_s": load, "text_ms": ttext, "image_ms": timg, "text_encode_ms": etext, "image_encode_ms": eimg,
            "answers": answers, "embed_images_per_s": len(bulk) / embed_s}
-import resource
-res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+res["peak_rss_mb"] = int([x for x in open("/proc/self/status") if x.startswith("VmHWM")][0].split()[1]) / 1024
 print("RESULT" + json.dumps(res))
 '''
 
@@ -90,12 +89,13 @@ def worker(args: dict) -> dict:
 
 def cold_query(home: str, collection: str, engine: str, text: str, runs: int) -> tuple[list[float], float]:
     """Wall time of a whole `enclip-qdrant query` process (the CLI's own entry point, run as the console
-    script runs it) and its peak RSS."""
-    code = ("import resource, sys\nfrom enclip_qdrant.cli.app import main\n"
+    script runs it) and its peak RSS (VmHWM: getrusage would count this parent's memory at fork time)."""
+    code = ("import sys\nfrom enclip_qdrant.cli.app import main\n"
             f"sys.argv = ['enclip-qdrant', 'query', {text!r}, '--home', {home!r}, '--collection', {collection!r}, "
             f"'--engine', {engine!r}, '--json']\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code\n"
-            "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n")
+            "hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM')][0].split()[1]\n"
+            "print('RSS', int(hwm) / 1024, file=sys.stderr)\n")
     times, rss = [], 0.0
     for _ in range(runs):
         t = time.perf_counter()
