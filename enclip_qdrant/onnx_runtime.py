@@ -5,9 +5,9 @@ search, indexing, evaluation and the service use either. Tokenization (`tokenize
 (`preprocess.py`) reproduce open_clip's ids and pixels exactly (parity tests); the towers were checked against
 torch when exported (`onnx_export.py`).
 
-Members run side by side: ONNX Runtime releases the GIL, so a thread pool runs one member per core, each
-session with `cores // workers` intra-op threads and no spinning (spinning threads of idle sessions would
-steal the cores the busy ones need). A shared text encoder runs once per batch, with every core, and each
+Members run side by side for a query: ONNX Runtime releases the GIL, so a thread pool runs one member per
+core; a batch (indexing) runs them one after another, each with every core. Sessions do not spin (spinning
+threads of idle sessions would steal the cores the busy ones need). A shared text encoder runs once per batch, with every core, and each
 member then applies only its head.
 """
 
@@ -30,6 +30,7 @@ from .layout import CONFIG_NAME
 from .vectors import concat_rows
 
 ENGINES = ("auto", "onnx", "torch")
+SIDE_BY_SIDE_ROWS = 16  # up to this many rows, members run concurrently (one per core); beyond, one by one
 
 
 def available_cores() -> int:
@@ -129,7 +130,7 @@ class OnnxEnsemble:
         cores = threads or available_cores()
         n = len(manifest["members"])
         self.workers = max(1, min(n, cores))
-        per = max(1, cores // self.workers)
+        per = cores  # each session may use every core: a big batch runs the members one after another
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="enclip-onnx") if self.workers > 1 else None
         self.members: list[_OnnxMember] = []
         self._tokenizers: dict[str, Callable[[Sequence[str]], np.ndarray]] = {}
@@ -205,8 +206,10 @@ class OnnxEnsemble:
     def dims(self) -> dict[str, int]:
         return {m.name: m.dim for m in self.members}
 
-    def _each(self, fn: Callable[[_OnnxMember], np.ndarray]) -> list[np.ndarray]:
-        if self._pool is None:
+    def _each(self, fn: Callable[[_OnnxMember], np.ndarray], rows: int) -> list[np.ndarray]:
+        """fn for every member: side by side for a few rows (a query: each member's pass is too small to use
+        two cores), one after another with every core for a batch (measured: 237 vs 169 images/s, 5 members)."""
+        if self._pool is None or rows > SIDE_BY_SIDE_ROWS:
             return [fn(m) for m in self.members]
         return list(self._pool.map(fn, self.members))
 
@@ -220,7 +223,7 @@ class OnnxEnsemble:
             for m in self.members:
                 if m.preprocess_key not in pixels:
                     pixels[m.preprocess_key] = preprocess_images(chunk, m.preprocess_cfg)
-            vecs = self._each(lambda m, px=pixels: m.image.run(None, {"pixels": px[m.preprocess_key]})[0])
+            vecs = self._each(lambda m, px=pixels: m.image.run(None, {"pixels": px[m.preprocess_key]})[0], len(chunk))
             for m, v in zip(self.members, vecs, strict=True):
                 out[m.name].append(v)
         return {k: concat_rows(v, self.dims[k]) for k, v in out.items()}
@@ -237,7 +240,7 @@ class OnnxEnsemble:
                     return m.text.run(None, {"sentence_vector": feats})[0]
                 return run_clip_text(m.text, tokens[m.tokenizer_key], m.cut_at_eot)
 
-            for m, v in zip(self.members, self._each(one), strict=True):
+            for m, v in zip(self.members, self._each(one, len(chunk)), strict=True):
                 out[m.name].append(v)
         return {k: concat_rows(v, self.dims[k]) for k, v in out.items()}
 
