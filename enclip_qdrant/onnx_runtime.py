@@ -7,8 +7,8 @@ torch when exported (`onnx_export.py`).
 
 Members run side by side for a query: ONNX Runtime releases the GIL, so a thread pool runs one member per
 core; a batch (indexing) runs them one after another, each with every core. Sessions do not spin (spinning
-threads of idle sessions would steal the cores the busy ones need). A shared text encoder runs once per batch, with every core, and each
-member then applies only its head.
+threads of idle sessions would steal the cores the busy ones need). A shared text encoder runs once per
+batch, with every core, and each member then applies only its head.
 """
 
 from __future__ import annotations
