@@ -162,3 +162,12 @@ def test_cli_eval_json(catalog_dir, tmp_path, monkeypatch):
             continue
         assert r["query_set"] == TITLES and r["queries"] == 48
         assert 0 <= r["recall@1"] <= r["recall@5"] <= r["recall@10"] <= 1
+
+
+def test_eval_takes_field_cols_and_an_unknown_column_is_one_line(catalog_dir, tmp_path):
+    from enclip_qdrant.cli.app import app
+
+    result = CliRunner().invoke(app, ["eval", str(catalog_dir), "--preset", "tiny", "--members", "1", "--epochs", "1",
+                                      "--field-cols", "nosuchcolumn", "--home", str(tmp_path / "h")])
+    assert result.exit_code != 0
+    assert "nosuchcolumn" in str(result.exception) and "\n" not in str(result.exception).strip()
