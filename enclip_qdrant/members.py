@@ -375,22 +375,28 @@ def _encode_by_length(model: open_clip.CLIP, tokens: torch.Tensor, chunk: int = 
     """
     eot = tokens.argmax(dim=-1)
     order = torch.argsort(eot, stable=True)
-    cast = model.transformer.get_cast_dtype()
     parts = []
     for start in range(0, len(tokens), chunk):
         text = tokens[order[start:start + chunk]]
         n = int(text.argmax(dim=-1).max()) + 1
-        text = text[:, :n]
-        x = model.token_embedding(text).to(cast) + model.positional_embedding[:n].to(cast)
-        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
-        x = x[torch.arange(len(text)), text.argmax(dim=-1)]
-        if isinstance(model.text_projection, torch.nn.Linear):
-            x = model.text_projection(x)
-        elif model.text_projection is not None:
-            x = x @ model.text_projection
-        parts.append(torch.nn.functional.normalize(x, dim=-1))
+        parts.append(cut_text_features(model, text[:, :n]))
     feats = torch.cat(parts) if parts else model.encode_text(tokens, normalize=True)
     return feats[torch.argsort(order)]
+
+
+def cut_text_features(model: open_clip.CLIP, text: torch.Tensor) -> torch.Tensor:
+    """Unit text features of ids already cut after the batch's longest EOT (`_encode_by_length`'s step; the
+    ONNX export traces it with a dynamic length)."""
+    n = text.shape[1]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast) + model.positional_embedding[:n].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = x[torch.arange(text.shape[0]), text.argmax(dim=-1)]
+    if isinstance(model.text_projection, torch.nn.Linear):
+        x = model.text_projection(x)
+    elif model.text_projection is not None:
+        x = x @ model.text_projection
+    return torch.nn.functional.normalize(x, dim=-1)
 
 
 def deepcopy_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from PIL import Image
 from .errors import BundleError, EnclipError
 from .files import file_sha256, locked
 from .layout import ONNX_IMAGE, ONNX_TEXT, ONNX_TOKENIZER, SHARED_TEXT_DIR
-from .members import Member, _causal_argmax_tower
+from .members import Member, _causal_argmax_tower, cut_text_features
 from .progress import NullProgress, Progress
 
 OPSET = 18
@@ -54,53 +54,43 @@ class UnsupportedExport(EnclipError):
     """This member cannot be exported (its queries keep running on torch); the message says why."""
 
 
-class _ImageTower(torch.nn.Module):
+class _Tower(torch.nn.Module):
+    """A member's model behind one `forward` that torch.onnx.export traces."""
+
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
+
+class _ImageTower(_Tower):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels, normalize=True)
 
 
-class _CausalText(torch.nn.Module):
+class _CausalText(_Tower):
     """open_clip's CLIP text tower on ids cut after the longest text's EOT (members._encode_by_length):
     with a causal mask the cut changes nothing but the cost, so the sequence axis is dynamic."""
 
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        m, n = self.model, tokens.shape[1]
-        cast = m.transformer.get_cast_dtype()
-        x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:n].to(cast)
-        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:n, :n]))
-        x = x[torch.arange(tokens.shape[0]), tokens.argmax(dim=-1)]
-        if isinstance(m.text_projection, torch.nn.Linear):
-            x = m.text_projection(x)
-        elif m.text_projection is not None:
-            x = x @ m.text_projection
-        return torch.nn.functional.normalize(x, dim=-1)
+        return cut_text_features(self.model, tokens)
 
 
-class _FullText(torch.nn.Module):
+class _FullText(_Tower):
     """Any other open_clip text tower: the full context, as `encode_text` sees it."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(tokens, normalize=True)
 
 
-class _SentenceEncoder(torch.nn.Module):
-    """A Hugging Face encoder with the recipe's pooling (attention-masked mean, unit length)."""
+class _HeadText(_Tower):
+    """A text-encoder-recipe member's head over the shared encoder's sentence vector."""
 
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
+    def forward(self, sentence_vector: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(sentence_vector, normalize=True)
+
+
+class _SentenceEncoder(_Tower):
+    """A Hugging Face encoder with the recipe's pooling (attention-masked mean, unit length)."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:
@@ -109,15 +99,6 @@ class _SentenceEncoder(torch.nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1)
-
-
-class _HeadText(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, sentence_vector: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(sentence_vector, normalize=True)
 
 
 def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: Sequence[str],
@@ -297,7 +278,6 @@ def export_members(path: Path, members: Sequence[Member], fingerprint: str,
     task = progress.task("exporting the towers to ONNX", total=len(members))
     shared = None
     out: dict[str, Any] = {}
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     for m in members:
         folder = path / "members" / m.name
         rec = export_member(m, folder)
