@@ -335,13 +335,13 @@ def _auto_workers(budget: int, pairs_per_member: int) -> int:
 
 
 def _export_onnx(out: Path, members: list[Member], fingerprint: str, progress: Progress) -> dict[str, Any] | None:
-    """ONNX towers for the torch-free query path; a member that cannot be exported leaves the bundle on torch
-    (said in one line), never fails the training run."""
+    """ONNX towers for the torch-free query path; a member that cannot be exported, or whose export differs from
+    torch (refused), leaves the bundle on torch (said in one line), never fails the training run."""
     from .onnx_export import UnsupportedExport, export_members
 
     try:
         return export_members(out, members, fingerprint, progress)
-    except (UnsupportedExport, ImportError) as e:
+    except (UnsupportedExport, BundleError, ImportError) as e:
         progress.log(f"ONNX export skipped ({e}); this bundle's queries run on torch")
         return None
 

@@ -186,3 +186,26 @@ def test_export_command_prints_the_parity_table(other_bundle, tmp_path) -> None:
     assert set(rec["members"]) == {"m0"} and rec["members"]["m0"]["parity"]["text"] < 1e-4
     r = CliRunner().invoke(app, ["export", str(copy)])
     assert r.exit_code == 0 and "already has ONNX towers" in " ".join(r.output.split())
+
+
+def test_a_refused_export_leaves_training_complete_on_torch(tmp_path, monkeypatch) -> None:
+    import enclip_qdrant.onnx_export as ox
+    from enclip_qdrant import load_catalog
+    from enclip_qdrant.synthetic import make_catalog
+
+    monkeypatch.setattr(ox, "TOLERANCE", -1.0)  # every export now "differs from torch"
+    logs: list[str] = []
+
+    class Log:
+        def log(self, message: str) -> None:
+            logs.append(message)
+
+        def task(self, *args, **kwargs):
+            from enclip_qdrant.progress import NullProgress
+
+            return NullProgress().task(*args, **kwargs)
+
+    cat = load_catalog(make_catalog(tmp_path / "c", n=60, seed=2))
+    b = train(cat, tmp_path / "b", TrainConfig(members=1, preset="tiny", epochs=1, parallel=1), progress=Log())
+    assert "onnx" not in read_manifest(b.path) and b.engine == "torch"
+    assert any("ONNX export skipped" in m and "differs from torch" in m for m in logs), logs
