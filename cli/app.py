@@ -47,6 +47,7 @@ from .options import (
     TextCol,
     TextEncoder,
     Timeout,
+    Towers,
     Url,
     collection_options,
     conn_for,
@@ -65,7 +66,7 @@ def train(
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
     parallel: Parallel = None, precision: Precision = "auto", text_encoder: TextEncoder = None,
-    field_cols: FieldCols = None,
+    field_cols: FieldCols = None, towers: Towers = "same",
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
@@ -73,7 +74,7 @@ def train(
 ) -> None:
     """Train an ensemble of CLIP members and fit the clusters; resumes an interrupted run."""
     config = train_config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained, parallel,
-                          precision, text_encoder, field_cols)
+                          precision, text_encoder, field_cols, towers)
     with RichProgress() as progress:
         bundle = api.train(catalog, out=out_dir, config=config, conn=conn_for(home, None, None), overwrite=overwrite,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col},
@@ -98,6 +99,7 @@ def index(
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
     parallel: Parallel = None, precision: Precision = "auto", text_encoder: TextEncoder = None,
+    field_cols: FieldCols = None, towers: Towers = "same",
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
@@ -122,7 +124,7 @@ def index(
     """Embed every image with every member into a Qdrant collection (training first if needed)."""
     options = collection_options(on_disk, quantization.value, shards, replicas, index_fields)
     config = train_config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained, parallel,
-                          precision, text_encoder)
+                          precision, text_encoder, field_cols, towers)
     if config == type(config)():
         config = None  # no training flag given: an existing bundle is used whatever it was trained with
     with RichProgress() as progress:

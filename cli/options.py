@@ -57,6 +57,9 @@ FieldCols = Annotated[str | None, typer.Option("--field-cols", help="Field-aware
                                                "values become extra positive texts ('blue shirts'), trained with a "
                                                "multi-positive loss: auto (the categorical columns), none (titles "
                                                "only) or a,b,c; default: none.")]
+Towers = Annotated[str, typer.Option("--towers", help="Members' image towers: same (the preset's own for every "
+                                     "member) or mixed (members cycle through the preset's towers: ViT and "
+                                     "ModifiedResNet, patch sizes, widths).")]
 
 
 class Quantization(str, Enum):
@@ -91,7 +94,8 @@ def collection_options(on_disk: bool, quantization: str, shards: int | None, rep
 
 def train_config(members: int, preset: str, epochs: int | None, batch_size: int | None, seed: int, clusters: str,
             diversity: str, model: str | None, pretrained: str | None, parallel: int | None = None,
-            precision: str = "auto", text_encoder: str | None = None, field_cols: str | None = None) -> TrainConfig:
+            precision: str = "auto", text_encoder: str | None = None, field_cols: str | None = None,
+            towers: str = "same") -> TrainConfig:
     """The training flags as a checked TrainConfig (importing it loads torch: only commands that train call this)."""
     from enclip_qdrant import TrainConfig
 
@@ -103,4 +107,4 @@ def train_config(members: int, preset: str, epochs: int | None, batch_size: int 
                        clusters=None if clusters == "auto" else int(clusters), diversity=diversity,  # type: ignore[arg-type]
                        base_model=model, pretrained=pretrained, parallel=parallel,
                        precision=precision, text_encoder=text_encoder,  # type: ignore[arg-type]
-                       field_cols=field_cols)
+                       field_cols=field_cols, towers=towers)

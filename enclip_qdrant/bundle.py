@@ -137,7 +137,7 @@ def build_manifest(path: Path, *, members: Sequence[Member], reports: Sequence[M
         entries.append({
             "name": m.name, "vector": m.name, "dim": m.dim, "path": f"members/{m.name}",
             "sha256": r["sha256"], "config_sha256": file_sha256(folder / CONFIG_NAME),
-            "seed": m.info.get("seed"), "preset": m.info.get("preset"),
+            "seed": m.info.get("seed"), "preset": m.info.get("preset"), "tower": m.info.get("tower"),
             "base_model": m.info.get("base_model"), "pretrained": m.info.get("pretrained"),
             "recipe": m.info.get("recipe", "open_clip"),
             "val": r["val"], "train_seconds": r["seconds"], "pairs_per_second": r["pairs_per_second"]})

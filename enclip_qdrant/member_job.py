@@ -27,7 +27,7 @@ from .fields import TITLE_SHARE, MultiPositiveClipLoss, batch_positives
 from .files import atomic_write_json, read_json
 from .images import load_image
 from .members import WEIGHTS_NAME, Ensemble, Member, file_sha256, new_member
-from .presets import get_preset
+from .presets import get_preset, with_tower
 from .progress import Progress
 
 REPORT = "report.json"  # written last in a member's folder: the member is complete
@@ -57,6 +57,7 @@ class ResolvedConfig:
     text_encoder: str = "none"  # "none": open_clip text towers; else a shared frozen encoder (recipes.py)
     onnx: bool = True  # export ONNX towers when the bundle is complete (not a training setting: not in the plan key)
     field_cols: str = "none"  # field-aware training (fields.py): "none", "auto" or "a,b,c"
+    towers: str = "same"  # "mixed": members cycle through the preset's image towers
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, for the manifest, the training plan and worker job files."""
@@ -96,6 +97,7 @@ class MemberJob:
     seed: int
     folder: Path
     idx: np.ndarray  # training pairs (a bootstrap resample under diversity="bootstrap")
+    tower: str = ""  # the preset's image tower this member uses (presets.with_tower); "": the preset's own
 
 
 def retrieval_recall(img: np.ndarray, txt: np.ndarray, texts: Sequence[str], ks=(1, 5, 10)) -> dict[str, float]:
@@ -227,10 +229,13 @@ def train_and_save(job: MemberJob, pairs: Pairs, val_idx: np.ndarray, cfg: Resol
         from .recipes import load_text_cache, new_head_member
 
         load_text_cache(job.folder.parent.parent, pairs.encoder_texts(), cfg.text_encoder)  # <bundle>/members/<name>
-        member: Member = new_head_member(job.name, get_preset(cfg.preset), cfg.text_encoder, seed=job.seed)
+        member: Member = new_head_member(job.name, with_tower(get_preset(cfg.preset), job.tower), cfg.text_encoder,
+                                         seed=job.seed)
     else:
-        member = new_member(job.name, get_preset(cfg.preset), seed=job.seed, base_model=cfg.base_model,
-                            pretrained=cfg.pretrained)
+        member = new_member(job.name, with_tower(get_preset(cfg.preset), job.tower), seed=job.seed,
+                            base_model=cfg.base_model, pretrained=cfg.pretrained)
+    if job.tower:
+        member.info["tower"] = job.tower  # recorded in the member's config, the manifest and `info`
     report = train_member(member, pairs, job.idx, val_idx, cfg, job.seed, progress, job.label, threads)
     report["started"], report["finished"] = round(started, 2), round(time.time(), 2)  # wall clock, for overlap
     report["peak_rss_mib"] = _peak_rss_mib()  # of the process that trained it: a worker, or the caller's

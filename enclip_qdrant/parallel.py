@@ -113,7 +113,7 @@ def train_members_parallel(jobs: Sequence[MemberJob], products: Sequence[Any], v
             while waiting and len(running) < workers and not failures:
                 job = waiting.pop(0)
                 spec = common | {"name": job.name, "label": job.label, "seed": job.seed,
-                                 "folder": str(job.folder), "idx": job.idx.tolist()}
+                                 "folder": str(job.folder), "idx": job.idx.tolist(), "tower": job.tower}
                 atomic_write_json(job.folder / JOB_FILE, spec, indent=None)
                 running.append(_Worker(job, events, max(1, budget // workers)))
             if not running:
@@ -176,7 +176,8 @@ def _worker_main(job_file: str) -> None:
     images = [decode_image(p) for p in spec["images"]]
     pairs = Pairs([str(i) for i in range(len(images))], images, spec["texts"],
                   [tuple(ts) for ts in spec.get("field_texts", [])])
-    job = MemberJob(spec["name"], spec["label"], spec["seed"], Path(spec["folder"]), np.asarray(spec["idx"]))
+    job = MemberJob(spec["name"], spec["label"], spec["seed"], Path(spec["folder"]), np.asarray(spec["idx"]),
+                    spec.get("tower", ""))
     progress = QueueProgress(_StdoutSink(), spec["name"])
     train_and_save(job, pairs, np.asarray(spec["val_idx"]), ResolvedConfig.from_dict(spec["cfg"]), progress,
                    threads=lambda: state["threads"])

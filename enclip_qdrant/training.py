@@ -44,7 +44,7 @@ from .member_job import (  # noqa: F401 - Pairs, decode_image, train_member... a
     train_member,
 )
 from .members import Ensemble, Member, joint_embedding, load_member
-from .presets import FINETUNE_LR, get_preset
+from .presets import FINETUNE_LR, TOWER_MODES, get_preset, member_tower
 from .progress import NullProgress, Progress
 from .text_encoders import TEXT_ENCODERS
 
@@ -77,6 +77,7 @@ class TrainConfig:
     text_encoder: str | None = None  # "minilm": shared frozen pretrained text tower (recipes.py); None: the preset's
     onnx: bool = True  # export the towers to ONNX (torch-free queries); off only to save seconds in tests
     field_cols: str | None = None  # field-aware training: "auto", "none" or "a,b,c"; None: fields.DEFAULT_FIELD_COLS
+    towers: str = "same"  # "mixed": members cycle through the preset's image towers (presets.member_tower)
 
     def __post_init__(self) -> None:  # fail before any catalog is read or member trained
         if self.precision not in PRECISIONS:
@@ -89,6 +90,10 @@ class TrainConfig:
         if self.parallel is not None and self.parallel < 1:
             raise BundleError(f"--parallel must be at least 1, not {self.parallel}")
         parse_field_cols(self.field_cols)
+        if self.towers not in TOWER_MODES:
+            raise BundleError(f"--towers must be {' or '.join(TOWER_MODES)}, not {self.towers!r}")
+        if self.towers != "same" and (self.pretrained or self.base_model):
+            raise BundleError("--towers mixed applies to members trained from a preset, not to --model/--pretrained")
 
     def resolved(self) -> ResolvedConfig:
         """The settings members really train with: the preset's defaults filled in, precision decided."""
@@ -136,9 +141,9 @@ def resolve_precision(precision: str) -> str:
 
 # The parts of the config that change what a member learns; `members` and `clusters` may change on resume.
 _PLAN_KEYS = ("preset", "epochs", "batch_size", "lr", "seed", "diversity", "val_fraction", "base_model",
-              "pretrained", "warmup_fraction", "weight_decay", "text_encoder", "field_cols")
+              "pretrained", "warmup_fraction", "weight_decay", "text_encoder", "field_cols", "towers")
 # What a bundle or plan written before a setting existed was trained with (field_cols: titles only).
-_LEGACY = {"field_cols": "none"}
+_LEGACY = {"field_cols": "none", "towers": "same"}
 
 
 def load_pairs(products: Sequence[Any], progress: Progress, field_cols: Sequence[str] = ()) -> Pairs:
@@ -294,12 +299,14 @@ def _train_members(out: Path, catalog: Any, fingerprint: str, products: Sequence
         prepare_text_cache(out, texts, cfg.text_encoder)
 
     jobs: list[MemberJob] = []
+    finetune = cfg.base_model is not None or cfg.pretrained is not None
     for i in range(n_members):
         name, seed = f"m{i}", cfg.seed * 1000 + i
         idx = train_idx
         if cfg.diversity == "bootstrap":
             idx = np.random.default_rng(seed).choice(train_idx, size=len(train_idx), replace=True)
-        jobs.append(MemberJob(name, f"{name} ({i + 1}/{n_members})", seed, out / "members" / name, idx))
+        tower = "" if finetune else member_tower(get_preset(cfg.preset), cfg.towers, i)
+        jobs.append(MemberJob(name, f"{name} ({i + 1}/{n_members})", seed, out / "members" / name, idx, tower))
     todo = [j for j in jobs if read_report(j.folder) is None]  # missing, torn or stale: train it (again)
     for j in jobs:
         if j not in todo:

@@ -133,3 +133,35 @@ def test_index_trains_once_then_reuses_and_never_replaces_silently(small_catalog
     with pytest.raises(BundleError, match="trained with other settings"):
         index(small_catalog, conn=conn, config=TrainConfig(onnx=False, members=1, seed=7, **QUICK))
     assert manifest.stat().st_mtime_ns == stamp
+
+
+def test_mixed_towers_differ_per_member_and_are_recorded(small_catalog, tmp_path):
+    """`--towers mixed`: members cycle through the preset's image towers (ModifiedResNet, ViT); each member's
+    own config says which, the manifest records it, and both engines load and agree on every member."""
+    import numpy as np
+    from PIL import Image
+
+    from enclip_qdrant.bundle import load_bundle
+
+    b = train(small_catalog, tmp_path / "b", TrainConfig(members=3, towers="mixed", clusters=2, **QUICK))
+    towers = [m["tower"] for m in b.manifest["members"]]
+    assert towers == ["rn", "vit8", "rn"] and b.manifest["training"]["config"]["towers"] == "mixed"
+    cfgs = [json.loads((b.path / "members" / m / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]
+            for m in ("m0", "m1")]
+    assert isinstance(cfgs[0]["layers"], list) and cfgs[1]["patch_size"] == 8  # a ResNet and a ViT
+    onnx, torch_b = load_bundle(b.path, engine="onnx"), load_bundle(b.path, engine="torch")
+    images = [Image.open(p.image) for p in small_catalog.products[:8]]
+    for got, want in ((onnx.embed_images(images)[0], torch_b.embed_images(images)[0]),
+                      (onnx.embed_texts(["red dress"])[0], torch_b.embed_texts(["red dress"])[0])):
+        assert set(got) == {"m0", "m1", "m2"}
+        for k in got:
+            np.testing.assert_allclose(got[k], want[k], atol=1e-4)
+    with pytest.raises(BundleError, match="not a preset|other settings|--overwrite"):
+        train(small_catalog, tmp_path / "b", TrainConfig(onnx=False, members=3, clusters=2, **QUICK))  # towers "same"
+
+
+def test_towers_flag_is_checked_before_any_work(small_catalog, tmp_path):
+    with pytest.raises(BundleError, match="--towers must be same or mixed"):
+        TrainConfig(towers="resnet")
+    with pytest.raises(BundleError, match="--towers mixed applies to members trained from a preset"):
+        TrainConfig(towers="mixed", pretrained="laion2b_s34b_b79k")
