@@ -52,8 +52,9 @@ def report_tables(report: EvalReport) -> list[Table]:
 
 def eval_command(
     catalog: Annotated[Path, typer.Argument(help="Catalog folder or table file (CSV/JSONL/Parquet).")],
-    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of products held out "
-                                                 "for the test (at least 20).")] = 0.2,
+    test_fraction: Annotated[float | None, typer.Option("--test-fraction", help="Share of products held out "
+                                                        "for the test (at least 20); default 0.2, or with "
+                                                        "--bundle the whole catalog (1).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test split and of the members "
                                       "(member i uses seed*1000+i).")] = 0,
     bundle: Annotated[Path | None, typer.Option("--bundle", help="Evaluate this bundle instead of training one; "

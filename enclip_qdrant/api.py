@@ -318,11 +318,12 @@ def eval_workdir(catalog: str | Path, conn: Connection | None = None) -> Path:
 
 
 def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None = None,
-             config: TrainConfig | None = None, test_fraction: float = 0.2, seed: int = 0,
+             config: TrainConfig | None = None, test_fraction: float | None = None, seed: int = 0,
              queries_file: str | Path | None = None, top_k: int = 10, workdir: str | Path | None = None,
              columns: Mapping[str, str | None] | None = None, progress: Progress | None = None) -> EvalReport:
     """Held-out check of ENCLIP on a catalog: train on a seeded split (or check `bundle` never saw it), score
-    each member alone, the ensemble and routing on the rest. `test_fraction`: share held out; `queries_file`:
+    each member alone, the ensemble and routing on the rest. `test_fraction`: share held out (default 0.2; with
+    `bundle`, the whole catalog: a new catalog the bundle never saw); `queries_file`:
     JSONL of extra queries; `workdir`: keeps the trained bundle (see `eval_workdir`), else a temporary folder."""
     from .evaluation import evaluate as run
 

@@ -208,12 +208,21 @@ def _cell(col: str, value: float | None, bold: bool) -> str:
 # --------------------------------------------------------------------------- split and queries
 
 
-def split_test(products: Sequence[Product], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """(train ids, test ids) over products with text: sorted ids shuffled by `seed`, so a split is reproducible."""
-    if not 0 < test_fraction < 1:
-        raise CatalogError(f"--test-fraction must be between 0 and 1, not {test_fraction}")
+def split_test(products: Sequence[Product], test_fraction: float, seed: int,
+               whole: bool = False) -> tuple[list[str], list[str]]:
+    """(train ids, test ids) over products with text: sorted ids shuffled by `seed`, so a split is reproducible.
+
+    `whole`: a given bundle may be tested on every product (`test_fraction` 1: nothing to train on)."""
+    if not (0 < test_fraction < 1 or (whole and test_fraction == 1)):
+        raise CatalogError(f"--test-fraction must be between 0 and 1{' (1: the whole catalog)' if whole else ''}, "
+                           f"not {test_fraction}")
     ids = sorted(p.id for p in products if p.text)
     random.Random(seed).shuffle(ids)
+    if test_fraction == 1:
+        if len(ids) < MIN_TEST:
+            raise CatalogError(f"an evaluation needs at least {MIN_TEST} products with text; this catalog has "
+                               f"{len(ids)}")
+        return [], ids
     n_test = max(MIN_TEST, int(round(len(ids) * test_fraction)))
     if len(ids) - n_test < MIN_PAIRS:
         raise CatalogError(f"an evaluation needs at least {MIN_TEST + MIN_PAIRS} products with text "
@@ -414,19 +423,23 @@ def _train_dir(workdir: Path, train_catalog: Catalog, config: TrainConfig) -> Pa
 
 
 def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None = None,
-             config: TrainConfig | None = None, test_fraction: float = 0.2, seed: int = 0,
+             config: TrainConfig | None = None, test_fraction: float | None = None, seed: int = 0,
              queries_file: str | Path | None = None, top_k: int = 10, workdir: str | Path | None = None,
              columns: Mapping[str, str | None] | None = None, progress: Progress | None = None) -> EvalReport:
     """Train on a seeded split (or check `bundle` never saw it), then score every ranking on the held-out rest.
 
-    `workdir` keeps the trained bundle (re-running resumes it); without one it lives in a temporary folder.
+    `test_fraction`: share held out; None: 0.2 when training, the whole catalog (1) with a given `bundle`
+    (a new catalog the bundle never saw). `workdir` keeps the trained bundle (re-running resumes it); without
+    one it lives in a temporary folder.
     """
+    if test_fraction is None:
+        test_fraction = 1.0 if bundle is not None else 0.2
     progress = progress or NullProgress()
     if top_k < 1:
         raise QueryError("--top-k must be at least 1")
     t_start = time.perf_counter()
     cat = open_catalog(catalog, columns, True, progress)
-    train_ids, test_ids = split_test(cat.products, test_fraction, seed)
+    train_ids, test_ids = split_test(cat.products, test_fraction, seed, whole=bundle is not None)
     test_set = set(test_ids)
     by_id = {p.id: p for p in cat.products}
     test = [by_id[i] for i in sorted(test_ids)]

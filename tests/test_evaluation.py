@@ -101,12 +101,25 @@ def test_a_bundle_that_saw_the_test_split_is_refused(catalog, bundle):
 
 
 def test_the_evaluation_bundle_is_reusable_on_its_own_split_only(report, catalog):
-    again = evaluate(catalog, bundle=report.bundle_path, seed=0, top_k=5)
+    again = evaluate(catalog, bundle=report.bundle_path, seed=0, test_fraction=0.2, top_k=5)
     assert not again.trained and again.bundle_fingerprint == report.bundle_fingerprint
     assert again.test_ids == report.test_ids and again.train_products is None
     assert set(again.rows[0].recall) == {1, 5}
     with pytest.raises(BundleError, match="trained on"):
-        evaluate(catalog, bundle=report.bundle_path, seed=1)
+        evaluate(catalog, bundle=report.bundle_path, seed=1, test_fraction=0.2)
+    with pytest.raises(BundleError, match="trained on"):  # by default a given bundle is tested on everything
+        evaluate(catalog, bundle=report.bundle_path)
+
+
+def test_a_given_bundle_is_evaluated_on_the_whole_of_a_new_catalog(report, catalog):
+    """`eval --bundle B NEW_CATALOG`: no training share, every product of the new catalog is a test product."""
+    import dataclasses
+
+    new = dataclasses.replace(catalog, products=[p for p in catalog.products if p.id in set(report.test_ids)])
+    whole = evaluate(new, bundle=report.bundle_path)
+    assert whole.test_fraction == 1.0 and whole.train_products is None
+    assert sorted(whole.test_ids) == sorted(p.id for p in new.products if p.text)
+    assert whole.rows[0].recall[10] > 0
 
 
 def test_split_is_seeded_disjoint_and_at_least_20(catalog):
@@ -118,6 +131,9 @@ def test_split_is_seeded_disjoint_and_at_least_20(catalog):
         split_test(catalog.products[:30], 0.2, seed=0)
     with pytest.raises(CatalogError, match="between 0 and 1"):
         split_test(catalog.products, 1.5, seed=0)
+    with pytest.raises(CatalogError, match="between 0 and 1"):  # all held out: only for a given bundle
+        split_test(catalog.products, 1.0, seed=0)
+    assert split_test(catalog.products, 1.0, seed=0, whole=True)[0] == []
 
 
 def test_ndcg_counts_every_relevant_product_in_the_ideal():
