@@ -33,6 +33,7 @@ from .bundle import Bundle, load_bundle, seen_product_ids
 from .catalog import Catalog, Product
 from .clustering import route
 from .errors import BundleError, CatalogError, QueryError
+from .fields import field_value
 from .indexing import index_catalog, point_id
 from .lexical import TextRecipe
 from .load import open_catalog
@@ -262,7 +263,7 @@ def keyword_queries(test: Sequence[Product], min_relevant: int = MIN_KEYWORD_REL
         keys = [((TYPE_FIELD, str(kind).strip()),)]
         for f in KEYWORD_FIELDS:
             v = p.fields.get(f)
-            if v is not None and str(v).strip() and str(v).strip().casefold() not in ("na", "nan", "none"):
+            if field_value(v) is not None:
                 keys.append(((f, str(v).strip()), (TYPE_FIELD, str(kind).strip())))
         for k in keys:
             groups.setdefault(k, set()).add(p.id)

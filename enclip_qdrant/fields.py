@@ -29,7 +29,8 @@ AUTO, NONE = "auto", "none"
 DEFAULT_FIELD_COLS = NONE
 # An image's target: this share on its title, the rest on its field texts (None: uniform over all its positives).
 TITLE_SHARE: float | None = 0.5
-_MISSING = frozenset({"", "na", "nan", "none", "null", "n/a"})
+# Field values that say "no value": no field text is made of them, and `eval` makes no keyword query of them.
+MISSING_VALUES = frozenset({"", "na", "nan", "none", "null", "n/a"})
 
 
 def parse_field_cols(spec: str | None) -> str:
@@ -61,11 +62,12 @@ def resolve_field_cols(spec: str, products: Sequence[Any]) -> tuple[str, ...]:
     return names
 
 
-def _value(v: Any) -> str | None:
+def field_value(v: Any) -> str | None:
+    """A field's value as one lower-case word run, or None when it is missing (None or a MISSING_VALUES token)."""
     if v is None:
         return None
     s = " ".join(str(v).split()).lower()
-    return None if s in _MISSING else s
+    return None if s in MISSING_VALUES else s
 
 
 def field_texts(products: Sequence[Any], cols: Sequence[str]) -> list[tuple[str, ...]]:
@@ -73,12 +75,12 @@ def field_texts(products: Sequence[Any], cols: Sequence[str]) -> list[tuple[str,
     ("shirts", "blue shirts", "men shirts"); a product without that value gets each other value alone."""
     if not cols:
         return [() for _ in products]
-    distinct = {c: {_value(p.fields.get(c)) for p in products} - {None} for c in cols}
+    distinct = {c: {field_value(p.fields.get(c)) for p in products} - {None} for c in cols}
     primary = max(cols, key=lambda c: (len(distinct[c]), c))
     out = []
     for p in products:
-        head = _value(p.fields.get(primary))
-        others = [v for c in cols if c != primary and (v := _value(p.fields.get(c))) is not None]
+        head = field_value(p.fields.get(primary))
+        others = [v for c in cols if c != primary and (v := field_value(p.fields.get(c))) is not None]
         texts = [head, *(f"{v} {head}" for v in others if v != head)] if head else others
         out.append(tuple(dict.fromkeys(texts)))
     return out
