@@ -21,8 +21,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,29 @@ class _SentenceEncoder(_Tower):
         return torch.nn.functional.normalize(pooled, dim=-1)
 
 
+@contextlib.contextmanager
+def _quiet_fds() -> Iterator[None]:
+    """Silence file descriptors 1 and 2 themselves: torch's C++ side prints a failed export's whole graph
+    there, past Python's sys.stdout, which would corrupt `--json` / `--markdown` output on stdout."""
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no such descriptors (an embedding host): nothing to protect
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
 def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: Sequence[str],
             dynamic: Sequence[dict[int, Any]], dest: Path, legacy: bool = False) -> None:
     """torch.onnx.export into `dest`, atomically, without its console chatter. The dynamo exporter by default
@@ -117,9 +141,13 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: Sequ
     levels = [lg.level for lg in quiet]
     for lg in quiet:
         lg.setLevel(logging.ERROR)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
+        # The TorchScript exporter has no ONNX form of nn.MultiheadAttention's inference fast path
+        # (aten::_native_multi_head_attention), which eval-mode ViTs take under no_grad: export the plain path.
+        torch.backends.mha.set_fastpath_enabled(False)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()), torch.inference_mode(False), \
+                contextlib.redirect_stderr(io.StringIO()), _quiet_fds(), torch.inference_mode(False), \
                 torch.no_grad():
             warnings.simplefilter("ignore")
             if legacy:
@@ -137,6 +165,7 @@ def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], names: Sequ
         raise UnsupportedExport(f"torch.onnx.export failed: {str(e).strip().splitlines()[0] if str(e) else e}") \
             from e
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         tmp.unlink(missing_ok=True)
         for lg, level in zip(quiet, levels, strict=True):
             lg.setLevel(level)
@@ -187,15 +216,18 @@ def export_member(member: Member, folder: Path) -> dict[str, Any]:
     pixels = torch.stack([member.preprocess(im) for im in images])
     if not np.array_equal(preprocess_images(images, member.preprocess_cfg), pixels.numpy()):
         raise UnsupportedExport(f"member {member.name!r}: torch-free preprocessing differs from open_clip's")
+    exporter = "torchscript"
     try:
         _export(_ImageTower(model), (pixels[:2],), ["pixels"], [{0: _batch_dim()}], folder / ONNX_IMAGE, legacy=True)
     except UnsupportedExport:
+        exporter = "dynamo"
         _export(_ImageTower(model), (pixels[:2],), ["pixels"], [{0: _batch_dim()}], folder / ONNX_IMAGE)
     session = _session(folder / ONNX_IMAGE)
     ref = member.encode_pixels(pixels)
     image_diff = max(_check(member.name, "image", ref, session.run(None, {"pixels": pixels.numpy()})[0]),
                      _check(member.name, "image", ref[:1], session.run(None, {"pixels": pixels.numpy()[:1]})[0]))
-    record: dict[str, Any] = {"image": {"path": ONNX_IMAGE, "sha256": file_sha256(folder / ONNX_IMAGE)},
+    record: dict[str, Any] = {"image": {"path": ONNX_IMAGE, "sha256": file_sha256(folder / ONNX_IMAGE),
+                                        "exporter": exporter},
                               "parity": {"image": image_diff}}
     text_cfg = member.model_cfg.get("text_cfg", {})
     if "text_encoder" in member.model_cfg:  # recipes.HeadMember: the head over the shared encoder's vectors

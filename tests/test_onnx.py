@@ -8,6 +8,7 @@ default engine ("auto") runs on ONNX Runtime too; these tests compare the two en
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -142,8 +143,10 @@ def test_head_recipe_exports_the_shared_encoder_once(tmp_path) -> None:
 
     cat = load_catalog(make_catalog(tmp_path / "c", n=120, seed=7))
     b = train(cat, tmp_path / "minilm", TrainConfig(members=2, preset="tiny", epochs=1, text_encoder="minilm",
-                                                    parallel=1))
+                                                    parallel=1, towers="mixed"))  # m1: a ViT image tower
     rec = b.manifest["onnx"]
+    # both image towers, the ViT's attention included, take the faster TorchScript exporter
+    assert [rec["members"][m]["image"]["exporter"] for m in ("m0", "m1")] == ["torchscript", "torchscript"]
     assert rec["shared_text"]["spec"]["name"] == "minilm" and rec["shared_text"]["parity"] < 1e-4
     assert {m["text_input"] for m in rec["members"].values()} == {"shared"}
     assert len(list(b.path.rglob("model.onnx"))) == 1
@@ -209,3 +212,16 @@ def test_a_refused_export_leaves_training_complete_on_torch(tmp_path, monkeypatc
     b = train(cat, tmp_path / "b", TrainConfig(members=1, preset="tiny", epochs=1, parallel=1), progress=Log())
     assert "onnx" not in read_manifest(b.path) and b.engine == "torch"
     assert any("ONNX export skipped" in m and "differs from torch" in m for m in logs), logs
+
+
+def test_exporter_chatter_on_the_file_descriptors_never_reaches_stdout(capfd) -> None:
+    """torch's C++ side prints a failed TorchScript export's graph straight to fd 1, past sys.stdout; inside
+    the export it must go nowhere, or `train --json` / `eval --markdown` print garbage before their output."""
+    from enclip_qdrant.onnx_export import _quiet_fds
+
+    with _quiet_fds():
+        os.write(1, b"Torch IR graph at exception: ...\n")
+        os.write(2, b"more C++ noise\n")
+    os.write(1, b"after\n")
+    out, err = capfd.readouterr()
+    assert out == "after\n" and err == ""
