@@ -411,7 +411,7 @@ def _run(store: Store, bundle: Bundle, ranking: _Ranking, q: EncodedQuery, top_k
     if ranking.member is not None:
         hits = store.query_each(COLLECTION, {ranking.member: q.vectors[ranking.member]}, limit=top_k)[ranking.member]
     else:
-        vectors, weights = hybrid_vectors(q.vectors, text, recipe, ranking.text_weight or 0.0)
+        vectors, weights = hybrid_vectors(q.vectors, text, recipe, ranking.text_weight or 0.0, ranking.fusion or "rrf")
         hits = store.query_fused(COLLECTION, vectors, limit=top_k, prefetch_limit=top_k * DEFAULT_OVERSAMPLE,
                                  fusion=ranking.fusion or "rrf", filter=flt, weights=weights)
     return hits, clusters, time.perf_counter() - t0

@@ -190,15 +190,22 @@ def choose_clusters(bundle: Bundle, probs: np.ndarray, clusters: ClusterMode = "
 
 
 def hybrid_vectors(vectors: Mapping[str, np.ndarray], text: str | None, recipe: TextRecipe | None,
-                   text_weight: float) -> tuple[dict[str, QueryVector], dict[str, float] | None]:
+                   text_weight: float, fusion: Fusion = "rrf",
+                   ) -> tuple[dict[str, QueryVector], dict[str, float] | None]:
     """The query's prefetch vectors: the members' dense ones, plus the sparse text vector when the collection
-    has one, the query has words and `text_weight` > 0; and the RRF weights (None: all weigh 1)."""
+    has one, the query has words and `text_weight` > 0; and the RRF weights (None: all weigh 1).
+
+    `text_weight` weighs the text prefetch against the whole ensemble, not one member: under RRF its weight is
+    `text_weight` x the number of members, so 1 gives words and pictures an equal say however many members
+    vote (with 5 members at weight 1 each, the text was one voice in six: held-out keyword type P@10 0.80
+    against 0.93 for a 1-member bundle). DBSF has no weights: there the text counts as one member."""
     out: dict[str, QueryVector] = dict(vectors)
     sparse = recipe.query(text) if recipe is not None and text_weight > 0 else None
     if recipe is None or sparse is None:
         return out, None
     out[recipe.vector] = sparse
-    return out, ({recipe.vector: float(text_weight)} if text_weight != 1.0 else None)
+    weight = float(text_weight) * max(1, len(vectors))
+    return out, ({recipe.vector: weight} if fusion == "rrf" and weight != 1.0 else None)
 
 
 def collection_recipe(store: Store, collection: str) -> TextRecipe | None:
@@ -222,7 +229,7 @@ def plan_query(bundle: Bundle, store: Store, collection: str, text: str | None, 
                clusters: ClusterMode = "auto", filters: Mapping[str, Sequence[Any]] | None = None,
                threshold: float = DEFAULT_THRESHOLD, max_clusters: int = DEFAULT_MAX_CLUSTERS,
                encoder: QueryEncoder | None = None, text_weight: float = DEFAULT_TEXT_WEIGHT,
-               recipe: TextRecipe | None | str = "auto") -> QueryPlan:
+               recipe: TextRecipe | None | str = "auto", fusion: Fusion = "rrf") -> QueryPlan:
     """Encode, route and build the prefetches, the same way for `search` and for /v1/encode."""
     q = encode_query(bundle, text, image, encoder=encoder)
     chosen = choose_clusters(bundle, q.cluster_probs, parse_clusters(clusters), threshold, max_clusters)
@@ -230,7 +237,7 @@ def plan_query(bundle: Bundle, store: Store, collection: str, text: str | None, 
     if recipe == "auto":
         recipe = collection_recipe(store, collection) if text and text.strip() and text_weight > 0 else None
     vectors, weights = hybrid_vectors(q.vectors, text, recipe if isinstance(recipe, TextRecipe) else None,
-                                      text_weight)
+                                      text_weight, fusion)
     return QueryPlan(q, chosen, None if flt.is_empty() else flt, vectors, weights)
 
 
@@ -248,7 +255,8 @@ def search(bundle: Bundle, store: Store, collection: str, text: str | None = Non
     t0 = time.perf_counter()
     pil = load_query_image(image, image_bound(bundle)) if isinstance(image, (str, Path)) else image
     plan = plan_query(bundle, store, collection, text, pil, clusters=clusters, filters=filters, threshold=threshold,
-                      max_clusters=max_clusters, encoder=encoder, text_weight=text_weight, recipe=recipe)
+                      max_clusters=max_clusters, encoder=encoder, text_weight=text_weight, recipe=recipe,
+                      fusion=fusion)
     q, chosen, vectors = plan.encoded, plan.chosen, plan.vectors
     t1 = time.perf_counter()
     hits = store.query_fused(collection, vectors, limit=top_k, prefetch_limit=top_k * oversample,

@@ -65,7 +65,9 @@ def test_text_query_adds_one_sparse_prefetch_under_the_same_filter(indexed: Stor
     assert set(call["vectors"]) == set(bundle.vectors) | {TEXT_VECTOR}  # one call, members + text
     assert call["filter"].fields == {"gender": ["Women"]} and call["filter"].clusters == [c["id"] for c in
                                                                                          resp.clusters]
-    assert call["weights"] is None  # weight 1: plain RRF, the body it always was
+    # weight 1: the text has as much say as all the members together
+    n = len(bundle.vectors)
+    assert call["weights"] == ({TEXT_VECTOR: float(n)} if n > 1 else None)
     assert resp.query["text_vector"] is True
     assert all(set(r.member_ranks) == set(bundle.vectors) | {TEXT_VECTOR} for r in resp.results)
     assert any(r.member_ranks[TEXT_VECTOR] for r in resp.results)  # the lexical prefetch has its own ranks
@@ -79,7 +81,7 @@ def test_no_text_weights_and_image_only(indexed: Store, bundle, catalog, monkeyp
     search(bundle, indexed, "shop", image=catalog.products[3].image, top_k=5)
     off, weighted, image_only = calls
     assert set(off["vectors"]) == set(bundle.vectors) and off["weights"] is None
-    assert weighted["weights"] == {TEXT_VECTOR: 2.5}
+    assert weighted["weights"] == {TEXT_VECTOR: 2.5 * len(bundle.vectors)}  # against the whole ensemble
     assert set(image_only["vectors"]) == set(bundle.vectors)  # an image-only query has no words to match
     with pytest.raises(QueryError, match="RRF"):
         search(bundle, indexed, "shop", "red dress", fusion="dbsf", text_weight=2.0)

@@ -101,8 +101,9 @@ def test_encode_body_sent_to_qdrant_returns_the_search_ids(client, qdrant, bundl
     assert set(out["sparse_vectors"]) == ({"text_bm25"} if hybrid else set())
     if hybrid:
         assert body["prefetch"][-1]["using"] == "text_bm25" and "indices" in body["prefetch"][-1]["query"]
-    assert body["query"].get("rrf", {}).get("weights") == ([1.0] * len(bundle.vectors) + [2.5]
-                                                           if text_weight == 2.5 else None)
+    n = len(bundle.vectors)  # the text prefetch weighs text_weight x the members' count (RRF only)
+    want = [1.0] * n + [text_weight * n] if fusion == "rrf" and hybrid and text_weight * n != 1 else None
+    assert body["query"].get("rrf", {}).get("weights") == want
     assert all(p["limit"] == 6 * 4 and p["filter"]["must"][0]["key"] == "cluster" for p in body["prefetch"])
     # an application sends the body as-is to its own Qdrant
     request = models.QueryRequest.model_validate(json.loads(json.dumps(body)))
