@@ -58,8 +58,8 @@ FieldCols = Annotated[str | None, typer.Option("--field-cols", help="Field-aware
                                                "multi-positive loss: auto (the categorical columns), none (titles "
                                                "only) or a,b,c; default: none.")]
 Towers = Annotated[str, typer.Option("--towers", help="Members' image towers: same (the preset's own for every "
-                                     "member) or mixed (members cycle through the preset's towers: ViT and "
-                                     "ModifiedResNet, patch sizes, widths).")]
+                                     "member), mixed (members cycle through a ViT/16, a ModifiedResNet and a "
+                                     "ViT/8) or resnet (three ModifiedResNet shapes).")]
 
 
 class Quantization(str, Enum):

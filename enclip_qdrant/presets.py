@@ -26,9 +26,11 @@ class Preset:
     weight_decay: float
     description: str
     text_encoder: str = "none"  # "minilm": members share a frozen pretrained text tower (recipes.py)
-    # Image towers that `--towers mixed` cycles through, member by member: (name, vision_cfg). The first is
-    # the preset's own. Same input size for all, so an image is decoded and preprocessed once for every member.
+    # Named image towers (name, vision_cfg); the first is the preset's own. Same input size for all, so an
+    # image is decoded and preprocessed once for every member.
     towers: tuple[tuple[str, dict[str, Any]], ...] = ()
+    # `--towers MODE`: the tower names members cycle through, member by member ("same": the preset's own).
+    tower_cycles: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def preprocess_cfg(self) -> dict[str, Any]:
         return {
@@ -65,7 +67,9 @@ PRESETS: dict[str, Preset] = {
         epochs=12, batch_size=64, lr=2e-3, weight_decay=0.1,
         description="tests and demos: a member trains on a few hundred synthetic pairs in seconds",
         towers=(("rn", {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32}),
-                ("vit8", {"image_size": 32, "patch_size": 8, "layers": 2, "width": 64, "head_width": 32})),
+                ("vit8", {"image_size": 32, "patch_size": 8, "layers": 2, "width": 64, "head_width": 32}),
+                ("rn-w24", {"image_size": 32, "layers": [1, 1, 1, 1], "width": 24, "head_width": 32})),
+        tower_cycles=(("mixed", ("rn", "vit8")), ("resnet", ("rn", "rn-w24"))),
     ),
     "small": Preset(
         name="small",
@@ -75,11 +79,16 @@ PRESETS: dict[str, Preset] = {
         # held-out val R@10 by 0.06-0.14 on fashion-dev and, side by side in bf16, still fits ~25 min.
         epochs=5, batch_size=128, lr=5e-4, weight_decay=0.2,
         description="default: 5 members on ~10k pairs in under 30 minutes on 2 CPU cores",
-        # Mixed towers: a ViT over 16 px patches (the preset's own), a ModifiedResNet and a narrower ViT over
-        # 8 px patches. A training step of the other two costs 1.2x and 1.3x the first (batch 128, bf16).
+        # A ViT over 16 px patches (the preset's own), open_clip ModifiedResNets of three shapes and a narrower
+        # ViT over 8 px patches. Cost of a training step against vit16 (batch 128, bf16, one thread): rn 1.38x,
+        # rn-1221 1.21x, rn-3331 1.11x, vit8 1.3x. Held out on fashion-dev (MiniLM text, 5 epochs) one rn
+        # member reached title R@10 0.465 against 0.33 for vit16 and 0.27 for vit8 (BENCHMARKS.md).
         towers=(("vit16", {"image_size": 64, "patch_size": 16, "layers": 6, "width": 256, "head_width": 64}),
                 ("rn", {"image_size": 64, "layers": [2, 2, 2, 2], "width": 32, "head_width": 64}),
-                ("vit8", {"image_size": 64, "patch_size": 8, "layers": 4, "width": 128, "head_width": 64})),
+                ("vit8", {"image_size": 64, "patch_size": 8, "layers": 4, "width": 128, "head_width": 64}),
+                ("rn-1221", {"image_size": 64, "layers": [1, 2, 2, 1], "width": 32, "head_width": 64}),
+                ("rn-3331", {"image_size": 64, "layers": [3, 3, 3, 1], "width": 24, "head_width": 64})),
+        tower_cycles=(("mixed", ("vit16", "rn", "vit8")), ("resnet", ("rn", "rn-1221", "rn-3331"))),
     ),
 }
 
@@ -87,14 +96,15 @@ PRESETS: dict[str, Preset] = {
 FINETUNE_LR = 1e-5
 
 
-TOWER_MODES = ("same", "mixed")
+TOWER_MODES = ("same", "mixed", "resnet")
 
 
 def member_tower(preset: Preset, mode: str, index: int) -> str:
     """The image tower member `index` trains with: the preset's own under `same`, else the next in its cycle."""
-    if mode == "same" or not preset.towers:
+    cycle = dict(preset.tower_cycles).get(mode)
+    if mode == "same" or not cycle:
         return preset.towers[0][0] if preset.towers else ""
-    return preset.towers[index % len(preset.towers)][0]
+    return cycle[index % len(cycle)]
 
 
 def with_tower(preset: Preset, tower: str) -> Preset:

@@ -91,9 +91,11 @@ class TrainConfig:
             raise BundleError(f"--parallel must be at least 1, not {self.parallel}")
         parse_field_cols(self.field_cols)
         if self.towers not in TOWER_MODES:
-            raise BundleError(f"--towers must be {' or '.join(TOWER_MODES)}, not {self.towers!r}")
+            raise BundleError(f"--towers must be {', '.join(TOWER_MODES[:-1])} or {TOWER_MODES[-1]}, "
+                              f"not {self.towers!r}")
         if self.towers != "same" and (self.pretrained or self.base_model):
-            raise BundleError("--towers mixed applies to members trained from a preset, not to --model/--pretrained")
+            raise BundleError(f"--towers {self.towers} applies to members trained from a preset, not to "
+                              "--model/--pretrained")
 
     def resolved(self) -> ResolvedConfig:
         """The settings members really train with: the preset's defaults filled in, precision decided."""

@@ -161,7 +161,7 @@ def test_mixed_towers_differ_per_member_and_are_recorded(small_catalog, tmp_path
 
 
 def test_towers_flag_is_checked_before_any_work(small_catalog, tmp_path):
-    with pytest.raises(BundleError, match="--towers must be same or mixed"):
+    with pytest.raises(BundleError, match="--towers must be same, mixed or resnet"):
         TrainConfig(towers="resnet")
     with pytest.raises(BundleError, match="--towers mixed applies to members trained from a preset"):
         TrainConfig(towers="mixed", pretrained="laion2b_s34b_b79k")
