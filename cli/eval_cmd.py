@@ -66,7 +66,7 @@ def eval_command(
     clusters: opt.Clusters = "auto", diversity: opt.Diversity = "seed", model: opt.Model = None,
     pretrained: opt.Pretrained = None,
     parallel: opt.Parallel = None, precision: opt.Precision = "auto", text_encoder: opt.TextEncoder = None,
-    field_cols: opt.FieldCols = None, towers: opt.Towers = "same",
+    field_cols: opt.FieldCols = None, towers: opt.Towers = None,
     image_col: opt.ImageCol = None, text_col: opt.TextCol = None, id_col: opt.IdCol = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print markdown tables.")] = False,

@@ -57,9 +57,9 @@ FieldCols = Annotated[str | None, typer.Option("--field-cols", help="Field-aware
                                                "values become extra positive texts ('blue shirts'), trained with a "
                                                "multi-positive loss: auto (the categorical columns), none (titles "
                                                "only) or a,b,c; default: none.")]
-Towers = Annotated[str, typer.Option("--towers", help="Members' image towers: same (the preset's own for every "
+Towers = Annotated[str | None, typer.Option("--towers", help="Members' image towers: same (the preset's own for every "
                                      "member), mixed (members cycle through a ViT/16, a ModifiedResNet and a "
-                                     "ViT/8) or resnet (three ModifiedResNet shapes).")]
+                                     "ViT/8) or resnet (three ModifiedResNet shapes); default: the preset's.")]
 
 
 class Quantization(str, Enum):
@@ -95,7 +95,7 @@ def collection_options(on_disk: bool, quantization: str, shards: int | None, rep
 def train_config(members: int, preset: str, epochs: int | None, batch_size: int | None, seed: int, clusters: str,
             diversity: str, model: str | None, pretrained: str | None, parallel: int | None = None,
             precision: str = "auto", text_encoder: str | None = None, field_cols: str | None = None,
-            towers: str = "same") -> TrainConfig:
+            towers: str | None = None) -> TrainConfig:
     """The training flags as a checked TrainConfig (importing it loads torch: only commands that train call this)."""
     from enclip_qdrant import TrainConfig
 

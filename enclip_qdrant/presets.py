@@ -31,6 +31,7 @@ class Preset:
     towers: tuple[tuple[str, dict[str, Any]], ...] = ()
     # `--towers MODE`: the tower names members cycle through, member by member ("same": the preset's own).
     tower_cycles: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    default_towers: str = "same"  # what `--towers` means when not given
 
     def preprocess_cfg(self) -> dict[str, Any]:
         return {

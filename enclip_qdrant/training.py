@@ -77,7 +77,7 @@ class TrainConfig:
     text_encoder: str | None = None  # "minilm": shared frozen pretrained text tower (recipes.py); None: the preset's
     onnx: bool = True  # export the towers to ONNX (torch-free queries); off only to save seconds in tests
     field_cols: str | None = None  # field-aware training: "auto", "none" or "a,b,c"; None: fields.DEFAULT_FIELD_COLS
-    towers: str = "same"  # "mixed": members cycle through the preset's image towers (presets.member_tower)
+    towers: str | None = None  # image towers: "same", "mixed", "resnet" (presets.member_tower); None: the preset's
 
     def __post_init__(self) -> None:  # fail before any catalog is read or member trained
         if self.precision not in PRECISIONS:
@@ -90,10 +90,10 @@ class TrainConfig:
         if self.parallel is not None and self.parallel < 1:
             raise BundleError(f"--parallel must be at least 1, not {self.parallel}")
         parse_field_cols(self.field_cols)
-        if self.towers not in TOWER_MODES:
+        if self.towers is not None and self.towers not in TOWER_MODES:
             raise BundleError(f"--towers must be {', '.join(TOWER_MODES[:-1])} or {TOWER_MODES[-1]}, "
                               f"not {self.towers!r}")
-        if self.towers != "same" and (self.pretrained or self.base_model):
+        if self.towers not in (None, "same") and (self.pretrained or self.base_model):
             raise BundleError(f"--towers {self.towers} applies to members trained from a preset, not to "
                               "--model/--pretrained")
 
@@ -108,6 +108,7 @@ class TrainConfig:
             "weight_decay": preset.weight_decay,
             "precision": resolve_precision(self.precision),
             "text_encoder": "none" if finetune else (self.text_encoder or preset.text_encoder),
+            "towers": "same" if finetune else (self.towers or preset.default_towers),
             "field_cols": parse_field_cols(self.field_cols),
         }))
 

@@ -13,6 +13,7 @@ from enclip_qdrant import TrainConfig, member_job, train
 from enclip_qdrant.catalog import load_catalog
 from enclip_qdrant.errors import BundleError, CatalogError, EnclipError
 from enclip_qdrant.members import load_pretrained
+from enclip_qdrant.presets import get_preset
 from enclip_qdrant.synthetic import make_catalog
 
 QUICK = {"preset": "tiny", "epochs": 1, "batch_size": 32}
@@ -162,6 +163,9 @@ def test_mixed_towers_differ_per_member_and_are_recorded(small_catalog, tmp_path
 
 def test_towers_flag_is_checked_before_any_work(small_catalog, tmp_path):
     with pytest.raises(BundleError, match="--towers must be same, mixed or resnet"):
-        TrainConfig(towers="resnet")
+        TrainConfig(towers="vgg")
     with pytest.raises(BundleError, match="--towers mixed applies to members trained from a preset"):
         TrainConfig(towers="mixed", pretrained="laion2b_s34b_b79k")
+    # not given: the preset's choice, and a fine-tuned member keeps its checkpoint's own tower
+    assert TrainConfig(pretrained="laion2b_s34b_b79k").resolved().towers == "same"
+    assert TrainConfig(preset="tiny").resolved().towers == get_preset("tiny").default_towers
