@@ -26,7 +26,6 @@ from .lexical import choose_fields
 
 AUTO, NONE = "auto", "none"
 # Measured on held-out fashion-dev (bench/field_eval.md): the default when --field-cols is not given.
-DEFAULT_FIELD_COLS = NONE
 # An image's target: this share on its title, the rest on its field texts (None: uniform over all its positives).
 TITLE_SHARE: float | None = 0.5
 # Field values that say "no value": no field text is made of them, and `eval` makes no keyword query of them.
@@ -37,7 +36,7 @@ def parse_field_cols(spec: str | None) -> str:
     """The flag's value as the canonical string the config records: "auto", "none" or "a,b,c" (names as given,
     duplicates dropped). Unknown names are caught later, against the catalog (`resolve_field_cols`)."""
     if spec is None:
-        return DEFAULT_FIELD_COLS
+        return NONE
     low = spec.strip().lower()
     if low in (AUTO, NONE):
         return low

@@ -239,7 +239,13 @@ class OnnxEnsemble:
                     return m.text.run(None, {"sentence_vector": feats})[0]
                 return run_clip_text(m.text, tokens[m.tokenizer_key], m.cut_at_eot)
 
-            for m, v in zip(self.members, self._each(one, len(chunk)), strict=True):
+            # Heads over the shared encoder's vectors are one small matmul each: inline, a thread hand-off
+            # would cost more than the head. Members with their own text towers run side by side.
+            if all(m.text_input == "shared" for m in self.members):
+                vecs = [one(m) for m in self.members]
+            else:
+                vecs = self._each(one, len(chunk))
+            for m, v in zip(self.members, vecs, strict=True):
                 out[m.name].append(v)
         return {k: concat_rows(v, self.dims[k]) for k, v in out.items()}
 

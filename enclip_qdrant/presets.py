@@ -32,6 +32,7 @@ class Preset:
     # `--towers MODE`: the tower names members cycle through, member by member ("same": the preset's own).
     tower_cycles: tuple[tuple[str, tuple[str, ...]], ...] = ()
     default_towers: str = "same"  # what `--towers` means when not given
+    field_cols: str = "none"  # what `--field-cols` means when not given (fields.py)
 
     def preprocess_cfg(self) -> dict[str, Any]:
         return {

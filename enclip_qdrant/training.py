@@ -76,7 +76,7 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the CPU computes it natively
     text_encoder: str | None = None  # "minilm": shared frozen pretrained text tower (recipes.py); None: the preset's
     onnx: bool = True  # export the towers to ONNX (torch-free queries); off only to save seconds in tests
-    field_cols: str | None = None  # field-aware training: "auto", "none" or "a,b,c"; None: fields.DEFAULT_FIELD_COLS
+    field_cols: str | None = None  # field-aware training: "auto", "none" or "a,b,c"; None: the preset's
     towers: str | None = None  # image towers: "same", "mixed", "resnet" (presets.member_tower); None: the preset's
 
     def __post_init__(self) -> None:  # fail before any catalog is read or member trained
@@ -109,7 +109,7 @@ class TrainConfig:
             "precision": resolve_precision(self.precision),
             "text_encoder": "none" if finetune else (self.text_encoder or preset.text_encoder),
             "towers": "same" if finetune else (self.towers or preset.default_towers),
-            "field_cols": parse_field_cols(self.field_cols),
+            "field_cols": parse_field_cols(self.field_cols) if self.field_cols is not None else preset.field_cols,
         }))
 
     def differs_from(self, trained: dict[str, Any]) -> list[str]:

@@ -397,8 +397,11 @@ def test_micro_batcher_bounds_and_errors():
         gate.set()
         assert first.result(5)[0]["m"].shape == (1, 2)
         with pytest.raises(ValueError, match="bad batch"):
-            b.encode("text", ["boom"], timeout=5)
-        per, joint = b.encode("text", ["x", "y"], timeout=5)  # the worker survived
+            b.submit("text", "boom").result(5)  # through the worker
+        assert b.submit("text", "x").result(5)[0]["m"].shape == (1, 2)  # the worker survived
+        with pytest.raises(ValueError, match="bad batch"):
+            b.encode("text", ["boom"], timeout=5)  # idle: in the caller's thread
+        per, joint = b.encode("text", ["x", "y"], timeout=5)
         assert per["m"].shape == (2, 2) and joint.shape == (2, 2)
     finally:
         gate.set()
@@ -410,9 +413,11 @@ def test_lone_query_is_not_held_for_company():
     import numpy as np
 
     calls: list[int] = []
+    threads: list[int] = []
 
     def embed(items):
         calls.append(len(items))
+        threads.append(threading.get_ident())
         return {"m": np.ones((len(items), 2))}, np.ones((len(items), 2))
 
     b = MicroBatcher(embed, embed, max_batch=8, max_wait_ms=3000, max_queue=8).start()
@@ -421,5 +426,7 @@ def test_lone_query_is_not_held_for_company():
         b.encode("text", ["alone"], timeout=10)
         assert time.monotonic() - t < 2.0  # would be >= 3 s if it waited for company
         assert calls == [1]
+        assert threads == [threading.get_ident()]  # no hand-off to the worker thread and back
+        assert vars(b.stats) == {"batches": 1, "queries": 1, "largest": 1}
     finally:
         b.close()
