@@ -51,15 +51,16 @@ EngineOpt = Annotated[str, typer.Option("--engine", envvar="ENCLIP_ENGINE",
 TextEncoder = Annotated[str | None, typer.Option("--text-encoder", help="Text tower recipe: minilm (members share a "
                                                  "frozen pretrained MiniLM, each learns an image tower + linear "
                                                  "head) or none (open_clip text towers from scratch); default: "
-                                                 "the preset's.")]
+                                                 "the preset's (small: minilm).")]
 
 FieldCols = Annotated[str | None, typer.Option("--field-cols", help="Field-aware training: catalog columns whose "
                                                "values become extra positive texts ('blue shirts'), trained with a "
                                                "multi-positive loss: auto (the categorical columns), none (titles "
-                                               "only) or a,b,c; default: none.")]
+                                               "only) or a,b,c; default: the preset's (small: auto).")]
 Towers = Annotated[str | None, typer.Option("--towers", help="Members' image towers: same (the preset's own for every "
                                      "member), mixed (members cycle through a ViT/16, a ModifiedResNet and a "
-                                     "ViT/8) or resnet (three ModifiedResNet shapes); default: the preset's.")]
+                                     "ViT/8) or resnet (three ModifiedResNet shapes); default: the preset's "
+                                     "(small: resnet).")]
 
 
 class Quantization(str, Enum):

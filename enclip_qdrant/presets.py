@@ -81,6 +81,10 @@ PRESETS: dict[str, Preset] = {
         # held-out val R@10 by 0.06-0.14 on fashion-dev and, side by side in bf16, still fits ~25 min.
         epochs=5, batch_size=128, lr=5e-4, weight_decay=0.2,
         description="default: 5 members on ~10k pairs in under 30 minutes on 2 CPU cores",
+        # The default recipe, chosen on held-out fashion-dev (BENCHMARKS.md, "Choosing the default recipe"):
+        # members share the frozen MiniLM text encoder, learn ModifiedResNet image towers of three shapes, and
+        # train on the catalog's category fields as well as its titles.
+        text_encoder="minilm", default_towers="resnet", field_cols="auto",
         # A ViT over 16 px patches (the preset's own), open_clip ModifiedResNets of three shapes and a narrower
         # ViT over 8 px patches. Cost of a training step against vit16 (batch 128, bf16, one thread): rn 1.38x,
         # rn-1221 1.21x, rn-3331 1.11x, vit8 1.3x. Held out on fashion-dev (MiniLM text, 5 epochs) one rn
