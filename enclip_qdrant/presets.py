@@ -7,7 +7,7 @@ can be saved as a plain open_clip `local-dir:` folder and reloaded by open_clip 
 from __future__ import annotations
 
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import EnclipError
@@ -26,8 +26,9 @@ class Preset:
     weight_decay: float
     description: str
     text_encoder: str = "none"  # "minilm": members share a frozen pretrained text tower (recipes.py)
-    # Named image towers (name, vision_cfg); the first is the preset's own. Same input size for all, so an
-    # image is decoded and preprocessed once for every member.
+    own_tower: str = ""  # the name of the image tower in `model_cfg` (for `--towers` and the manifest)
+    # Other named image towers (name, vision_cfg) members may use instead. Same input size as the preset's own,
+    # so an image is decoded and preprocessed once for every member.
     towers: tuple[tuple[str, dict[str, Any]], ...] = ()
     # `--towers MODE`: the tower names members cycle through, member by member ("same": the preset's own).
     tower_cycles: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -68,8 +69,8 @@ PRESETS: dict[str, Preset] = {
         },
         epochs=12, batch_size=64, lr=2e-3, weight_decay=0.1,
         description="tests and demos: a member trains on a few hundred synthetic pairs in seconds",
-        towers=(("rn", {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32}),
-                ("vit8", {"image_size": 32, "patch_size": 8, "layers": 2, "width": 64, "head_width": 32}),
+        own_tower="rn",
+        towers=(("vit8", {"image_size": 32, "patch_size": 8, "layers": 2, "width": 64, "head_width": 32}),
                 ("rn-w24", {"image_size": 32, "layers": [1, 1, 1, 1], "width": 24, "head_width": 32})),
         tower_cycles=(("mixed", ("rn", "vit8")), ("resnet", ("rn", "rn-w24"))),
     ),
@@ -89,8 +90,8 @@ PRESETS: dict[str, Preset] = {
         # ViT over 8 px patches. Cost of a training step against vit16 (batch 128, bf16, one thread): rn 1.38x,
         # rn-1221 1.21x, rn-3331 1.11x, vit8 1.3x. Held out on fashion-dev (MiniLM text, 5 epochs) one rn
         # member reached title R@10 0.465 against 0.33 for vit16 and 0.27 for vit8 (BENCHMARKS.md).
-        towers=(("vit16", {"image_size": 64, "patch_size": 16, "layers": 6, "width": 256, "head_width": 64}),
-                ("rn", {"image_size": 64, "layers": [2, 2, 2, 2], "width": 32, "head_width": 64}),
+        own_tower="vit16",
+        towers=(("rn", {"image_size": 64, "layers": [2, 2, 2, 2], "width": 32, "head_width": 64}),
                 ("vit8", {"image_size": 64, "patch_size": 8, "layers": 4, "width": 128, "head_width": 64}),
                 ("rn-1221", {"image_size": 64, "layers": [1, 2, 2, 1], "width": 32, "head_width": 64}),
                 ("rn-3331", {"image_size": 64, "layers": [3, 3, 3, 1], "width": 24, "head_width": 64})),
@@ -109,19 +110,19 @@ def member_tower(preset: Preset, mode: str, index: int) -> str:
     """The image tower member `index` trains with: the preset's own under `same`, else the next in its cycle."""
     cycle = dict(preset.tower_cycles).get(mode)
     if mode == "same" or not cycle:
-        return preset.towers[0][0] if preset.towers else ""
+        return preset.own_tower
     return cycle[index % len(cycle)]
 
 
 def with_tower(preset: Preset, tower: str) -> Preset:
     """The preset with its image tower swapped for the named one ("" or the preset's own: unchanged)."""
-    if not tower:
+    if not tower or tower == preset.own_tower:
         return preset
     cfgs = dict(preset.towers)
     if tower not in cfgs:
-        raise EnclipError(f"preset {preset.name!r} has no image tower {tower!r}; it has: {', '.join(cfgs)}")
-    model_cfg = deepcopy(preset.model_cfg) | {"vision_cfg": deepcopy(cfgs[tower])}
-    return Preset(**{**preset.__dict__, "model_cfg": model_cfg})
+        raise EnclipError(f"preset {preset.name!r} has no image tower {tower!r}; it has: "
+                          f"{', '.join([preset.own_tower, *cfgs])}")
+    return replace(preset, model_cfg=deepcopy(preset.model_cfg) | {"vision_cfg": deepcopy(cfgs[tower])})
 
 
 def get_preset(name: str) -> Preset:

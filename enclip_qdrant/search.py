@@ -197,8 +197,8 @@ def hybrid_vectors(vectors: Mapping[str, np.ndarray], text: str | None, recipe: 
 
     `text_weight` weighs the text prefetch against the whole ensemble, not one member: under RRF its weight is
     `text_weight` x the number of members, so 1 gives words and pictures an equal say however many members
-    vote (with 5 members at weight 1 each, the text was one voice in six: held-out keyword type P@10 0.80
-    against 0.93 for a 1-member bundle). DBSF has no weights: there the text counts as one member."""
+    vote (with 5 members at weight 1 each the text was one voice in six; held out, 5 MiniLM members: hybrid
+    keyword type P@10 0.811 -> 0.821). DBSF has no weights: there the text counts as one member."""
     out: dict[str, QueryVector] = dict(vectors)
     sparse = recipe.query(text) if recipe is not None and text_weight > 0 else None
     if recipe is None or sparse is None:
