@@ -458,8 +458,9 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
                 raise BundleError(
                     f"bundle {b.fingerprint} ({b.path}) was trained on {len(seen)} of the {len(test_ids)} test "
                     f"products, so it would be graded on answers it has seen. Evaluate without a bundle (one is "
-                    f"trained on the rest of the catalog), or pass the bundle an earlier evaluation with the same "
-                    f"--seed and --test-fraction trained")
+                    f"trained on the rest of the catalog), or pass the bundle an earlier evaluation trained with "
+                    f"its --seed and --test-fraction (given explicitly: with --bundle the default is the whole "
+                    f"catalog)")
             trained, kept = False, str(b.path)
         else:
             config = config or TrainConfig()
