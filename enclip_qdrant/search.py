@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +48,18 @@ class Result:
     member_ranks: dict[str, int | None] | None = None  # filled by explain
     cluster_label: str | None = None  # the cluster's readable name (labels.py), when the bundle has labels
 
+    def to_dict(self, explain: bool = False) -> dict[str, Any]:
+        """Built by hand, not `asdict`: asdict deep-copies every payload, which cost the query service ~1.3 ms
+        of GIL time per query (cProfile, 10 results of fashion-dev). Payload values are JSON scalars and
+        lists straight from the store, so a shallow copy detaches them enough."""
+        d: dict[str, Any] = {"rank": self.rank, "id": self.payload.get("product_id", self.id), "score": self.score,
+                             "cluster": self.cluster, "payload": dict(self.payload)}
+        if explain:
+            d["member_ranks"] = None if self.member_ranks is None else dict(self.member_ranks)
+        d["cluster_label"] = self.cluster_label
+        d["point_id"] = self.id
+        return d
+
 
 @dataclass
 class SearchResponse:
@@ -58,15 +70,7 @@ class SearchResponse:
     catalog_root: str | None = None  # where relative image paths in the payloads resolve (the contact sheet)
 
     def to_dict(self, explain: bool = False) -> dict[str, Any]:
-        results = []
-        for r in self.results:
-            d = asdict(r)
-            d["id"] = r.payload.get("product_id", r.id)
-            d["point_id"] = r.id
-            if not explain:
-                d.pop("member_ranks")
-            results.append(d)
-        return {"query": self.query, "clusters": self.clusters, "results": results}
+        return {"query": self.query, "clusters": self.clusters, "results": [r.to_dict(explain) for r in self.results]}
 
 
 class QueryEncoder(Protocol):
