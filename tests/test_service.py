@@ -23,7 +23,7 @@ from enclip_qdrant.errors import EnclipError
 from enclip_qdrant.indexing import index_catalog
 from enclip_qdrant.search import Result, search
 from enclip_qdrant.service import MicroBatcher, Overloaded, ServeOptions, create_app, startup_warnings
-from enclip_qdrant.service.app import catalog_file
+from enclip_qdrant.service.app import LockedStore, PerThreadStore, catalog_file, concurrent_store
 from enclip_qdrant.store import ServerStore
 
 KEY = "s3cret-service-key"
@@ -448,3 +448,51 @@ def test_lone_query_is_not_held_for_company():
         assert vars(b.stats) == {"batches": 1, "queries": 1, "largest": 1}
     finally:
         b.close()
+
+
+class _FakeStore:
+    """A store that counts its clones and closes (for the per-thread wrapper's bookkeeping)."""
+
+    thread_clients = True
+    kind = "server"
+
+    def __init__(self, opened: list[_FakeStore]) -> None:
+        self.opened, self.closed = opened, False
+
+    def clone(self) -> _FakeStore:
+        s = _FakeStore(self.opened)
+        self.opened.append(s)
+        return s
+
+    def whoami(self) -> int:
+        return id(self)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_server_store_gives_each_thread_its_own_client():
+    """A Qdrant server the service opened is shared by threads with a client each (their searches overlap on
+    the server); local mode, ":memory:" and a caller's client stay behind one lock."""
+    remote = ServerStore("http://127.0.0.1:9")  # no request is made until a call
+    assert remote.thread_clients and isinstance(concurrent_store(remote), PerThreadStore)
+    twin = remote.clone()
+    assert twin is not remote and twin.client is not remote.client and twin.location == remote.location
+    twin.close()
+    remote.close()
+    for store in (ServerStore(":memory:"), ServerStore(client=QdrantClient(":memory:"))):
+        assert not store.thread_clients and isinstance(concurrent_store(store), LockedStore)
+        with pytest.raises(NotImplementedError):
+            store.clone()
+    opened: list[_FakeStore] = []
+    shared = PerThreadStore(_FakeStore(opened))  # type: ignore[arg-type]
+    seen: list[int] = []
+    threads = [threading.Thread(target=lambda: seen.extend([shared.whoami(), shared.whoami()])) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(opened) == 3 and len(set(seen)) == 3  # one client per thread, reused within it
+    assert seen.count(seen[0]) == 2
+    shared.close_threads()
+    assert all(s.closed for s in opened)

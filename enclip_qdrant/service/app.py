@@ -138,7 +138,9 @@ def _validation_line(e: ValidationError | RequestValidationError) -> str:
 
 class LockedStore:
     """A store whose calls are serialised: the embedded engine and qdrant-client's local mode are not
-    meant for concurrent callers, and a query costs milliseconds next to encoding."""
+    meant for concurrent callers. The embedded engine holds the GIL for its whole search (~2.5-4 ms of a
+    fashion-dev query), so no lock-free sharing would overlap its searches either: this is what caps the
+    embedded service near 1.5x its one-at-a-time rate at concurrency 8 (bench/serve_gil.py)."""
 
     def __init__(self, store: Store) -> None:
         self._store, self.lock = store, threading.Lock()
@@ -152,6 +154,46 @@ class LockedStore:
             with self.lock:
                 return attr(*args, **kwargs)
         return locked
+
+
+class PerThreadStore:
+    """A Qdrant server's store with one client per request thread, so the searches of concurrent requests
+    overlap on the server instead of queueing behind one lock. No client is shared between threads
+    (qdrant-client's maintainers advise a client per worker, not one shared by threads). bench/serve_gil.py:
+    with the search off the GIL, concurrency 8 ran 3.1x the one-at-a-time rate without the lock and 2.0x
+    with it (a stand-in of the server's latency; no server could run where it was measured)."""
+
+    def __init__(self, store: Store) -> None:
+        self._first = store  # used only under `lock` (Service.fields scrolls it); closed by its Searcher
+        self.lock = threading.Lock()
+        self._mine = threading.local()
+        self._opened: list[Store] = []
+        self._guard = threading.Lock()
+
+    def _store(self) -> Store:
+        store = getattr(self._mine, "store", None)
+        if store is None:
+            store = self._first.clone()
+            with self._guard:
+                self._opened.append(store)
+            self._mine.store = store
+        return store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store(), name)
+
+    def close_threads(self) -> None:
+        with self._guard:
+            opened, self._opened = self._opened, []
+        for store in opened:
+            store.close()
+
+
+def concurrent_store(store: Store) -> LockedStore | PerThreadStore:
+    """How the service's threads share `store`: a client per thread where the store can open more (a Qdrant
+    server), else one lock around every call (the embedded engine and local mode are not for concurrent
+    callers, and the embedded engine holds the GIL while it searches anyway)."""
+    return PerThreadStore(store) if store.thread_clients else LockedStore(store)
 
 
 class BodyLimit:
@@ -274,12 +316,13 @@ def catalog_file(root: Path, rel: str) -> Path:
 
 
 class Service:
-    """The loaded state behind the routes: searcher, lock-wrapped store, batcher, options."""
+    """The loaded state behind the routes: searcher, its store shared by threads (`concurrent_store`), batcher,
+    options."""
 
     def __init__(self, searcher: Searcher, options: ServeOptions) -> None:
         self.searcher, self.options = searcher, options
         self.bundle = searcher.bundle
-        self.store: Any = LockedStore(searcher.store)
+        self.store: Any = concurrent_store(searcher.store)
         self.collection = searcher.collection
         self.batcher = MicroBatcher(self.bundle.embed_texts, self.bundle.embed_images, max_batch=options.max_batch,
                                     max_wait_ms=options.max_wait_ms, max_queue=options.max_queue).start()
@@ -291,6 +334,8 @@ class Service:
 
     def close(self) -> None:
         self.batcher.close()
+        if isinstance(self.store, PerThreadStore):
+            self.store.close_threads()
         self.searcher.close()
 
     def check_collection(self, name: str | None) -> None:

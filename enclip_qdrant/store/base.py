@@ -187,6 +187,9 @@ class Store(ABC):
 
     kind: str  # "embedded" or "server", for messages and `info`
     location: str  # folder or URL, for messages
+    # True when `clone()` opens another client to the same place: a multi-threaded caller (the query service)
+    # then gives each thread its own instead of serialising every call on one.
+    thread_clients: bool = False
 
     @abstractmethod
     def list_collections(self) -> list[str]: ...
@@ -285,6 +288,10 @@ class Store(ABC):
 
     @abstractmethod
     def delete_alias(self, alias: str) -> None: ...
+
+    def clone(self) -> Store:
+        """Another store on the same place, with a client of its own (only where `thread_clients`)."""
+        raise NotImplementedError(f"a {self.kind} store cannot open a second client")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files or connections."""

@@ -220,6 +220,9 @@ class ServerStore(Store):
             raise StoreError("ServerStore needs a Qdrant URL (or a client)")
         self.location = redact_url(url) or "qdrant-client"  # printed in errors: never the password
         self._local = type(getattr(self.client, "_client", None)).__name__ == "QdrantLocal"
+        self._url, self._api_key = url, api_key  # for clone(); never printed
+        # a server we opened ourselves can have more clients; local mode and a caller's client cannot
+        self.thread_clients = self._own_client and not self._local and url != ":memory:"
         self._owned: set[str] = set()
 
     # -- collections ---------------------------------------------------------------------------
@@ -491,6 +494,11 @@ class ServerStore(Store):
     def _raw_aliases(self) -> dict[str, str]:
         response = self._call("aliases", None, self.client.get_aliases)
         return {a.alias_name: a.collection_name for a in response.aliases}
+
+    def clone(self) -> ServerStore:
+        if not self.thread_clients:
+            return super().clone()  # type: ignore[return-value]  # raises
+        return ServerStore(self._url, self._api_key, options=self.options)
 
     def close(self) -> None:
         if self._own_client:
