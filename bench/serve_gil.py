@@ -1,18 +1,18 @@
 """Why concurrency 8 tops out near 1.5x on the embedded store: the search holds the GIL.
 
 Runs the query service's own search path (`Service.search`: micro-batched encoding, routing, one fused query,
-the JSON rows) in process, from 1 and then 8 threads, twice over:
+the JSON rows) in process, from 1 and then 8 threads, in three modes that alternate for `--rounds` rounds:
 
 - `embedded`: the collection's qdrant-edge shard, as `enclip-qdrant serve` runs it;
 - `gil-free stand-in`: the same, except that each fused query returns the hits the embedded store returned for
   that query text beforehand, after sleeping for as long as that query took there (its median), under the
-  service's store lock as every store call is. A sleep releases the GIL the way a network call to a Qdrant
-  server (`--url`) does; the results and the search's wall time are the embedded store's own. It measures
-  what the service would do if the search did not hold the GIL. It is a stand-in, not a server: no server
-  binary can run on the machine this was written on.
+  lock the service puts around every call to the embedded store. A sleep releases the GIL the way a network
+  call to a Qdrant server (`--url`) does; the results and the search's wall time are the embedded store's
+  own. It measures what the service would do if the search did not hold the GIL. It is a stand-in, not a
+  server: no server binary can run on the machine this was written on.
 - `gil-free, no lock`: the stand-in without the store lock, so searches overlap as they would on a server with
-  cores of its own. The service does not do this today (it serialises every store call; qdrant-client's
-  maintainers advise one client per process rather than one shared by threads): it shows the ceiling.
+  cores of its own. The service does not do this today on the embedded store (it serialises every store
+  call there); with a server behind `--url` it gives each thread a client of its own. It shows the ceiling.
 
     python bench/serve_gil.py --home /tmp/new/.enclip --collection fashion-dev --seconds 6 --rounds 2
 

@@ -158,8 +158,9 @@ class LockedStore:
 
 class PerThreadStore:
     """A Qdrant server's store with one client per request thread, so the searches of concurrent requests
-    overlap on the server instead of queueing behind one lock. No client is shared between threads
-    (qdrant-client's maintainers advise a client per worker, not one shared by threads). bench/serve_gil.py:
+    overlap on the server instead of queueing behind one lock. No client is shared between threads:
+    qdrant-client does not promise that one client is safe to share, and its maintainers point to a client per
+    worker (qdrant/qdrant-client#246). bench/serve_gil.py:
     with the search off the GIL, concurrency 8 ran 3.1x the one-at-a-time rate without the lock and 2.0x
     with it (a stand-in of the server's latency; no server could run where it was measured)."""
 
