@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -19,7 +20,7 @@ from service_helpers import live_server, searcher_factory
 from typer.testing import CliRunner
 
 from enclip_qdrant.cli.app import app as cli_app
-from enclip_qdrant.errors import EnclipError
+from enclip_qdrant.errors import EnclipError, StoreError
 from enclip_qdrant.indexing import index_catalog
 from enclip_qdrant.search import Result, search
 from enclip_qdrant.service import MicroBatcher, Overloaded, ServeOptions, create_app, startup_warnings
@@ -496,3 +497,35 @@ def test_server_store_gives_each_thread_its_own_client():
     assert seen.count(seen[0]) == 2
     shared.close_threads()
     assert all(s.closed for s in opened)
+
+
+def test_service_on_a_real_server(bundle, catalog):
+    """`serve --url` against a real Qdrant (QDRANT_URL): concurrent searches each on a thread's own client
+    answer what the library answers on that server. Skips without a server, like the storage contract suite."""
+    import os
+    import uuid
+
+    url = os.environ.get("QDRANT_URL")
+    if not url:
+        pytest.skip("QDRANT_URL is not set: no real Qdrant server to test against")
+    api_key = os.environ.get("QDRANT_API_KEY")
+    name = f"enclip-test-{uuid.uuid4().hex[:10]}"
+    store = ServerStore(url, api_key)
+    try:
+        index_catalog(catalog, bundle, store, name)
+        app = create_app(ServeOptions(url=url, api_key=api_key, collection=name, bundle=bundle.path))
+        texts = ["red dress", "blue cap", "green sneakers", "black handbag", "white dress", "yellow cap"]
+        with live_server(app) as base:
+            assert isinstance(app.state.service.store, PerThreadStore)
+            answers = concurrent_posts(base, [{"text": t, "top_k": 3} for t in texts])
+            opened = len(app.state.service.store._opened)
+        assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+        assert opened > 1  # the request threads had clients of their own
+        for t, r in zip(texts, answers, strict=True):
+            want = [h.id for h in search(bundle, store, name, t, top_k=3).results]
+            assert [x["point_id"] for x in r.json()["results"]] == want
+    finally:
+        with contextlib.suppress(StoreError):  # an unreachable server: keep the test's own error
+            if store.exists(name):
+                store.drop(name)
+        store.close()
