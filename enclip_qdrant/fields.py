@@ -25,7 +25,6 @@ from .errors import BundleError, CatalogError
 from .lexical import choose_fields
 
 AUTO, NONE = "auto", "none"
-# Measured on held-out fashion-dev (bench/field_eval.md): the default when --field-cols is not given.
 # An image's target: this share on its title, the rest on its field texts (None: uniform over all its positives).
 TITLE_SHARE: float | None = 0.5
 # Field values that say "no value": no field text is made of them, and `eval` makes no keyword query of them.

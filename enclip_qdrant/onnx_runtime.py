@@ -182,6 +182,8 @@ class OnnxEnsemble:
                 setattr(om, part, job.result())
             self._tokenizers = {k: j.result() for k, j in tok_jobs.items()}
             self.shared = shared_job.result() if shared_job else None
+        # every text head runs over the shared encoder's vectors: encode_texts runs them inline (see there)
+        self._heads_only = all(m.text_input == "shared" for m in self.members)
 
     @staticmethod
     def _shared_files(path: Path, rec: Any, manifest: Mapping[str, Any],
@@ -241,10 +243,7 @@ class OnnxEnsemble:
 
             # Heads over the shared encoder's vectors are one small matmul each: inline, a thread hand-off
             # would cost more than the head. Members with their own text towers run side by side.
-            if all(m.text_input == "shared" for m in self.members):
-                vecs = [one(m) for m in self.members]
-            else:
-                vecs = self._each(one, len(chunk))
+            vecs = [one(m) for m in self.members] if self._heads_only else self._each(one, len(chunk))
             for m, v in zip(self.members, vecs, strict=True):
                 out[m.name].append(v)
         return {k: concat_rows(v, self.dims[k]) for k, v in out.items()}

@@ -160,9 +160,9 @@ class PerThreadStore:
     """A Qdrant server's store with one client per request thread, so the searches of concurrent requests
     overlap on the server instead of queueing behind one lock. No client is shared between threads:
     qdrant-client does not promise that one client is safe to share, and its maintainers point to a client per
-    worker (qdrant/qdrant-client#246). bench/serve_gil.py:
-    with the search off the GIL, concurrency 8 ran 3.1x the one-at-a-time rate without the lock and 2.0x
-    with it (a stand-in of the server's latency; no server could run where it was measured)."""
+    worker (qdrant/qdrant-client#246). bench/serve_gil.py: with the search off the GIL, concurrency 8 ran 3.1x
+    the one-at-a-time rate without the lock and 2.0x with it (a stand-in of the server's latency; no server
+    could run where it was measured)."""
 
     def __init__(self, store: Store) -> None:
         self._first = store  # used only under `lock` (Service.fields scrolls it); closed by its Searcher
