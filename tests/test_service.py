@@ -101,12 +101,19 @@ def test_encode_body_sent_to_qdrant_returns_the_search_ids(client, qdrant, bundl
     hybrid = text_weight > 0  # the collection has a BM25 text vector: one more prefetch, same call and filter
     assert len(body["prefetch"]) == len(bundle.vectors) + hybrid
     assert set(out["sparse_vectors"]) == ({"text_bm25"} if hybrid else set())
-    if hybrid:
-        assert body["prefetch"][-1]["using"] == "text_bm25" and "indices" in body["prefetch"][-1]["query"]
-    n = len(bundle.vectors)  # the text prefetch weighs text_weight x the members' count (RRF only)
+    n = len(bundle.vectors)  # the text list weighs text_weight x the members' count (RRF only)
     want = [1.0] * n + [text_weight * n] if fusion == "rrf" and hybrid and text_weight * n != 1 else None
-    assert body["query"].get("rrf", {}).get("weights") == want
-    assert all(p["limit"] == 6 * 4 and p["filter"]["must"][0]["key"] == "cluster" for p in body["prefetch"])
+    if want is None:  # plain RRF or DBSF: one fusion over the lists themselves
+        lists = body["prefetch"]
+        assert "formula" not in body["query"] and "weights" not in body["query"].get("rrf", {})
+    else:  # weighted: each list is its own RRF prefetch, and a formula sums weight x that score
+        lists = [p["prefetch"] for p in body["prefetch"]]
+        assert all(p["query"] == {"rrf": {"k": 60}} for p in body["prefetch"])
+        terms = body["query"]["formula"]["sum"]
+        assert [t["mult"] for t in terms] == [[w, f"$score[{i}]"] for i, w in enumerate(want)]
+    if hybrid:
+        assert lists[-1]["using"] == "text_bm25" and "indices" in lists[-1]["query"]
+    assert all(p["limit"] == 6 * 4 and p["filter"]["must"][0]["key"] == "cluster" for p in lists)
     # an application sends the body as-is to its own Qdrant
     request = models.QueryRequest.model_validate(json.loads(json.dumps(body)))
     (answer,) = qdrant.query_batch_points(out["qdrant"]["collection"], requests=[request])
@@ -136,12 +143,13 @@ def test_result_to_dict_matches_dataclass_shape():
     """The hand-built row (asdict deep-copied every payload: ~1.3 ms of GIL per query) keeps asdict's keys,
     order and values, and its payload is a copy: editing the row leaves the Result alone."""
     r = Result(2, "p-uuid", 0.5, 3, {"product_id": "sku-9", "tags": ["a"], "title": "red dress"},
-               member_ranks={"m0": 1, "m1": None}, cluster_label="dresses")
+               member_ranks={"m0": 1, "m1": None}, shares={"m0": 1.0, "m1": 0.0}, cluster_label="dresses")
     for explain in (False, True):
         old = dataclasses.asdict(r)
         old["id"], old["point_id"] = "sku-9", "p-uuid"
         if not explain:
             old.pop("member_ranks")
+            old.pop("shares")
         row = r.to_dict(explain)
         assert list(row) == list(old) and row == old
     row["payload"]["title"] = "changed"

@@ -17,9 +17,12 @@ from enclip_qdrant.errors import StoreError
 
 Fusion = Literal["rrf", "dbsf"]
 
-# Reciprocal rank fusion constant: score = sum over members of 1 / (k + rank). Qdrant's own default is 2,
-# which hands nearly all the weight to each member's first few ranks; the standard k=60 (Cormack et al.,
-# 2009) lets agreement between members decide. On fashion-dev attribute queries: P@10 0.273 (k=2), 0.303 (k=60).
+# Reciprocal rank fusion constant. Every store ranks RRF the same way: a point at 0-based position p of a
+# prefetch list with weight w scores w / (k + p), summed over the lists that hold it. At w = 1 that is exactly
+# Qdrant's own RRF (1 / (p + k)); Qdrant's `weights` divide the rank instead (1 / ((p + 1) / w + k - 1)), which at
+# k = 60 barely moves anything, so weights other than 1 are sent as a formula over per-list RRF prefetches
+# (`fusion_weights`). Qdrant's own default k is 2, which hands nearly all the say to each list's first ranks; the
+# standard 60 (Cormack et al., 2009) lets agreement between lists decide (BENCHMARKS.md, "Fusion").
 RRF_K = 60
 
 
@@ -252,7 +255,9 @@ class Store(ABC):
         weights: Mapping[str, float] | None = None,
     ) -> list[Hit]:
         """ONE Query API call: a prefetch per named vector, dense or sparse (each carrying `filter`), fused by
-        RRF or DBSF. `weights` (RRF only; missing names weigh 1) is weighted RRF."""
+        RRF or DBSF. `weights` (RRF only; missing names weigh 1) multiply each list's RRF terms: a point scores
+        sum of w / (RRF_K + p) over the lists that hold it at 0-based position p (see RRF_K). Ties in score are
+        broken by point id, so identical queries rank identically."""
 
     @abstractmethod
     def query_each(

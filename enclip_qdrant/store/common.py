@@ -5,6 +5,7 @@ hits and fusion checks. No qdrant-edge or qdrant-client import here, so either b
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from enclip_qdrant.errors import QueryError, StoreError
-from enclip_qdrant.store.base import CollectionSpec, Fusion, Hit, QueryVector, SparseVec, Vector
+from enclip_qdrant.store.base import RRF_K, CollectionSpec, Fusion, Hit, QueryVector, SparseVec, Vector
 
 FORMAT = 1  # value of the "enclip_format" marker both backends write
 MARKER = "enclip_format"
@@ -74,9 +75,43 @@ def rrf_weights(names: list[str], fusion: Fusion, weights: Mapping[str, float] |
     if fusion != "rrf":
         raise QueryError("prefetch weights need RRF fusion: DBSF cannot weight its sources")
     out = [float(weights.get(n, 1.0)) for n in names]
-    if any(not w > 0 for w in out):
-        raise QueryError(f"RRF weights must be > 0, not {out}")
+    if any(not (w > 0 and math.isfinite(w)) for w in out):
+        raise QueryError(f"RRF weights must be finite numbers > 0, not {out}")
     return out
+
+
+def rrf_score(position: int, weight: float = 1.0, k: int = RRF_K) -> float:
+    """One list's RRF term for a point at 0-based `position` (base.RRF_K says why this form): `--explain`'s
+    shares and the tests' reference use it; the stores ask Qdrant to compute the same."""
+    return weight / (k + position)
+
+
+def dbsf_normalise(scores: list[float]) -> list[float]:
+    """Qdrant's DBSF normalisation of one list: (s - (mean - 3 sd)) / (6 sd), sample sd; one point (or sd 0): 0.5."""
+    if len(scores) < 2:
+        return [0.5] * len(scores)
+    arr = np.asarray(scores, dtype=np.float64)
+    mean, sd = float(arr.mean()), float(arr.std(ddof=1))
+    return [0.5] * len(scores) if sd == 0 else [float(v) for v in (arr - (mean - 3 * sd)) / (6 * sd)]
+
+
+def weighted_formula_terms(weights: list[float]) -> list[tuple[float, str]]:
+    """Weighted RRF as a Qdrant formula: prefetch i is itself an RRF over the one list i (score 1 / (k + p)),
+    and the root sums w_i x `$score[i]` (0 where list i lacks the point). Exact on one shard (the embedded
+    store, a single-shard server collection); on several shards each shard ranks its own points."""
+    return [(w, f"$score[{i}]") for i, w in enumerate(weights)]
+
+
+def tie_margin(lists: int) -> int:
+    """Extra hits asked of the engine so that `stable_order` sees the points tied at the cut: only a tie among more
+    than this many points straddling the limit is still left to the engine's order."""
+    return max(8, 2 * lists)
+
+
+def stable_order(hits: list[Hit], limit: int) -> list[Hit]:
+    """Highest score first, ties by point id: fusion scores tie often (one list's rank 3 vs another's), and
+    the engines leave ties in whatever order their hash maps give."""
+    return sorted(hits, key=lambda h: (-h.score, h.id))[:limit]
 
 
 def json_copy(metadata: Mapping[str, Any]) -> dict[str, Any]:

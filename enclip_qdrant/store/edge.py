@@ -28,9 +28,11 @@ from qdrant_edge import (
     EdgeShard,
     EdgeSparseVectorParams,
     EdgeVectorParams,
+    Expression,
     FacetRequest,
     FieldCondition,
     Filter,
+    Formula,
     HnswIndexConfig,
     MatchAny,
     MatchValue,
@@ -81,6 +83,9 @@ from enclip_qdrant.store.common import (
     nonempty,
     refuse_drop,
     rrf_weights,
+    stable_order,
+    tie_margin,
+    weighted_formula_terms,
 )
 
 SPEC_FILE = "enclip.json"
@@ -341,14 +346,21 @@ class EdgeStore(Store):
         shard = self._shard(name)
         flt = _edge_filter(filter)
         named = nonempty(vectors)
-        prefetches = [
+        lists = [
             Prefetch(limit=prefetch_limit, query=Query.Nearest(_edge_vector(v), using=k), filter=flt)
             for k, v in named.items()
         ]
-        fused = _fusion(fusion, rrf_weights(list(named), fusion, weights))
-        request = QueryRequest(limit=limit, prefetches=prefetches, query=fused, with_payload=True, with_vector=False)
+        w = rrf_weights(list(named), check_fusion(fusion), weights)
+        if w is None:  # plain RRF or DBSF: one fusion over the lists
+            prefetches, root = lists, _fusion(fusion)
+        else:  # weighted RRF: each list ranked by its own RRF, the root sums w x that score (common.py)
+            prefetches = [Prefetch(limit=prefetch_limit, query=EdgeFusion.Rrf(k=RRF_K), prefetches=[p]) for p in lists]
+            root = Formula(Expression.Sum([Expression.Mult([Expression.Constant(wi), Expression.Variable(var)])
+                                           for wi, var in weighted_formula_terms(w)]))
+        request = QueryRequest(limit=limit + tie_margin(len(lists)), prefetches=prefetches, query=root,
+                               with_payload=True, with_vector=False)
         with self._errors(name, "query"):
-            return [hit(p) for p in shard.query(request)]
+            return stable_order([hit(p) for p in shard.query(request)], limit)
 
     def query_each(
         self,
@@ -485,10 +497,8 @@ class EdgeStore(Store):
             raise StoreError(f"{op} on collection {name!r} failed: {_line(e)}") from e
 
 
-def _fusion(fusion: Fusion, weights: list[float] | None = None) -> Any:
-    if check_fusion(fusion) == "rrf":
-        return EdgeFusion.Rrf(k=RRF_K, weights=weights) if weights else EdgeFusion.Rrf(k=RRF_K)
-    return EdgeFusion.Dbsf()
+def _fusion(fusion: Fusion) -> Any:
+    return EdgeFusion.Rrf(k=RRF_K) if check_fusion(fusion) == "rrf" else EdgeFusion.Dbsf()
 
 
 def _split(vectors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, SparseVec]]:

@@ -54,6 +54,9 @@ from enclip_qdrant.store.common import (
     nonempty,
     refuse_drop,
     rrf_weights,
+    stable_order,
+    tie_margin,
+    weighted_formula_terms,
 )
 
 # Declared indexes, kept in metadata because local mode (":memory:") ignores payload indexes and so
@@ -161,18 +164,25 @@ def fused_query_request(vectors: Mapping[str, QueryVector], *, limit: int, prefe
                         fusion: Fusion = "rrf", filter: SearchFilter | None = None,
                         weights: Mapping[str, float] | None = None) -> models.QueryRequest:
     """The one fused Query API request `query_fused` sends: a prefetch per named vector, dense or sparse (each
-    filtered), then RRF (k=RRF_K, weighted when `weights` say so) or DBSF. Public so the query service hands
+    filtered), then RRF (k=RRF_K) or DBSF; with weights other than 1, each list is its own RRF prefetch and a
+    formula sums w x its score (store/common.py, `weighted_formula_terms`). Public so the query service hands
     applications exactly this body
     (`.model_dump(mode="json", exclude_none=True)` is the REST JSON for POST /collections/NAME/points/query)."""
     flt = _filter(filter)
     named = nonempty(vectors)
-    prefetch = [
+    lists = [
         models.Prefetch(query=_vector(v), using=k, limit=prefetch_limit, filter=flt) for k, v in named.items()
     ]
-    w = rrf_weights(list(named), fusion, weights)
-    query = models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=w)) if check_fusion(fusion) == "rrf" else (
+    w = rrf_weights(list(named), check_fusion(fusion), weights)
+    if w is not None:
+        prefetch = [models.Prefetch(prefetch=p, query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)), limit=prefetch_limit)
+                    for p in lists]
+        query: Any = models.FormulaQuery(formula=models.SumExpression(sum=[
+            models.MultExpression(mult=[wi, var]) for wi, var in weighted_formula_terms(w)]))
+        return models.QueryRequest(prefetch=prefetch, query=query, limit=limit, with_payload=True, with_vector=False)
+    query = models.RrfQuery(rrf=models.Rrf(k=RRF_K)) if fusion == "rrf" else (
         models.FusionQuery(fusion=models.Fusion.DBSF))
-    return models.QueryRequest(prefetch=prefetch, query=query, limit=limit, with_payload=True, with_vector=False)
+    return models.QueryRequest(prefetch=lists, query=query, limit=limit, with_payload=True, with_vector=False)
 
 
 class ServerStore(Store):
@@ -423,13 +433,14 @@ class ServerStore(Store):
         weights: Mapping[str, float] | None = None,
     ) -> list[Hit]:
         self._check(name)
-        req = fused_query_request(vectors, limit=limit, prefetch_limit=prefetch_limit, fusion=fusion, filter=filter,
+        asked = limit + tie_margin(len(vectors))
+        req = fused_query_request(vectors, limit=asked, prefetch_limit=prefetch_limit, fusion=fusion, filter=filter,
                                   weights=weights)
         result = self._call(
             "query", name, self.client.query_points,
-            name, prefetch=req.prefetch, query=req.query, limit=limit, with_payload=True, with_vectors=False,
+            name, prefetch=req.prefetch, query=req.query, limit=asked, with_payload=True, with_vectors=False,
         )
-        return [hit(p) for p in result.points]
+        return stable_order([hit(p) for p in result.points], limit)
 
     def query_each(
         self,
