@@ -156,7 +156,8 @@ def query(
                                              help="Routing: probability mass to cover.")] = DEFAULT_THRESHOLD,
     max_clusters: Annotated[int, typer.Option("--max-clusters", min=1, help="Routing cap.")] = DEFAULT_MAX_CLUSTERS,
     oversample: Annotated[int, typer.Option("--oversample", min=1, help="Prefetch k x this.")] = DEFAULT_OVERSAMPLE,
-    explain: Annotated[bool, typer.Option("--explain", help="Show each member's own rank.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each list's own rank (members, text) and its "
+                                                            "share of the fused score.")] = False,
     no_text: Annotated[bool, typer.Option("--no-text", help="Dense only: leave out the collection's text "
                                                             "(BM25) vector.")] = False,
     text_weight: Annotated[float, typer.Option("--text-weight", min=0.0, help="Weight of the text (BM25) "

@@ -44,8 +44,10 @@ def search_table(resp: SearchResponse, explain: bool, width: int = 120) -> Table
                f"{r.cluster} {r.cluster_label}" if r.cluster_label else str(r.cluster),
                str(r.payload.get("text") or r.payload.get("image", ""))]
         row += [str(r.payload.get(f, "")) for f in fields]
-        if explain:
-            row += [str(v) if v else "-" for v in (r.member_ranks or {}).values()]
+        if explain:  # each list's own rank, and its share of the fused score
+            shares = r.shares or {}
+            row += [f"{v} ({shares[m]:.0%})" if v and m in shares else (str(v) if v else "-")
+                    for m, v in (r.member_ranks or {}).items()]
         t.add_row(*row)
     return t
 

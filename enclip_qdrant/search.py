@@ -32,7 +32,8 @@ from .search_options import (  # noqa: F401 - parsing is this module's API too
     parse_clusters,
     parse_filters,
 )
-from .store import Fusion, QueryVector, SearchFilter, Store
+from .store import Fusion, Hit, QueryVector, SearchFilter, Store
+from .store.common import dbsf_normalise, rrf_score
 
 __all__ = ["DEFAULT_MAX_CLUSTERS", "DEFAULT_OVERSAMPLE", "DEFAULT_TEXT_WEIGHT", "DEFAULT_THRESHOLD", "ClusterMode",
            "EncodedQuery", "Result", "SearchOptions", "SearchResponse", "encode_query", "hybrid_vectors",
@@ -45,7 +46,8 @@ class Result:
     score: float
     cluster: int | None
     payload: dict[str, Any]
-    member_ranks: dict[str, int | None] | None = None  # filled by explain
+    member_ranks: dict[str, int | None] | None = None  # filled by explain: each list's own rank (1-based)
+    shares: dict[str, float] | None = None  # filled by explain: each list's share of the fused score
     cluster_label: str | None = None  # the cluster's readable name (labels.py), when the bundle has labels
 
     def to_dict(self, explain: bool = False) -> dict[str, Any]:
@@ -56,6 +58,7 @@ class Result:
                              "cluster": self.cluster, "payload": dict(self.payload)}
         if explain:
             d["member_ranks"] = None if self.member_ranks is None else dict(self.member_ranks)
+            d["shares"] = None if self.shares is None else dict(self.shares)
         d["cluster_label"] = self.cluster_label
         d["point_id"] = self.id
         return d
@@ -199,10 +202,10 @@ def hybrid_vectors(vectors: Mapping[str, np.ndarray], text: str | None, recipe: 
     """The query's prefetch vectors: the members' dense ones, plus the sparse text vector when the collection
     has one, the query has words and `text_weight` > 0; and the RRF weights (None: all weigh 1).
 
-    `text_weight` weighs the text prefetch against the whole ensemble, not one member: under RRF its weight is
-    `text_weight` x the number of members, so 1 gives words and pictures an equal say however many members
-    vote (with 5 members at weight 1 each the text was one voice in six; held out, 5 MiniLM members: hybrid
-    keyword type P@10 0.811 -> 0.821). DBSF has no weights: there the text counts as one member."""
+    `text_weight` W weighs the text list against the whole ensemble, not one member: its RRF weight is W x the
+    number of members, and a weight multiplies that list's RRF terms (w / (k + p), store.base.RRF_K), so W = 1
+    gives words and pictures an equal say however many members vote. DBSF has no weights: there the text
+    counts as one member. Figures: BENCHMARKS.md, "Fusion"."""
     out: dict[str, QueryVector] = dict(vectors)
     sparse = recipe.query(text) if recipe is not None and text_weight > 0 else None
     if recipe is None or sparse is None:
@@ -245,6 +248,24 @@ def plan_query(bundle: Bundle, store: Store, collection: str, text: str | None, 
     return QueryPlan(q, chosen, None if flt.is_empty() else flt, vectors, weights)
 
 
+def explain_results(results: Sequence[Result], per: Mapping[str, Sequence[Hit]], fusion: Fusion,
+                    weights: Mapping[str, float] | None) -> None:
+    """Fill each result's per-list rank and each list's share of its fused score, from the same lists the fused
+    query fused: RRF terms w / (k + p) (store.base.RRF_K), or DBSF's normalised scores."""
+    terms: dict[str, dict[str, float]] = {}
+    for name, hits in per.items():
+        if fusion == "dbsf":
+            terms[name] = dict(zip((h.id for h in hits), dbsf_normalise([h.score for h in hits]), strict=True))
+        else:
+            w = float((weights or {}).get(name, 1.0))
+            terms[name] = {h.id: rrf_score(p, w) for p, h in enumerate(hits)}
+    ranks = {name: {h.id: r + 1 for r, h in enumerate(hits)} for name, hits in per.items()}
+    for r in results:
+        r.member_ranks = {name: ranks[name].get(r.id) for name in ranks}
+        total = sum(terms[name].get(r.id, 0.0) for name in terms)
+        r.shares = {name: round(terms[name].get(r.id, 0.0) / total, 4) if total else 0.0 for name in terms}
+
+
 def search(bundle: Bundle, store: Store, collection: str, text: str | None = None, *,
            image: str | Path | Image.Image | None = None, top_k: int = 10, clusters: ClusterMode = "auto",
            fusion: Fusion = "rrf", filters: Mapping[str, Sequence[Any]] | None = None,
@@ -252,8 +273,9 @@ def search(bundle: Bundle, store: Store, collection: str, text: str | None = Non
            oversample: int = DEFAULT_OVERSAMPLE, explain: bool = False,
            encoder: QueryEncoder | None = None, text_weight: float = DEFAULT_TEXT_WEIGHT,
            recipe: TextRecipe | None | str = "auto") -> SearchResponse:
-    """`text_weight`: the text prefetch's RRF weight (0: dense only). `recipe`: the collection's text recipe when
-    the caller has it cached ("auto": read from the collection's metadata when the query has text)."""
+    """`text_weight`: the text list's say against the whole ensemble (`hybrid_vectors`; 0: dense only).
+    `recipe`: the collection's text recipe when the caller has it cached ("auto": read from the collection's
+    metadata when the query has text)."""
     SearchOptions(top_k=top_k, fusion=fusion, threshold=threshold, max_clusters=max_clusters,  # checks, once
                   oversample=oversample, text_weight=text_weight)
     t0 = time.perf_counter()
@@ -269,9 +291,7 @@ def search(bundle: Bundle, store: Store, collection: str, text: str | None = Non
     results = [Result(i + 1, h.id, h.score, h.payload.get("cluster"), h.payload) for i, h in enumerate(hits)]
     if explain:
         per = store.query_each(collection, vectors, limit=top_k * oversample, filter=plan.filter)
-        ranks = {name: {h.id: r + 1 for r, h in enumerate(member_hits)} for name, member_hits in per.items()}
-        for r in results:
-            r.member_ranks = {name: ranks[name].get(r.id) for name in ranks}
+        explain_results(results, per, fusion, plan.weights)
     query = {"text": text, "image": str(image) if isinstance(image, (str, Path)) else None, "top_k": top_k,
              "fusion": fusion, "filters": {k: list(v) for k, v in (filters or {}).items()},
              "text_vector": len(vectors) > len(q.vectors)}

@@ -18,7 +18,8 @@ ClusterMode = Literal["auto", "all"] | Sequence[int]
 DEFAULT_THRESHOLD = 0.9
 DEFAULT_MAX_CLUSTERS = 3
 DEFAULT_OVERSAMPLE = 4
-# RRF weight of the sparse text prefetch against each member's 1 (0: dense only). See BENCHMARKS.md.
+# The text list's say against the whole ensemble: its RRF terms weigh this x the number of members
+# (search.hybrid_vectors; 0: dense only). Chosen in BENCHMARKS.md, "Fusion".
 DEFAULT_TEXT_WEIGHT = 1.0
 
 
@@ -33,7 +34,7 @@ class SearchOptions:
     max_clusters: int = DEFAULT_MAX_CLUSTERS  # routing cap
     oversample: int = DEFAULT_OVERSAMPLE  # each member's prefetch is top_k x this
     explain: bool = False  # also rank with each member alone
-    text_weight: float = DEFAULT_TEXT_WEIGHT  # the text prefetch's RRF weight when the collection has one; 0: off
+    text_weight: float = DEFAULT_TEXT_WEIGHT  # the text list's say vs all members (x members); 0: off
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -42,8 +43,8 @@ class SearchOptions:
             raise QueryError(f"unknown fusion {self.fusion!r}: use rrf or dbsf")
         if not 0.0 <= self.threshold <= 1.0:
             raise QueryError(f"--threshold must be between 0 and 1, not {self.threshold!r}")
-        if not self.text_weight >= 0:
-            raise QueryError(f"--text-weight must be >= 0, not {self.text_weight!r}")
+        if not 0 <= self.text_weight < float("inf"):
+            raise QueryError(f"--text-weight must be a number >= 0, not {self.text_weight!r}")
         if self.fusion == "dbsf" and self.text_weight not in (0.0, 1.0):
             raise QueryError("--text-weight needs RRF fusion: DBSF cannot weight its sources")
         if self.max_clusters < 1 or self.oversample < 1:

@@ -72,6 +72,16 @@ def test_query_routes_to_clusters_and_explains_every_member(indexed, bundle):
     # every member contributes a ranked candidate to at least one result
     for name in bundle.vectors:
         assert any(r.member_ranks[name] for r in resp.results), name
+    # the explained ranks rebuild each fused score by the documented formula (base.RRF_K): the text list weighs
+    # --text-weight (1) x the number of members, every member 1; the shares are those terms over their sum
+    from enclip_qdrant.store.base import RRF_K
+
+    weights = {name: 1.0 for name in bundle.vectors} | {"text_bm25": float(len(bundle.vectors))}
+    for r in resp.results:
+        terms = {m: weights[m] / (RRF_K + rank - 1) for m, rank in r.member_ranks.items() if rank}
+        assert r.score == pytest.approx(sum(terms.values()), rel=1e-5)
+        assert r.shares == pytest.approx({m: terms.get(m, 0.0) / sum(terms.values()) for m in r.member_ranks},
+                                         abs=1e-4)
 
 
 def test_cluster_modes_and_field_filters(indexed, bundle):

@@ -102,7 +102,7 @@ function render(data, ms) {
     if (r.member_ranks) {
       const ranks = document.createElement("div");
       ranks.className = "ranks";
-      ranks.textContent = Object.entries(r.member_ranks).map(([m, k]) => `${m}:${k ?? "-"}`).join(" ");
+      ranks.textContent = Object.entries(r.member_ranks).map(([m, k]) => `${m}:${k ?? "-"}` + (r.shares && k ? ` (${Math.round(100 * r.shares[m])}%)` : "")).join(" ");
       card.append(ranks);
     }
     const more = document.createElement("button");
