@@ -7,6 +7,7 @@ bundle can be indexed beside the live one (blue/green) and the alias switched on
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -19,7 +20,7 @@ from .aliases import physical_name, plan_target, switch_alias
 from .bundle import Bundle
 from .errors import BundleError, ConfirmationRequired
 from .images import ImageRejected, image_bound, load_image
-from .lexical import TextRecipe, choose_fields
+from .lexical import TextRecipe, choose_fields, compound_tokens
 from .meta import CollectionMeta, check_compatible, read_meta
 from .progress import NullProgress, Progress
 from .store import CollectionSpec, PointRecord, Store
@@ -131,7 +132,9 @@ def text_recipe(catalog: Any) -> TextRecipe | None:
     """The lexical recipe for a new collection: title plus the catalog's categorical fields; None without text."""
     if not any(p.text for p in catalog.products):
         return None
-    return TextRecipe(fields=choose_fields((product_payload(p) for p in catalog.products), exclude=RESERVED))
+    fields = choose_fields((product_payload(p) for p in catalog.products), exclude=RESERVED)
+    base = TextRecipe(fields=fields)
+    return dataclasses.replace(base, joins=compound_tokens(base.text(product_payload(p)) for p in catalog.products))
 
 
 def _fill(catalog: Any, bundle: Bundle, store: Store, collection: str, report: IndexReport, batch_size: int,

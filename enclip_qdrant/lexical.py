@@ -29,6 +29,8 @@ MAX_WORDS = 4
 _SKIP_NAME = re.compile(r"(^|_)(id|ids|uuid|sku|path|file|filename|url|uri|link|hash|sha\d*|md5|year|date|time|"
                         r"price|count|width|height|size_bytes)($|_)", re.IGNORECASE)
 _SKIP_SUFFIX = ("id", "path", "url", "hash", "year")
+_WORD = re.compile(r"[^\W_]+")
+_JOINABLE = re.compile(r"[\s-]*")  # what may stand between two words a catalog writes as one ("t-shirt", "t shirt")
 
 
 @dataclass(frozen=True)
@@ -38,14 +40,18 @@ class TextRecipe:
     vector: str = TEXT_VECTOR
     fields: tuple[str, ...] = ()  # payload fields appended to the title, in this order
     bm25: Mapping[str, Any] = field(default_factory=lambda: {"avg_len": AVG_LEN})  # Bm25Config keywords
+    # Bm25 token ids of the catalog's compound words ("tshirts", "sweatshirts"; `compound_tokens`): two adjacent
+    # words that join into one of them ("t-shirt", "sweat shirt") are read as that word, on both sides.
+    joins: frozenset[int] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"vector": self.vector, "fields": list(self.fields), "bm25": dict(self.bm25), "source": "title"}
+        doc = {"vector": self.vector, "fields": list(self.fields), "bm25": dict(self.bm25), "source": "title"}
+        return doc | ({"joins": sorted(self.joins)} if self.joins else {})
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> TextRecipe:
         return cls(vector=str(doc.get("vector", TEXT_VECTOR)), fields=tuple(doc.get("fields", ())),
-                   bm25=dict(doc.get("bm25", {})))
+                   bm25=dict(doc.get("bm25", {})), joins=frozenset(int(i) for i in doc.get("joins", ())))
 
     def text(self, payload: Mapping[str, Any]) -> str:
         """The product's lexical text from its payload: title, then the recipe's fields' values."""
@@ -57,15 +63,60 @@ class TextRecipe:
         text = self.text(payload)
         if not text:
             return None
-        vec = _model(_key(self.bm25)).embed_document(text)
+        vec = _model(_key(self.bm25)).embed_document(self.normalise(text))
         return SparseVec(list(vec.indices), list(vec.values)) if len(vec.indices) else None
 
     def query(self, text: str | None) -> SparseVec | None:
         """A query's sparse vector (each distinct token weighs 1); None for no text or only stopwords."""
         if not text or not text.strip():
             return None
-        vec = _model(_key(self.bm25)).embed_query(text)
+        vec = _model(_key(self.bm25)).embed_query(self.normalise(text))
         return SparseVec(list(vec.indices), list(vec.values)) if len(vec.indices) else None
+
+    def normalise(self, text: str) -> str:
+        """The text as Bm25 reads it, with adjacent words joined where the catalog writes them as one word:
+        "red t-shirt" -> "red tshirt" when the catalog says "Tshirts" (the tokenizer alone would keep "shirt")."""
+        if not self.joins:
+            return text
+        model = _model(_key(self.bm25))
+        words = list(_WORD.finditer(text))
+        out, i = [], 0
+        while i < len(words):
+            w = words[i].group()
+            if i + 1 < len(words) and _JOINABLE.fullmatch(text[words[i].end():words[i + 1].start()]):
+                joined = w + words[i + 1].group()
+                if _token(model, joined) in self.joins:
+                    out.append(joined)
+                    i += 2
+                    continue
+            out.append(w)
+            i += 1
+        return " ".join(out)
+
+
+def _token(model: Any, word: str) -> int | None:
+    ids = list(model.embed_query(word).indices)
+    return int(ids[0]) if len(ids) == 1 else None
+
+
+def compound_tokens(texts: Iterable[str], bm25: Mapping[str, Any] | None = None) -> frozenset[int]:
+    """Bm25 token ids of the words in `texts` that split into two words of `texts`, or a letter and a word:
+    "tshirts" = "t" + "shirts", "sweatshirts" = "sweat" + "shirts". Derived from the catalog itself, so a
+    shopper's "t-shirt" or "sweat shirt" finds what this catalog calls Tshirts, with no hand-kept list."""
+    vocab = {w.casefold() for t in texts for w in _WORD.findall(t)}
+    model = _model(_key(bm25 if bm25 is not None else {"avg_len": AVG_LEN}))
+
+    def split(w: str, i: int) -> bool:
+        head, tail = w[:i], w[i:]
+        return (head in vocab or i == 1) and tail in vocab and len(tail) >= 3
+
+    out = set()
+    for w in vocab:
+        if len(w) >= 5 and w.isalpha() and any(split(w, i) for i in range(1, len(w) - 2)):
+            tok = _token(model, w)
+            if tok is not None:
+                out.add(tok)
+    return frozenset(out)
 
 
 def _key(bm25: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:

@@ -136,3 +136,25 @@ def test_push_copies_the_text_vector(bundle, catalog, tmp_path: Path) -> None:
                 k: list(v.indices) for k, v in p.sparse.items()}
         assert search(bundle, target, "shop", "blue sneakers", top_k=8).query["text_vector"] is True
         assert migrate(source, target, "shop").copied == 0  # resumable: nothing left to copy
+
+
+def test_catalog_compounds_join_a_shoppers_spelling() -> None:
+    """"t-shirt", "t shirt" and "sweat shirt" mean what a catalog writes as one word (Tshirts, Sweatshirts): the
+    joins come from the catalog's own words, apply to queries and documents alike, and travel in the recipe."""
+    from enclip_qdrant.lexical import TextRecipe, compound_tokens
+
+    texts = ["Nike Men Red Tshirts", "Puma Men Blue Shirts", "Adidas Women Grey Sweatshirts", "Sweat Band",
+             "Levis Men Black Jeans"]
+    plain = TextRecipe()
+    recipe = TextRecipe(joins=compound_tokens(texts))
+    want = plain.query("red tshirts")
+    assert plain.query("red t-shirt") != want  # the tokenizer alone reads "shirt"
+    for spelling in ("red t-shirt", "red T-Shirt", "red t shirt", "red tshirt"):
+        assert recipe.query(spelling) == want, spelling
+    assert recipe.query("grey sweat shirt") == plain.query("grey sweatshirts")
+    assert recipe.query("blue shirt") == plain.query("blue shirt")  # a word that is not a compound is left alone
+    assert recipe.query("black jeans") == plain.query("black jeans")
+    doc = recipe.document({"text": "Roadster Men T-Shirt"})
+    assert doc is not None and set(want.indices) - set(doc.indices) == set(plain.query("red").indices)
+    assert TextRecipe.from_dict(recipe.to_dict()) == recipe
+    assert "joins" not in plain.to_dict()  # a collection made before joins existed reads back unchanged
