@@ -47,6 +47,17 @@ def report_tables(report: EvalReport) -> list[Table]:
             t.add_row(r.ranking, *[(f"[bold]{format_value(c, m[c])}[/]" if m[c] is not None and m[c] == best.get(c)
                                     else format_value(c, m[c])) for c in cols])
         tables.append(t)
+    for title, pcols, prows in report.protocol_tables():
+        t = Table(title=f"protocol {title}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+        t.add_column("ranking", min_width=13)
+        for c in pcols:
+            t.add_column(c, justify="right", no_wrap=True)
+        best = {c: max(r.metrics[c] for r in prows) for c in pcols}
+        for r in prows:
+            t.add_row(r.ranking, *[f"[bold]{r.metrics[c]:.3f}[/]" if r.metrics[c] == best[c] else f"{r.metrics[c]:.3f}"
+                                   for c in pcols])
+        tables.append(t)
     return tables
 
 
@@ -61,6 +72,9 @@ def eval_command(
                                                 "it must not have seen the test split.")] = None,
     queries: Annotated[Path | None, typer.Option("--queries", help='JSONL of {"query": ..., "relevant": '
                                                  '{"field": value}}, scored as a second query set.')] = None,
+    protocol: Annotated[Path | None, typer.Option("--protocol", help="Folder of public benchmark ground truth "
+                                                  "(Marqo's KAGL files, {query: {product id: 1}}), scored over "
+                                                  "the held-out products.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results per query.")] = 10,
     members: opt.Members = 5, preset: opt.Preset = "small", epochs: opt.Epochs = None, batch_size: opt.Batch = None,
     clusters: opt.Clusters = "auto", diversity: opt.Diversity = "seed", model: opt.Model = None,
@@ -81,6 +95,7 @@ def eval_command(
     with RichProgress() as progress:
         report = api.evaluate(catalog, bundle=bundle, config=config, test_fraction=test_fraction, seed=seed,
                               queries_file=queries, top_k=top_k, workdir=workdir, progress=progress,
+                              protocol=protocol,
                               columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
     if json_out:
         render.print_json(out, report.to_dict())

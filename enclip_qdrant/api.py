@@ -320,12 +320,15 @@ def eval_workdir(catalog: str | Path, conn: Connection | None = None) -> Path:
 def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None = None,
              config: TrainConfig | None = None, test_fraction: float | None = None, seed: int = 0,
              queries_file: str | Path | None = None, top_k: int = 10, workdir: str | Path | None = None,
-             columns: Mapping[str, str | None] | None = None, progress: Progress | None = None) -> EvalReport:
+             columns: Mapping[str, str | None] | None = None, progress: Progress | None = None,
+             protocol: str | Path | None = None) -> EvalReport:
     """Held-out check of ENCLIP on a catalog: train on a seeded split (or check `bundle` never saw it), score
     each member alone, the ensemble and routing on the rest. `test_fraction`: share held out (default 0.2; with
     `bundle`, the whole catalog: a new catalog the bundle never saw); `queries_file`:
-    JSONL of extra queries; `workdir`: keeps the trained bundle (see `eval_workdir`), else a temporary folder."""
+    JSONL of extra queries; `workdir`: keeps the trained bundle (see `eval_workdir`), else a temporary folder;
+    `protocol`: a folder of public ground truth (Marqo's KAGL files) scored over the held-out products."""
     from .evaluation import evaluate as run
 
     return run(catalog, bundle=bundle, config=config, test_fraction=test_fraction, seed=seed,
-               queries_file=queries_file, top_k=top_k, workdir=workdir, columns=columns, progress=progress)
+               queries_file=queries_file, top_k=top_k, workdir=workdir, columns=columns, progress=progress,
+               protocol=protocol)

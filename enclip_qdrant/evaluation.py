@@ -39,9 +39,12 @@ from .lexical import TextRecipe
 from .load import open_catalog
 from .meta import read_meta
 from .progress import NullProgress, Progress
+from .protocol import TASKS, ProtocolRow, read_protocol, restrict
+from .protocol import score as protocol_score
 from .search import (
     DEFAULT_MAX_CLUSTERS,
     DEFAULT_OVERSAMPLE,
+    DEFAULT_TEXT_WEIGHT,
     DEFAULT_THRESHOLD,
     EncodedQuery,
     encode_query,
@@ -60,7 +63,7 @@ MIN_KEYWORD_RELEVANT = 10  # a keyword query needs this many relevant test produ
 COLLECTION = "enclip-eval"
 
 RowKind = Literal["member", "ensemble", "routed", "hybrid"]
-# Text-prefetch weights the hybrid rows try (RRF weight of the BM25 prefetch against each member's 1).
+# --text-weight values the hybrid rows try (the BM25 list's RRF weight is this x the number of members).
 HYBRID_WEIGHTS = (1.0, 0.5, 2.0)
 
 
@@ -131,6 +134,8 @@ class EvalReport:
     seconds: dict[str, float]
     rows: list[EvalRow]
     test_ids: list[str] = field(default_factory=list, repr=False)
+    protocol: list[ProtocolRow] = field(default_factory=list)  # --protocol: the public benchmark's rows
+    protocol_dir: str | None = None
 
     def rows_for(self, query_set: str) -> list[EvalRow]:
         return [r for r in self.rows if r.query_set == query_set]
@@ -156,7 +161,20 @@ class EvalReport:
             "seconds": self.seconds,
             "rows": [{"query_set": r.query_set, "ranking": r.ranking, "kind": r.kind, "queries": r.queries}
                      | {c: r.metrics(self.top_k)[c] for c in cols} for r in self.rows],
+            "protocol": {"folder": self.protocol_dir,
+                         "rows": [{"task": r.task, "ranking": r.ranking, "queries": r.queries} | r.metrics
+                                  for r in self.protocol]} if self.protocol else None,
         }
+
+    def protocol_tables(self) -> list[tuple[str, list[str], list[ProtocolRow]]]:
+        """(title, metric columns, rows) per protocol task, for the markdown and terminal outputs."""
+        out = []
+        for task in dict.fromkeys(r.task for r in self.protocol):
+            rows = [r for r in self.protocol if r.task == task]
+            title = (f"{task} ({TASKS.get(task, '')}): {rows[0].queries} queries, relevance restricted to the "
+                     f"{self.test_products} held-out products")
+            out.append((title, list(rows[0].metrics), rows))
+        return out
 
     def to_markdown(self) -> str:
         """One table per query set, best value per column in bold; ready to paste into an issue."""
@@ -178,6 +196,12 @@ class EvalReport:
                 m = r.metrics(self.top_k)
                 cells = [_cell(c, m[c], bold=m[c] is not None and m[c] == best.get(c)) for c in cols]
                 lines.append(f"| {r.ranking} | " + " | ".join(cells) + " |")
+        for title, cols, prows in self.protocol_tables():
+            lines += ["", f"**protocol {title}**", "", "| ranking | " + " | ".join(cols) + " |",
+                      "|---|" + "---:|" * len(cols)]
+            best = {c: max(r.metrics[c] for r in prows) for c in cols}
+            lines += [f"| {r.ranking} | " + " | ".join(_cell(c, r.metrics[c], r.metrics[c] == best[c]) for c in cols)
+                      + " |" for r in prows]
         return "\n".join(lines) + "\n"
 
 
@@ -399,6 +423,22 @@ def hybrid_rankings(recipe: TextRecipe | None) -> list[_Ranking]:
     return out
 
 
+DEFAULT_QUERY = "default query"
+
+
+def protocol_rankings(bundle: Bundle, recipe: TextRecipe | None) -> list[_Ranking]:
+    """What the public protocol scores: each member alone, the ensemble dense-only (RRF, DBSF), and the default
+    query (`query TEXT` as shipped: hybrid when the collection has a text vector, routed)."""
+    out = [_Ranking(f"member {name}", "member", member=name) for name in bundle.vectors]
+    out += [_Ranking("ensemble RRF", "ensemble", "rrf"), _Ranking("ensemble DBSF", "ensemble", "dbsf")]
+    if recipe is not None:
+        out.append(_Ranking("hybrid RRF (all clusters)", "hybrid", "rrf", text_weight=DEFAULT_TEXT_WEIGHT))
+    out.append(_Ranking(DEFAULT_QUERY, "hybrid" if recipe is not None else "routed", "rrf",
+                        routing=(DEFAULT_THRESHOLD, DEFAULT_MAX_CLUSTERS),
+                        text_weight=DEFAULT_TEXT_WEIGHT if recipe is not None else None))
+    return out
+
+
 def _run(store: Store, bundle: Bundle, ranking: _Ranking, q: EncodedQuery, top_k: int, text: str = "",
          recipe: TextRecipe | None = None) -> tuple[list[Hit], list[int] | None, float]:
     """One ranking for one encoded query: (hits, clusters searched or None when unrouted, search seconds)."""
@@ -426,12 +466,13 @@ def _train_dir(workdir: Path, train_catalog: Catalog, config: TrainConfig) -> Pa
 def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None = None,
              config: TrainConfig | None = None, test_fraction: float | None = None, seed: int = 0,
              queries_file: str | Path | None = None, top_k: int = 10, workdir: str | Path | None = None,
-             columns: Mapping[str, str | None] | None = None, progress: Progress | None = None) -> EvalReport:
+             columns: Mapping[str, str | None] | None = None, progress: Progress | None = None,
+             protocol: str | Path | None = None) -> EvalReport:
     """Train on a seeded split (or check `bundle` never saw it), then score every ranking on the held-out rest.
 
     `test_fraction`: share held out; None: 0.2 when training, the whole catalog (1) with a given `bundle`
     (a new catalog the bundle never saw). `workdir` keeps the trained bundle (re-running resumes it); without
-    one it lives in a temporary folder.
+    one it lives in a temporary folder. `protocol`: a folder of public ground truth (protocol.py) scored too.
     """
     if test_fraction is None:
         test_fraction = 1.0 if bundle is not None else 0.2
@@ -445,6 +486,7 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
     by_id = {p.id: p for p in cat.products}
     test = [by_id[i] for i in sorted(test_ids)]
     spec = read_queries(queries_file, cat) if queries_file is not None else None
+    tasks = read_protocol(protocol) if protocol is not None else []
 
     tmp = Path(tempfile.mkdtemp(prefix="enclip-eval-"))
     try:
@@ -495,9 +537,11 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
                     raise QueryError(f"no query in {queries_file} has a relevant product among the "
                                      f"{len(test)} test products")
             ks = [k for k in (1, 5, 10) if k < top_k] + [top_k]
+            gt = {t.name: restrict(t, test_ids) for t in tasks}
 
             t0 = time.perf_counter()
-            texts = list(dict.fromkeys(q.text for qs in sets.values() for q in qs))
+            texts = list(dict.fromkeys([q.text for qs in sets.values() for q in qs]
+                                       + [q for queries in gt.values() for q in queries]))
             encoded: dict[str, EncodedQuery] = {}
             task = progress.task("encoding queries", total=len(texts))
             for text in texts:
@@ -522,6 +566,7 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
                         task.advance()
                     rows.append(_row(name, ranking, qs, results, searched, lat, cluster_of, by_id, ks, top_k))
             task.close()
+            protocol_rows = _protocol_rows(store, b, gt, encoded, recipe, top_k, progress)
             seconds["queries"] = round(time.perf_counter() - t0, 2)
             store.delete_alias(COLLECTION)  # the name is an alias: drop refuses what one serves
             store.drop(indexed.physical)
@@ -537,5 +582,27 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
         clusters=b.clusters.k,
         query_sets={name: QuerySetInfo(len(qs), skipped[name], chance_recall(qs, len(test), ks))
                     for name, qs in sets.items()},
-        encode_ms=encode_ms, seconds=seconds, rows=rows, test_ids=sorted(test_ids))
+        encode_ms=encode_ms, seconds=seconds, rows=rows, test_ids=sorted(test_ids), protocol=protocol_rows,
+        protocol_dir=str(protocol) if protocol is not None else None)
+
+
+def _protocol_rows(store: Store, bundle: Bundle, gt: Mapping[str, Mapping[str, frozenset[str]]],
+                   encoded: Mapping[str, EncodedQuery], recipe: TextRecipe | None, top_k: int,
+                   progress: Progress) -> list[ProtocolRow]:
+    plan = protocol_rankings(bundle, recipe)
+    task = progress.task("protocol", total=len(plan) * sum(len(q) for q in gt.values()))
+    rows = []
+    for name, queries in gt.items():
+        if not queries:
+            continue
+        for ranking in plan:
+            results = []
+            for text in queries:
+                hits, _, _ = _run(store, bundle, ranking, encoded[text], top_k, text, recipe)
+                results.append([str(h.payload.get("product_id")) for h in hits])
+                task.advance()
+            rows.append(ProtocolRow(name, ranking.name, len(queries),
+                                    protocol_score(results, list(queries.values()), top_k)))
+    task.close()
+    return rows
 

@@ -187,3 +187,44 @@ def test_eval_takes_field_cols_and_an_unknown_column_is_one_line(catalog_dir, tm
                                       "--field-cols", "nosuchcolumn", "--home", str(tmp_path / "h")])
     assert result.exit_code != 0
     assert "nosuchcolumn" in str(result.exception) and "\n" not in str(result.exception).strip()
+
+
+def test_protocol_metrics_are_beirs_definitions():
+    """R@k over the relevant set, P@k over k, MRR within the top k: checked on rankings worked out by hand."""
+    from enclip_qdrant.protocol import score
+
+    got = score([["a", "x", "b"], ["y", "z", "c"], ["q", "r", "s"]],
+                [frozenset({"a", "b", "c", "d"}), frozenset({"c"}), frozenset({"t"})], top_k=3)
+    assert got == pytest.approx({"R@1": (1 / 4) / 3, "R@3": (2 / 4 + 1) / 3, "P@1": 1 / 3, "P@3": (2 / 3 + 1 / 3) / 3,
+                                 "MRR": (1 + 1 / 3) / 3})
+
+
+def test_protocol_is_scored_over_the_held_out_products(report, catalog, tmp_path):
+    """`eval --protocol DIR`: ground truth cut to the held-out products (queries left with none dropped), each
+    member, the dense ensemble and the default query scored, in every output; bad folders are one line."""
+    from enclip_qdrant.protocol import read_protocol
+
+    test_ids = set(report.test_ids)
+    by_type: dict[str, dict[str, int]] = {}
+    for p in catalog.products:
+        by_type.setdefault(str(p.fields["articleType"]), {})[p.id] = 1
+    by_type["Nothing held out"] = {next(p.id for p in catalog.products if p.id not in test_ids): 1}
+    folder = tmp_path / "kagl"
+    folder.mkdir()
+    (folder / "fine-category.json").write_text(json.dumps(by_type))
+    (folder / "text-to-image.json").write_text(json.dumps({p.text: {p.id: 1} for p in catalog.products if p.text}))
+    again = evaluate(catalog, bundle=report.bundle_path, seed=0, test_fraction=0.2, protocol=folder)
+    fine = [r for r in again.protocol if r.task == "fine-category"]
+    assert {r.ranking for r in fine} == {"member m0", "member m1", "ensemble RRF", "ensemble DBSF",
+                                         "hybrid RRF (all clusters)", "default query"}
+    assert fine[0].queries == len(by_type) - 1  # the query with no held-out product is dropped
+    assert set(fine[0].metrics) == {"R@1", "R@10", "P@1", "P@10", "MRR"}
+    best = max(r.metrics["P@10"] for r in fine)
+    assert best > 1 / len(by_type)  # far above a random ranking's share of one type
+    assert "**protocol fine-category" in again.to_markdown() and again.to_dict()["protocol"]["rows"]
+    assert next(r for r in again.protocol if r.task == "text-to-image").queries <= len(test_ids)
+    with pytest.raises(QueryError, match="none of"):
+        read_protocol(tmp_path)
+    (folder / "colour.json").write_text("[1, 2]")
+    with pytest.raises(QueryError, match="colour.json must map"):
+        read_protocol(folder)
