@@ -32,7 +32,7 @@ from enclip_qdrant.meta import read_meta
 from enclip_qdrant.progress import NullProgress
 from enclip_qdrant.protocol import read_protocol, restrict
 from enclip_qdrant.protocol import score as protocol_score
-from enclip_qdrant.search import DEFAULT_MAX_CLUSTERS, DEFAULT_THRESHOLD, encode_query, hybrid_vectors
+from enclip_qdrant.search import DEFAULT_MAX_CLUSTERS, DEFAULT_THRESHOLD, encode_query, hybrid_vectors, text_filters
 from enclip_qdrant.store import EdgeStore, SearchFilter
 from enclip_qdrant.store.base import RRF_K
 
@@ -91,16 +91,21 @@ def main() -> None:
         for text in texts:
             enc = encode_query(bundle, text)
             vectors, _ = hybrid_vectors(enc.vectors, text, recipe, 1.0)
-            clusters = [c for c, _ in route(enc.cluster_probs, DEFAULT_THRESHOLD, DEFAULT_MAX_CLUSTERS)]
-            for routed in (False, True):
-                flt = SearchFilter(clusters=clusters) if routed and clusters else None
+            capped = [c for c, _ in route(enc.cluster_probs, DEFAULT_THRESHOLD, DEFAULT_MAX_CLUSTERS)]
+            uncapped = [c for c, _ in route(enc.cluster_probs, DEFAULT_THRESHOLD, bundle.clusters.k)]
+            for routed, clusters in ((False, None), (True, capped), ("uncapped", uncapped)):
+                flt = SearchFilter(clusters=clusters) if clusters else None
                 per = store.query_each("grid", vectors, limit=max(DEPTHS), filter=flt)
                 lists[text, routed] = {name: [prod_of[h.id] for h in hits] for name, hits in per.items()}
+            if text_vec_name := (recipe.vector if recipe else None):  # routed members, text over every cluster
+                lists[text, "text-unrouted"] = dict(lists[text, True])
+                if text_vec_name in lists[text, False]:
+                    lists[text, "text-unrouted"][text_vec_name] = lists[text, False][text_vec_name]
         print(f"encoded and searched {len(texts)} queries in {time.perf_counter() - t0:.0f} s")
         members = len(bundle.vectors)
         text_vec = recipe.vector if recipe else None
 
-        def measure(depth: int, w: float, routed: bool, qdrant_weights: bool = False) -> dict[str, float]:
+        def measure(depth: int, w: float, routed: bool | str, qdrant_weights: bool = False) -> dict[str, float]:
             out: dict[str, float] = {}
             for name, qs in sets.items():
                 results, rels, type_p, all_p = [], [], [], []
@@ -132,6 +137,10 @@ def main() -> None:
                     rows.append((f"{'routed' if routed else 'all'} depth {depth} W={w:g}", measure(depth, w, routed)))
             rows.append((f"{'routed' if routed else 'all'} depth 40 W=1 qdrant-weights (before)",
                          measure(40, 1.0, routed, qdrant_weights=True)))
+        for w in WEIGHTS[2:]:  # routing without the --max-clusters cap: the threshold alone decides
+            rows.append((f"routed, no cluster cap, depth 40 W={w:g}", measure(40, w, "uncapped")))
+        for w in WEIGHTS[2:]:  # members routed, the text list over every cluster
+            rows.append((f"members routed, text all clusters, depth 40 W={w:g}", measure(40, w, "text-unrouted")))
         latency = _latency(store, bundle, recipe, texts[:200]) if a.latency else ""
         cols = list(rows[0][1])
         lines = [f"Held-out fusion grid: bundle {bundle.fingerprint}, {len(test)} held-out products, seed {a.seed}; "
@@ -151,7 +160,7 @@ def _latency(store: EdgeStore, bundle, recipe, texts: list[str], rounds: int = 3
     body (Qdrant's weights) it replaced; the two alternate per round, so machine drift hits both alike."""
     import statistics
 
-    from qdrant_edge import Fusion, Prefetch, Query, QueryRequest
+    from qdrant_edge import Expression, Formula, Fusion, Prefetch, Query, QueryRequest
 
     from enclip_qdrant.store.edge import _edge_filter, _edge_vector
 
@@ -160,22 +169,34 @@ def _latency(store: EdgeStore, bundle, recipe, texts: list[str], rounds: int = 3
         enc = encode_query(bundle, text)
         vectors, weights = hybrid_vectors(enc.vectors, text, recipe, 1.0)
         clusters = [c for c, _ in route(enc.cluster_probs, DEFAULT_THRESHOLD, DEFAULT_MAX_CLUSTERS)]
-        plans.append((vectors, weights, SearchFilter(clusters=clusters) if clusters else None))
+        flt = SearchFilter(clusters=clusters) if clusters else None
+        plans.append((vectors, weights, flt, text_filters(vectors, enc.vectors, flt)))
     shard = store._shard(store.resolve("grid"))
-    times: dict[str, list[float]] = {"formula (now)": [], "flat weighted RRF (before)": []}
+    times: dict[str, list[float]] = {"engine: formula body (now)": [], "engine: flat weighted RRF body (before)": [],
+                                     "query_fused (now, with hits and tie order)": []}
     for _ in range(rounds):
-        for vectors, weights, flt in plans:
+        for vectors, weights, flt, own in plans:
+            names = list(vectors)
+            w = [float((weights or {}).get(n, 1.0)) for n in names]
+            lists = [Prefetch(limit=40, query=Query.Nearest(_edge_vector(v), using=n),
+                              filter=_edge_filter(own.get(n, flt))) for n, v in vectors.items()]
+            now = QueryRequest(limit=TOP, prefetches=[Prefetch(limit=40, query=Fusion.Rrf(k=RRF_K), prefetches=[p])
+                                                      for p in lists],
+                               query=Formula(Expression.Sum([Expression.Mult([Expression.Constant(x),
+                                                                              Expression.Variable(f"$score[{i}]")])
+                                                             for i, x in enumerate(w)])),
+                               with_payload=True, with_vector=False)
+            before = QueryRequest(limit=TOP, prefetches=lists, query=Fusion.Rrf(k=RRF_K, weights=w), with_payload=True,
+                                  with_vector=False)
+            for label, req in (("engine: formula body (now)", now),
+                               ("engine: flat weighted RRF body (before)", before)):
+                t0 = time.perf_counter()
+                shard.query(req)
+                times[label].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            store.query_fused("grid", vectors, limit=TOP, prefetch_limit=40, filter=flt, weights=weights)
-            times["formula (now)"].append(time.perf_counter() - t0)
-            ef = _edge_filter(flt)
-            w = [float((weights or {}).get(n, 1.0)) for n in vectors]
-            req = QueryRequest(limit=TOP, prefetches=[Prefetch(limit=40, query=Query.Nearest(_edge_vector(v), using=n),
-                                                               filter=ef) for n, v in vectors.items()],
-                               query=Fusion.Rrf(k=RRF_K, weights=w), with_payload=True, with_vector=False)
-            t0 = time.perf_counter()
-            shard.query(req)
-            times["flat weighted RRF (before)"].append(time.perf_counter() - t0)
+            store.query_fused("grid", vectors, limit=TOP, prefetch_limit=40, filter=flt, weights=weights,
+                              vector_filters=own)
+            times["query_fused (now, with hits and tie order)"].append(time.perf_counter() - t0)
     lines = ["", f"Search time of the default query, {len(plans)} queries x {rounds} rounds, alternating:", "",
              "| body | p50 ms | p95 ms |", "|---|---:|---:|"]
     for name, ts in times.items():

@@ -160,9 +160,9 @@ def query(
                                                             "share of the fused score.")] = False,
     no_text: Annotated[bool, typer.Option("--no-text", help="Dense only: leave out the collection's text "
                                                             "(BM25) vector.")] = False,
-    text_weight: Annotated[float, typer.Option("--text-weight", min=0.0, help="Weight of the text (BM25) "
-                                               "prefetch against the whole ensemble (1: as much say as all members "
-                                               "together; RRF only); 0 = --no-text.")
+    text_weight: Annotated[float, typer.Option("--text-weight", min=0.0, help="Say of the text (BM25) list "
+                                               "against the whole ensemble: its RRF weight is this x the members "
+                                               "(1: as much say as all members together; RRF only); 0 = --no-text.")
                            ] = DEFAULT_TEXT_WEIGHT,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a PNG contact sheet.")] = None,

@@ -49,6 +49,7 @@ from .search import (
     EncodedQuery,
     encode_query,
     hybrid_vectors,
+    text_filters,
 )
 from .store import EdgeStore, Hit, SearchFilter, Store
 from .training import MIN_PAIRS, TrainConfig, train
@@ -64,7 +65,7 @@ COLLECTION = "enclip-eval"
 
 RowKind = Literal["member", "ensemble", "routed", "hybrid"]
 # --text-weight values the hybrid rows try (the BM25 list's RRF weight is this x the number of members).
-HYBRID_WEIGHTS = (1.0, 0.5, 2.0)
+HYBRID_WEIGHTS = (DEFAULT_TEXT_WEIGHT, 1.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -416,7 +417,7 @@ def hybrid_rankings(recipe: TextRecipe | None) -> list[_Ranking]:
         return []
     out = []
     for w in HYBRID_WEIGHTS:
-        tag = "" if w == 1.0 else f" w={w:g}"
+        tag = "" if w == DEFAULT_TEXT_WEIGHT else f" w={w:g}"
         out += [_Ranking(f"hybrid RRF{tag}", "hybrid", "rrf", text_weight=w),
                 _Ranking(f"hybrid routed p>={DEFAULT_THRESHOLD:g}{tag}", "hybrid", "rrf",
                          routing=(DEFAULT_THRESHOLD, DEFAULT_MAX_CLUSTERS), text_weight=w)]
@@ -453,7 +454,8 @@ def _run(store: Store, bundle: Bundle, ranking: _Ranking, q: EncodedQuery, top_k
     else:
         vectors, weights = hybrid_vectors(q.vectors, text, recipe, ranking.text_weight or 0.0, ranking.fusion or "rrf")
         hits = store.query_fused(COLLECTION, vectors, limit=top_k, prefetch_limit=top_k * DEFAULT_OVERSAMPLE,
-                                 fusion=ranking.fusion or "rrf", filter=flt, weights=weights)
+                                 fusion=ranking.fusion or "rrf", filter=flt, weights=weights,
+                                 vector_filters=text_filters(vectors, q.vectors, flt))
     return hits, clusters, time.perf_counter() - t0
 
 

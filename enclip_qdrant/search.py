@@ -230,6 +230,7 @@ class QueryPlan:
     filter: SearchFilter | None
     vectors: dict[str, QueryVector]  # the members' dense vectors, plus the sparse text vector in hybrid search
     weights: dict[str, float] | None  # RRF weights (None: all weigh 1)
+    vector_filters: dict[str, SearchFilter | None] = field(default_factory=dict)  # the text list's own filter
 
 
 def plan_query(bundle: Bundle, store: Store, collection: str, text: str | None, image: Image.Image | None, *,
@@ -239,13 +240,28 @@ def plan_query(bundle: Bundle, store: Store, collection: str, text: str | None, 
                recipe: TextRecipe | None | str = "auto", fusion: Fusion = "rrf") -> QueryPlan:
     """Encode, route and build the prefetches, the same way for `search` and for /v1/encode."""
     q = encode_query(bundle, text, image, encoder=encoder)
-    chosen = choose_clusters(bundle, q.cluster_probs, parse_clusters(clusters), threshold, max_clusters)
+    mode = parse_clusters(clusters)
+    chosen = choose_clusters(bundle, q.cluster_probs, mode, threshold, max_clusters)
     flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=typed_filters(store, collection, filters or {}))
     if recipe == "auto":
         recipe = collection_recipe(store, collection) if text and text.strip() and text_weight > 0 else None
     vectors, weights = hybrid_vectors(q.vectors, text, recipe if isinstance(recipe, TextRecipe) else None,
                                       text_weight, fusion)
-    return QueryPlan(q, chosen, None if flt.is_empty() else flt, vectors, weights)
+    shared = None if flt.is_empty() else flt
+    # clusters named by the caller restrict every list; only routing's guess leaves the words free
+    own = text_filters(vectors, q.vectors, shared) if mode == "auto" else {}
+    return QueryPlan(q, chosen, shared, vectors, weights, own)
+
+
+def text_filters(vectors: Mapping[str, QueryVector], dense: Mapping[str, Any],
+                 flt: SearchFilter | None) -> dict[str, SearchFilter | None]:
+    """Routing (`--clusters auto`) restricts what the members may propose; the text list searches every
+    cluster (under the same field filters): a shopper's words find their products wherever the image clusters
+    put them. Held out, this keeps routing for the pictures at no cost to word queries (BENCHMARKS.md, "Fusion")."""
+    if flt is None or flt.clusters is None:
+        return {}
+    own = SearchFilter(fields=flt.fields)
+    return {name: None if own.is_empty() else own for name in vectors if name not in dense}
 
 
 def explain_results(results: Sequence[Result], per: Mapping[str, Sequence[Hit]], fusion: Fusion,
@@ -286,11 +302,13 @@ def search(bundle: Bundle, store: Store, collection: str, text: str | None = Non
     q, chosen, vectors = plan.encoded, plan.chosen, plan.vectors
     t1 = time.perf_counter()
     hits = store.query_fused(collection, vectors, limit=top_k, prefetch_limit=top_k * oversample,
-                             fusion=fusion, filter=plan.filter, weights=plan.weights)
+                             fusion=fusion, filter=plan.filter, weights=plan.weights,
+                             vector_filters=plan.vector_filters)
     t2 = time.perf_counter()
     results = [Result(i + 1, h.id, h.score, h.payload.get("cluster"), h.payload) for i, h in enumerate(hits)]
     if explain:
-        per = store.query_each(collection, vectors, limit=top_k * oversample, filter=plan.filter)
+        per = store.query_each(collection, vectors, limit=top_k * oversample, filter=plan.filter,
+                               vector_filters=plan.vector_filters)
         explain_results(results, per, fusion, plan.weights)
     query = {"text": text, "image": str(image) if isinstance(image, (str, Path)) else None, "top_k": top_k,
              "fusion": fusion, "filters": {k: list(v) for k, v in (filters or {}).items()},

@@ -20,7 +20,7 @@ DEFAULT_MAX_CLUSTERS = 3
 DEFAULT_OVERSAMPLE = 4
 # The text list's say against the whole ensemble: its RRF terms weigh this x the number of members
 # (search.hybrid_vectors; 0: dense only). Chosen in BENCHMARKS.md, "Fusion".
-DEFAULT_TEXT_WEIGHT = 1.0
+DEFAULT_TEXT_WEIGHT = 2.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class SearchOptions:
             raise QueryError(f"--threshold must be between 0 and 1, not {self.threshold!r}")
         if not 0 <= self.text_weight < float("inf"):
             raise QueryError(f"--text-weight must be a number >= 0, not {self.text_weight!r}")
-        if self.fusion == "dbsf" and self.text_weight not in (0.0, 1.0):
+        if self.fusion == "dbsf" and self.text_weight not in (0.0, 1.0, DEFAULT_TEXT_WEIGHT):  # DBSF: one member
             raise QueryError("--text-weight needs RRF fusion: DBSF cannot weight its sources")
         if self.max_clusters < 1 or self.oversample < 1:
             raise QueryError("--max-clusters and --oversample must be at least 1")

@@ -18,8 +18,8 @@ from enclip_qdrant.training import TrainConfig
 
 RANKINGS = ["member m0", "member m1", "ensemble RRF", "ensemble DBSF", "routed top-1", "routed p>=0.9"]
 # the keyword and queries-file sets also score dense + BM25 text (titles stay dense-only: a title's own words)
-HYBRID = ["hybrid RRF", "hybrid routed p>=0.9", "hybrid RRF w=0.5", "hybrid routed p>=0.9 w=0.5", "hybrid RRF w=2",
-          "hybrid routed p>=0.9 w=2"]
+HYBRID = ["hybrid RRF", "hybrid routed p>=0.9", "hybrid RRF w=1", "hybrid routed p>=0.9 w=1", "hybrid RRF w=4",
+          "hybrid routed p>=0.9 w=4"]
 CONFIG = TrainConfig(onnx=False, members=2, preset="tiny", epochs=6)  # ~10 s on one thread; 2 epochs stay near chance
 
 

@@ -44,6 +44,8 @@ FILTERS = {
     "clusters": SearchFilter(clusters=[1, 4]),
     "clusters+field": SearchFilter(clusters=[0, 2, 5], fields={"baseColour": ["Red", "Black"]}),
 }
+# the default query's shape: members routed, the text list over every cluster (field filters kept)
+OWN = {"none": None, "clusters": {TEXT: None}, "clusters+field": {TEXT: SearchFilter(fields={"baseColour": ["Red"]})}}
 # name -> (fusion, weights): every fusion and weight form the CLI, library and service can send. The library sends
 # {text: --text-weight x members}; 5 is the default (1 x 5 members), 2.5 and 10 are --text-weight 0.5 and 2.
 WEIGHTINGS: dict[str, tuple[str, dict[str, float] | None]] = {
@@ -161,16 +163,23 @@ def _matches(p: PointRecord, flt: SearchFilter | None) -> bool:
 
 @pytest.mark.parametrize("limit", [10, 50, 100])
 @pytest.mark.parametrize("flt_name", list(FILTERS))
+@pytest.mark.parametrize("own", [False, True], ids=["one filter", "text's own filter"])
 @pytest.mark.parametrize("weighting", list(WEIGHTINGS))
-def test_fused_equals_the_hand_computed_fusion(filled: tuple[Store, str], limit: int, flt_name: str,
+def test_fused_equals_the_hand_computed_fusion(filled: tuple[Store, str], limit: int, flt_name: str, own: bool,
                                                weighting: str) -> None:
     store, name = filled
     fusion, weights = WEIGHTINGS[weighting]
     flt = FILTERS[flt_name]
+    vector_filters = OWN[flt_name] if own else None
+    if own and vector_filters is None:
+        pytest.skip("no filter to differ from")
     for query in QUERIES:
         got = store.query_fused(name, query, limit=TOP, prefetch_limit=limit, fusion=fusion,  # type: ignore[arg-type]
-                                filter=flt, weights=weights)
-        lists = store.query_each(name, query, limit=limit, filter=flt)
+                                filter=flt, weights=weights, vector_filters=vector_filters)
+        lists = store.query_each(name, query, limit=limit, filter=flt, vector_filters=vector_filters)
+        if vector_filters:  # the text list really searched under its own filter
+            assert [h.id for h in lists[TEXT]] == [h.id for h in store.query_each(
+                name, {TEXT: query[TEXT]}, limit=limit, filter=vector_filters[TEXT])[TEXT]]
         ref = dbsf_reference(lists) if fusion == "dbsf" else rrf_reference(lists, weights)
         assert_same_ranking(got, ref)
 

@@ -15,9 +15,9 @@ from enclip_qdrant.indexing import index_catalog, point_id
 from enclip_qdrant.lexical import TEXT_VECTOR, TextRecipe, choose_fields
 from enclip_qdrant.meta import read_meta
 from enclip_qdrant.migrate import migrate
-from enclip_qdrant.search import search
+from enclip_qdrant.search import DEFAULT_TEXT_WEIGHT, search
 from enclip_qdrant.search_options import SearchOptions
-from enclip_qdrant.store import EdgeStore, ServerStore, Store
+from enclip_qdrant.store import EdgeStore, SearchFilter, ServerStore, Store
 
 
 @pytest.fixture
@@ -65,9 +65,11 @@ def test_text_query_adds_one_sparse_prefetch_under_the_same_filter(indexed: Stor
     assert set(call["vectors"]) == set(bundle.vectors) | {TEXT_VECTOR}  # one call, members + text
     assert call["filter"].fields == {"gender": ["Women"]} and call["filter"].clusters == [c["id"] for c in
                                                                                          resp.clusters]
-    # weight 1: the text has as much say as all the members together
+    # the members are routed; the text list keeps the field filter and searches every cluster
+    assert call["vector_filters"] == {TEXT_VECTOR: SearchFilter(fields={"gender": ["Women"]})}
+    # the default weight: the text has DEFAULT_TEXT_WEIGHT x as much say as all the members together
     n = len(bundle.vectors)
-    assert call["weights"] == ({TEXT_VECTOR: float(n)} if n > 1 else None)
+    assert call["weights"] == {TEXT_VECTOR: DEFAULT_TEXT_WEIGHT * n}
     assert resp.query["text_vector"] is True
     assert all(set(r.member_ranks) == set(bundle.vectors) | {TEXT_VECTOR} for r in resp.results)
     assert any(r.member_ranks[TEXT_VECTOR] for r in resp.results)  # the lexical prefetch has its own ranks
@@ -84,7 +86,9 @@ def test_no_text_weights_and_image_only(indexed: Store, bundle, catalog, monkeyp
     assert weighted["weights"] == {TEXT_VECTOR: 2.5 * len(bundle.vectors)}  # against the whole ensemble
     assert set(image_only["vectors"]) == set(bundle.vectors)  # an image-only query has no words to match
     with pytest.raises(QueryError, match="RRF"):
-        search(bundle, indexed, "shop", "red dress", fusion="dbsf", text_weight=2.0)
+        search(bundle, indexed, "shop", "red dress", fusion="dbsf", text_weight=3.0)
+    search(bundle, indexed, "shop", "red dress", fusion="dbsf")  # the default weight is not a request to weigh
+    assert calls[-1]["weights"] is None and TEXT_VECTOR in calls[-1]["vectors"]
     with pytest.raises(QueryError, match="text-weight"):
         SearchOptions(text_weight=-1)
 

@@ -62,8 +62,12 @@ def test_results_match_colour_and_type_far_above_chance(indexed, bundle):
 def test_query_routes_to_clusters_and_explains_every_member(indexed, bundle):
     store, _ = indexed
     resp = search(bundle, store, "shop", "red dress", top_k=5, explain=True)
-    assert resp.clusters and all(r.cluster in {c["id"] for c in resp.clusters} for r in resp.results)
-    assert sum(c["p"] for c in resp.clusters) > 0
+    assert resp.clusters and sum(c["p"] for c in resp.clusters) > 0
+    # routing restricts what the members propose; the text list searches every cluster (search.text_filters)
+    routed = {c["id"] for c in resp.clusters}
+    assert all(r.cluster in routed or (r.member_ranks or {}).get("text_bm25") for r in resp.results)
+    dense = search(bundle, store, "shop", "red dress", top_k=5, text_weight=0)
+    assert all(r.cluster in {c["id"] for c in dense.clusters} for r in dense.results)
     d = resp.to_dict(explain=True)
     assert set(d) == {"query", "clusters", "results"}
     for row in d["results"]:
@@ -73,10 +77,11 @@ def test_query_routes_to_clusters_and_explains_every_member(indexed, bundle):
     for name in bundle.vectors:
         assert any(r.member_ranks[name] for r in resp.results), name
     # the explained ranks rebuild each fused score by the documented formula (base.RRF_K): the text list weighs
-    # --text-weight (1) x the number of members, every member 1; the shares are those terms over their sum
+    # --text-weight (default) x the number of members, every member 1; the shares are those terms over their sum
+    from enclip_qdrant.search import DEFAULT_TEXT_WEIGHT
     from enclip_qdrant.store.base import RRF_K
 
-    weights = {name: 1.0 for name in bundle.vectors} | {"text_bm25": float(len(bundle.vectors))}
+    weights = {name: 1.0 for name in bundle.vectors} | {"text_bm25": DEFAULT_TEXT_WEIGHT * len(bundle.vectors)}
     for r in resp.results:
         terms = {m: weights[m] / (RRF_K + rank - 1) for m, rank in r.member_ranks.items() if rank}
         assert r.score == pytest.approx(sum(terms.values()), rel=1e-5)

@@ -113,7 +113,10 @@ def test_encode_body_sent_to_qdrant_returns_the_search_ids(client, qdrant, bundl
         assert [t["mult"] for t in terms] == [[w, f"$score[{i}]"] for i, w in enumerate(want)]
     if hybrid:
         assert lists[-1]["using"] == "text_bm25" and "indices" in lists[-1]["query"]
-    assert all(p["limit"] == 6 * 4 and p["filter"]["must"][0]["key"] == "cluster" for p in lists)
+    members, text = (lists[:-1], lists[-1]) if hybrid else (lists, None)
+    assert all(p["limit"] == 6 * 4 and p["filter"]["must"][0]["key"] == "cluster" for p in members)
+    if text is not None:  # the words search every cluster, under the same field filter
+        assert text["limit"] == 6 * 4 and [c["key"] for c in text["filter"]["must"]] == ["gender"]
     # an application sends the body as-is to its own Qdrant
     request = models.QueryRequest.model_validate(json.loads(json.dumps(body)))
     (answer,) = qdrant.query_batch_points(out["qdrant"]["collection"], requests=[request])

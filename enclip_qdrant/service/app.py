@@ -430,7 +430,8 @@ class Service:
                           encoder=self.encoder, text_weight=req.text_weight, recipe=self.recipe,
                           fusion=req.fusion)  # type: ignore[arg-type]
         body = fused_query_request(plan.vectors, limit=req.top_k, prefetch_limit=req.top_k * req.oversample,
-                                   fusion=req.fusion, filter=plan.filter, weights=plan.weights)  # type: ignore[arg-type]
+                                   fusion=req.fusion, filter=plan.filter, weights=plan.weights,  # type: ignore[arg-type]
+                                   vector_filters=plan.vector_filters)
         return {
             "vectors": {name: [float(x) for x in v] for name, v in plan.encoded.vectors.items()},
             "sparse_vectors": {name: {"indices": list(v.indices), "values": list(v.values)}

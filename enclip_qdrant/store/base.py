@@ -253,8 +253,10 @@ class Store(ABC):
         fusion: Fusion = "rrf",
         filter: SearchFilter | None = None,
         weights: Mapping[str, float] | None = None,
+        vector_filters: Mapping[str, SearchFilter | None] | None = None,
     ) -> list[Hit]:
-        """ONE Query API call: a prefetch per named vector, dense or sparse (each carrying `filter`), fused by
+        """ONE Query API call: a prefetch per named vector, dense or sparse (each carrying `filter`, or its own
+        from `vector_filters`: the text list searches every cluster while the members are routed), fused by
         RRF or DBSF. `weights` (RRF only; missing names weigh 1) multiply each list's RRF terms: a point scores
         sum of w / (RRF_K + p) over the lists that hold it at 0-based position p (see RRF_K). Ties in score are
         broken by point id, so identical queries rank identically."""
@@ -267,8 +269,10 @@ class Store(ABC):
         *,
         limit: int,
         filter: SearchFilter | None = None,
+        vector_filters: Mapping[str, SearchFilter | None] | None = None,
     ) -> dict[str, list[Hit]]:
-        """Each named vector searched on its own (one batch call): the per-member ranks for `--explain`."""
+        """Each named vector searched on its own (one batch call), with the filters `query_fused` gives it: the
+        per-list ranks for `--explain`."""
 
     @abstractmethod
     def count(self, name: str, filter: SearchFilter | None = None) -> int: ...

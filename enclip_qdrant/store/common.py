@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 
 from enclip_qdrant.errors import QueryError, StoreError
-from enclip_qdrant.store.base import RRF_K, CollectionSpec, Fusion, Hit, QueryVector, SparseVec, Vector
+from enclip_qdrant.store.base import (
+    RRF_K,
+    CollectionSpec,
+    Fusion,
+    Hit,
+    QueryVector,
+    SearchFilter,
+    SparseVec,
+    Vector,
+)
 
 FORMAT = 1  # value of the "enclip_format" marker both backends write
 MARKER = "enclip_format"
@@ -59,6 +68,12 @@ def nonempty(vectors: Mapping[str, QueryVector]) -> dict[str, list[float] | Spar
     if not vectors:
         raise QueryError("a query needs at least one named vector")
     return {k: v if isinstance(v, SparseVec) else as_list(v) for k, v in vectors.items()}
+
+
+def filter_for(name: str, filter: SearchFilter | None,
+               vector_filters: Mapping[str, SearchFilter | None] | None) -> SearchFilter | None:
+    """The filter one named vector's prefetch carries: its own when `vector_filters` names it, else the shared one."""
+    return vector_filters[name] if vector_filters and name in vector_filters else filter
 
 
 def check_fusion(fusion: Fusion) -> Fusion:

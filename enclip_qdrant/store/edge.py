@@ -76,6 +76,7 @@ from enclip_qdrant.store.common import (
     as_list,
     check_fusion,
     check_name,
+    filter_for,
     first_line,
     hit,
     indexed_fields,
@@ -342,12 +343,13 @@ class EdgeStore(Store):
         fusion: Fusion = "rrf",
         filter: SearchFilter | None = None,
         weights: Mapping[str, float] | None = None,
+        vector_filters: Mapping[str, SearchFilter | None] | None = None,
     ) -> list[Hit]:
         shard = self._shard(name)
-        flt = _edge_filter(filter)
         named = nonempty(vectors)
         lists = [
-            Prefetch(limit=prefetch_limit, query=Query.Nearest(_edge_vector(v), using=k), filter=flt)
+            Prefetch(limit=prefetch_limit, query=Query.Nearest(_edge_vector(v), using=k),
+                     filter=_edge_filter(filter_for(k, filter, vector_filters)))
             for k, v in named.items()
         ]
         w = rrf_weights(list(named), check_fusion(fusion), weights)
@@ -369,12 +371,13 @@ class EdgeStore(Store):
         *,
         limit: int,
         filter: SearchFilter | None = None,
+        vector_filters: Mapping[str, SearchFilter | None] | None = None,
     ) -> dict[str, list[Hit]]:
         shard = self._shard(name)
-        flt = _edge_filter(filter)
         named = nonempty(vectors)
         requests = [
-            QueryRequest(limit=limit, query=Query.Nearest(_edge_vector(v), using=k), filter=flt, with_payload=True)
+            QueryRequest(limit=limit, query=Query.Nearest(_edge_vector(v), using=k),
+                         filter=_edge_filter(filter_for(k, filter, vector_filters)), with_payload=True)
             for k, v in named.items()
         ]
         with self._errors(name, "query"):

@@ -47,6 +47,7 @@ from enclip_qdrant.store.common import (
     as_list,
     check_fusion,
     check_name,
+    filter_for,
     first_line,
     hit,
     indexed_fields,
@@ -162,17 +163,16 @@ def _split(vectors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Sparse
 
 def fused_query_request(vectors: Mapping[str, QueryVector], *, limit: int, prefetch_limit: int,
                         fusion: Fusion = "rrf", filter: SearchFilter | None = None,
-                        weights: Mapping[str, float] | None = None) -> models.QueryRequest:
+                        weights: Mapping[str, float] | None = None,
+                        vector_filters: Mapping[str, SearchFilter | None] | None = None) -> models.QueryRequest:
     """The one fused Query API request `query_fused` sends: a prefetch per named vector, dense or sparse (each
     filtered), then RRF (k=RRF_K) or DBSF; with weights other than 1, each list is its own RRF prefetch and a
     formula sums w x its score (store/common.py, `weighted_formula_terms`). Public so the query service hands
     applications exactly this body
     (`.model_dump(mode="json", exclude_none=True)` is the REST JSON for POST /collections/NAME/points/query)."""
-    flt = _filter(filter)
     named = nonempty(vectors)
-    lists = [
-        models.Prefetch(query=_vector(v), using=k, limit=prefetch_limit, filter=flt) for k, v in named.items()
-    ]
+    lists = [models.Prefetch(query=_vector(v), using=k, limit=prefetch_limit,
+                             filter=_filter(filter_for(k, filter, vector_filters))) for k, v in named.items()]
     w = rrf_weights(list(named), check_fusion(fusion), weights)
     if w is not None:
         prefetch = [models.Prefetch(prefetch=p, query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)), limit=prefetch_limit)
@@ -431,11 +431,12 @@ class ServerStore(Store):
         fusion: Fusion = "rrf",
         filter: SearchFilter | None = None,
         weights: Mapping[str, float] | None = None,
+        vector_filters: Mapping[str, SearchFilter | None] | None = None,
     ) -> list[Hit]:
         self._check(name)
         asked = limit + tie_margin(len(vectors))
         req = fused_query_request(vectors, limit=asked, prefetch_limit=prefetch_limit, fusion=fusion, filter=filter,
-                                  weights=weights)
+                                  weights=weights, vector_filters=vector_filters)
         result = self._call(
             "query", name, self.client.query_points,
             name, prefetch=req.prefetch, query=req.query, limit=asked, with_payload=True, with_vectors=False,
@@ -449,12 +450,13 @@ class ServerStore(Store):
         *,
         limit: int,
         filter: SearchFilter | None = None,
+        vector_filters: Mapping[str, SearchFilter | None] | None = None,
     ) -> dict[str, list[Hit]]:
         self._check(name)
-        flt = _filter(filter)
         named = nonempty(vectors)
         requests = [
-            models.QueryRequest(query=_vector(v), using=k, limit=limit, filter=flt, with_payload=True)
+            models.QueryRequest(query=_vector(v), using=k, limit=limit, with_payload=True,
+                                filter=_filter(filter_for(k, filter, vector_filters)))
             for k, v in named.items()
         ]
         responses = self._call("query", name, self.client.query_batch_points, name, requests=requests)
