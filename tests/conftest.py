@@ -54,3 +54,20 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
     s = EdgeStore(tmp_path / "home") if request.param == "edge" else ServerStore(":memory:")
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def qdrant_url():
+    """A real Qdrant server's URL: QDRANT_URL, else one started from an existing binary (tests/qdrant_server.py);
+    skips without either."""
+    url = os.environ.get("QDRANT_URL")
+    if url:
+        yield url
+        return
+    from qdrant_server import local_qdrant, qdrant_binary
+
+    binary = qdrant_binary()
+    if binary is None:
+        pytest.skip("no real Qdrant: set QDRANT_URL, or QDRANT_BIN (or put a server binary at ~/.qdrant/bin/qdrant)")
+    with local_qdrant(binary) as started:
+        yield started

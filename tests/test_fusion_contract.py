@@ -94,9 +94,7 @@ def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     elif request.param == "memory":
         store = ServerStore(":memory:")
     else:
-        url = os.environ.get("QDRANT_URL")
-        if not url:
-            pytest.skip("QDRANT_URL is not set: no real Qdrant server to test against")
+        url = request.getfixturevalue("qdrant_url")
         store = ServerStore(url, os.environ.get("QDRANT_API_KEY"), options=ServerOptions(timeout=30))
     name = f"enclip-fusion-{uuid.uuid4().hex[:8]}"
     store.create(name, SPEC)

@@ -61,9 +61,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     elif request.param == "memory":
         s = ServerStore(":memory:")
     else:
-        url = os.environ.get("QDRANT_URL")
-        if not url:
-            pytest.skip("QDRANT_URL is not set: no real Qdrant server to test against")
+        url = request.getfixturevalue("qdrant_url")
         s = ServerStore(url, os.environ.get("QDRANT_API_KEY"), options=ServerOptions(timeout=10))
     created: list[str] = []
     s.test_names = created  # type: ignore[attr-defined]
