@@ -132,9 +132,9 @@ def text_recipe(catalog: Any) -> TextRecipe | None:
     """The lexical recipe for a new collection: title plus the catalog's categorical fields; None without text."""
     if not any(p.text for p in catalog.products):
         return None
-    fields = choose_fields((product_payload(p) for p in catalog.products), exclude=RESERVED)
-    base = TextRecipe(fields=fields)
-    return dataclasses.replace(base, joins=compound_tokens(base.text(product_payload(p)) for p in catalog.products))
+    payloads = [product_payload(p) for p in catalog.products]
+    base = TextRecipe(fields=choose_fields(payloads, exclude=RESERVED))
+    return dataclasses.replace(base, joins=compound_tokens(base.text(p) for p in payloads))
 
 
 def _fill(catalog: Any, bundle: Bundle, store: Store, collection: str, report: IndexReport, batch_size: int,

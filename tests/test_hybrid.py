@@ -89,8 +89,9 @@ def test_no_text_weights_and_image_only(indexed: Store, bundle, catalog, monkeyp
         search(bundle, indexed, "shop", "red dress", fusion="dbsf", text_weight=3.0)
     search(bundle, indexed, "shop", "red dress", fusion="dbsf")  # the default weight is not a request to weigh
     assert calls[-1]["weights"] is None and TEXT_VECTOR in calls[-1]["vectors"]
-    with pytest.raises(QueryError, match="text-weight"):
-        SearchOptions(text_weight=-1)
+    for bad in (-1, float("inf"), float("nan")):
+        with pytest.raises(QueryError, match="text-weight"):
+            SearchOptions(text_weight=bad)
 
 
 def test_heavy_text_weight_ranks_by_the_words(indexed: Store, bundle) -> None:

@@ -21,8 +21,9 @@ Fusion = Literal["rrf", "dbsf"]
 # prefetch list with weight w scores w / (k + p), summed over the lists that hold it. At w = 1 that is exactly
 # Qdrant's own RRF (1 / (p + k)); Qdrant's `weights` divide the rank instead (1 / ((p + 1) / w + k - 1)), which at
 # k = 60 barely moves anything, so weights other than 1 are sent as a formula over per-list RRF prefetches
-# (`fusion_weights`). Qdrant's own default k is 2, which hands nearly all the say to each list's first ranks; the
-# standard 60 (Cormack et al., 2009) lets agreement between lists decide (BENCHMARKS.md, "Fusion").
+# (store/common.py, `weighted_formula_terms`). Qdrant's own default k is 2, which hands nearly all the say to each
+# list's first ranks; the standard 60 (Cormack et al., 2009) lets agreement between lists decide (BENCHMARKS.md,
+# "Fusion").
 RRF_K = 60
 
 

@@ -96,8 +96,8 @@ def rrf_weights(names: list[str], fusion: Fusion, weights: Mapping[str, float] |
 
 
 def rrf_score(position: int, weight: float = 1.0, k: int = RRF_K) -> float:
-    """One list's RRF term for a point at 0-based `position` (base.RRF_K says why this form): `--explain`'s
-    shares and the tests' reference use it; the stores ask Qdrant to compute the same."""
+    """One list's RRF term for a point at 0-based `position` (base.RRF_K says why this form), for `--explain`'s
+    shares; the stores ask Qdrant to compute the same (the contract test checks it with its own reference)."""
     return weight / (k + position)
 
 
