@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from enclip_qdrant import Connection, Searcher
-from enclip_qdrant.search import encode_query
+from enclip_qdrant.search.query import encode_query
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     a = ap.parse_args()
     from enclip_qdrant import Connection, Searcher
-    from enclip_qdrant.search import collection_recipe, plan_query
+    from enclip_qdrant.search.query import collection_recipe, plan_query
     from enclip_qdrant.store.server import fused_query_request
 
     queries = QUERIES * a.rounds

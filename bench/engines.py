@@ -30,7 +30,7 @@ import json, statistics, sys, time
 args = json.loads(sys.argv[1])
 from PIL import Image
 from enclip_qdrant import Connection, Searcher
-from enclip_qdrant.search import search
+from enclip_qdrant.search.query import search
 t0 = time.perf_counter()
 s = Searcher(args["collection"], conn=Connection(home=args["home"]), engine=args["engine"])
 load = time.perf_counter() - t0

@@ -30,7 +30,8 @@ def _reuse(src: Path, catalog: str, seed: int, config, workdir: Path) -> None:
     """Copy src's plan, text cache and members where `evaluate` will train this config: training resumes them."""
     import dataclasses
 
-    from enclip_qdrant.evaluation import _train_dir, split_test
+    from enclip_qdrant.evaluation.queries import split_test
+    from enclip_qdrant.evaluation.run import _train_dir
 
     cat = api.open_catalog(catalog, None, True, NullProgress())
     _, test_ids = split_test(cat.products, 0.2, seed)

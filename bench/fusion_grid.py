@@ -23,16 +23,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from enclip_qdrant.bundle import load_bundle, seen_product_ids
-from enclip_qdrant.clustering import route
-from enclip_qdrant.evaluation import TYPE_FIELD, keyword_queries, split_test
-from enclip_qdrant.indexing import index_catalog
-from enclip_qdrant.load import open_catalog
-from enclip_qdrant.meta import read_meta
+from enclip_qdrant.bundle.manifest import seen_product_ids
+from enclip_qdrant.catalog.open import open_catalog
+from enclip_qdrant.collection.meta import read_meta
+from enclip_qdrant.engine.load import load_bundle
+from enclip_qdrant.evaluation.protocol import read_protocol, restrict
+from enclip_qdrant.evaluation.protocol import score as protocol_score
+from enclip_qdrant.evaluation.queries import TYPE_FIELD, keyword_queries, split_test
+from enclip_qdrant.indexing.run import index_catalog
 from enclip_qdrant.progress import NullProgress
-from enclip_qdrant.protocol import read_protocol, restrict
-from enclip_qdrant.protocol import score as protocol_score
-from enclip_qdrant.search import DEFAULT_MAX_CLUSTERS, DEFAULT_THRESHOLD, encode_query, hybrid_vectors, text_filters
+from enclip_qdrant.search.options import DEFAULT_MAX_CLUSTERS, DEFAULT_THRESHOLD
+from enclip_qdrant.search.query import encode_query, hybrid_vectors, text_filters
+from enclip_qdrant.search.routing import route
 from enclip_qdrant.store import EdgeStore, SearchFilter
 from enclip_qdrant.store.base import RRF_K
 

@@ -2,7 +2,7 @@
 
     python bench/hybrid_eval.py CATALOG --bundle B [--recipe full|title] [--titles N] --out OUT.md
 
-Runs `enclip_qdrant.evaluation.evaluate` unchanged except for two knobs a benchmark needs:
+Runs `enclip_qdrant.evaluation.run.evaluate` unchanged except for two knobs a benchmark needs:
 `--titles N` scores only the first N title queries (title rows are dense-only and unchanged by hybrid; all
 2,025 of them cost ~25 min of query encoding on a shared machine), and `--recipe title` indexes the text vector
 from the title alone instead of title + categorical fields (the keyword queries are built from those fields,
@@ -15,8 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from enclip_qdrant import evaluation, indexing
-from enclip_qdrant.lexical import TextRecipe
+from enclip_qdrant.collection.text import TextRecipe
+from enclip_qdrant.evaluation import run as evaluation
+from enclip_qdrant.indexing import run as indexing
 
 
 def main() -> None:

@@ -152,9 +152,10 @@ def main() -> None:
 
     import torch
 
-    from enclip_qdrant.bundle import read_manifest
-    from enclip_qdrant.catalog import load_catalog
-    from enclip_qdrant.training import available_cores, native_bf16
+    from enclip_qdrant.bundle.manifest import read_manifest
+    from enclip_qdrant.catalog.load import load_catalog
+    from enclip_qdrant.system import available_cores
+    from enclip_qdrant.training.config import native_bf16
 
     catalog = load_catalog(args.catalog)
     preset = read_manifest(Path(args.bundle)).get("preset") or "small"

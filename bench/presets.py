@@ -12,11 +12,14 @@ import time
 
 import numpy as np
 
-from enclip_qdrant.catalog import load_catalog
-from enclip_qdrant.members import Ensemble, new_member
-from enclip_qdrant.presets import PRESETS, get_preset
+from enclip_qdrant.catalog.load import load_catalog
+from enclip_qdrant.engine.torch.members import Ensemble
 from enclip_qdrant.progress import NullProgress
-from enclip_qdrant.training import TrainConfig, load_pairs, train_member
+from enclip_qdrant.training.config import TrainConfig
+from enclip_qdrant.training.jobs import train_member
+from enclip_qdrant.training.members import new_member
+from enclip_qdrant.training.presets import PRESETS, get_preset
+from enclip_qdrant.training.run import load_pairs
 
 
 def main() -> None:

@@ -17,10 +17,12 @@ import shutil
 import time
 from pathlib import Path
 
-from enclip_qdrant.api import open_catalog
-from enclip_qdrant.evaluation import evaluate, split_test
+from enclip_qdrant.catalog.open import open_catalog
+from enclip_qdrant.evaluation.queries import split_test
+from enclip_qdrant.evaluation.run import evaluate
 from enclip_qdrant.progress import NullProgress
-from enclip_qdrant.training import TrainConfig, train
+from enclip_qdrant.training.config import TrainConfig
+from enclip_qdrant.training.run import train
 
 
 class Log(NullProgress):

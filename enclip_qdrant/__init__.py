@@ -12,19 +12,19 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Connection": "api", "Searcher": "api", "index": "api", "info": "api", "query": "api", "train": "api",
-    "push": "api", "rollback": "api", "evaluate": "api", "eval_workdir": "api",
-    "PushReport": "migrate", "RollbackReport": "aliases", "CollectionMeta": "meta", "contact_sheet": "sheet",
-    "SearchOptions": "search_options", "SearchResponse": "search", "DEFAULT_THRESHOLD": "search_options",
-    "DEFAULT_TEXT_WEIGHT": "search_options",
-    "DEFAULT_MAX_CLUSTERS": "search_options", "DEFAULT_OVERSAMPLE": "search_options",
-    "FILTER_HELP": "search_options", "parse_clusters": "search_options", "parse_filters": "search_options",
-    "CollectionOptions": "store.base", "ServerOptions": "store.base", "EXTRA_INDEX_TYPES": "store.base",
-    "IndexReport": "indexing", "failed_summary": "indexing",
-    "Bundle": "bundle", "load_bundle": "bundle", "Catalog": "catalog", "load_catalog": "catalog",
-    "BundleError": "errors", "CatalogError": "errors", "EnclipError": "errors", "QueryError": "errors",
-    "StoreError": "errors", "TrainConfig": "training", "EvalReport": "evaluation",
-    "ServeOptions": "service", "serve": "service",
-    "best_values": "evaluation", "format_value": "evaluation", "Progress": "progress", "Task": "progress",
+    "push": "api", "rollback": "api", "evaluate": "api", "eval_workdir": "api", "PushReport": "indexing.push",
+    "RollbackReport": "collection.aliases", "CollectionMeta": "collection.meta", "contact_sheet": "search.sheet",
+    "SearchOptions": "search.options", "SearchResponse": "search.query", "DEFAULT_THRESHOLD": "search.options",
+    "DEFAULT_TEXT_WEIGHT": "search.options", "DEFAULT_MAX_CLUSTERS": "search.options",
+    "DEFAULT_OVERSAMPLE": "search.options", "FILTER_HELP": "search.options", "parse_clusters": "search.options",
+    "parse_filters": "search.options", "CollectionOptions": "store.base", "ServerOptions": "store.base",
+    "EXTRA_INDEX_TYPES": "store.base", "IndexReport": "indexing.run", "failed_summary": "indexing.run",
+    "Bundle": "bundle.manifest", "load_bundle": "engine.load", "Catalog": "catalog.model",
+    "load_catalog": "catalog.load", "BundleError": "errors", "CatalogError": "errors", "EnclipError": "errors",
+    "QueryError": "errors", "StoreError": "errors", "TrainConfig": "training.config",
+    "EvalReport": "evaluation.report", "ServeOptions": "service.app", "serve": "service.app",
+    "best_values": "evaluation.report", "format_value": "evaluation.report", "Progress": "progress",
+    "Task": "progress",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .aliases import RollbackReport, switch_back
-from .catalog import Catalog
+from enclip_qdrant.bundle.labels import bundle_labels
+from enclip_qdrant.catalog.model import Catalog
+from enclip_qdrant.catalog.open import open_catalog
+from enclip_qdrant.collection.aliases import RollbackReport, switch_back
+from enclip_qdrant.collection.meta import CollectionMeta, read_meta
+from enclip_qdrant.indexing.push import PushReport, migrate
+from enclip_qdrant.search.options import SearchOptions
+
 from .errors import BundleError, EnclipError
-from .labels import bundle_labels
-from .load import open_catalog
-from .meta import CollectionMeta, read_meta
-from .migrate import PushReport, migrate
 from .progress import NullProgress, Progress
-from .search_options import SearchOptions
 from .store import ServerOptions, Store, open_store
 from .store.base import CollectionOptions
 from .workspace import Workspace, collection_name_for
@@ -30,12 +31,13 @@ from .workspace import Workspace, collection_name_for
 if TYPE_CHECKING:  # these pull in torch and open_clip: loaded by the verbs that need them, not on import
     from PIL import Image
 
-    from .bundle import Bundle
-    from .evaluation import EvalReport
-    from .indexing import IndexReport
-    from .search import SearchResponse
-    from .search_options import ClusterMode, Fusion
-    from .training import TrainConfig
+    from enclip_qdrant.bundle.manifest import Bundle
+    from enclip_qdrant.evaluation.report import EvalReport
+    from enclip_qdrant.indexing.run import IndexReport
+    from enclip_qdrant.search.options import ClusterMode
+    from enclip_qdrant.search.query import SearchResponse
+    from enclip_qdrant.store.base import Fusion
+    from enclip_qdrant.training.config import TrainConfig
 
 __all__ = ["CollectionMeta", "CollectionOptions", "Connection", "PushReport", "RollbackReport", "SearchOptions",
            "Searcher", "ServerOptions", "cluster_sheet", "evaluate", "eval_workdir", "index", "info", "push", "query",
@@ -75,7 +77,7 @@ def train(catalog: str | Path | Catalog, out: str | Path | None = None, config: 
     `out`: the bundle folder (default `.enclip/bundles/<catalog name>` in `conn`'s workspace); `config`: the
     training settings (default `TrainConfig()`); `columns`: image_col/text_col/id_col overrides;
     `overwrite`: replace a run made with other settings; `progress`: hooks for bars (default silent)."""
-    from .training import train as train_bundle
+    from enclip_qdrant.training.run import train as train_bundle
 
     progress = progress or NullProgress()
     cat = open_catalog(catalog, columns, True, progress)
@@ -100,8 +102,9 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
     rebuilt beside it and switched when complete. The default collection and bundle (named after the
     catalog's folder) refuse another folder of that name. `engine`: what embeds the images ("auto": ONNX
     Runtime when the bundle has ONNX towers, else torch; see `load_bundle`)."""
-    from .bundle import Bundle, load_bundle
-    from .indexing import PRUNE_THRESHOLD, check_catalog, index_catalog
+    from enclip_qdrant.bundle.manifest import Bundle
+    from enclip_qdrant.engine.load import load_bundle
+    from enclip_qdrant.indexing.run import PRUNE_THRESHOLD, check_catalog, index_catalog
 
     if prune_threshold is None:
         prune_threshold = PRUNE_THRESHOLD
@@ -143,8 +146,9 @@ def rollback(collection: str | None = None, *, conn: Connection | None = None) -
 def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: Progress,
                 engine: str = "auto") -> Bundle:
     """The catalog's default bundle: reused when complete (retraining is an explicit `train`), else trained."""
-    from .bundle import load_bundle, read_manifest
-    from .training import train as train_bundle
+    from enclip_qdrant.bundle.manifest import read_manifest
+    from enclip_qdrant.engine.load import load_bundle
+    from enclip_qdrant.training.run import train as train_bundle
 
     if (path / "manifest.json").is_file():
         training = read_manifest(path).get("training", {})
@@ -169,8 +173,9 @@ class Searcher:
                  conn: Connection | None = None, engine: str = "auto"):
         """`collection`: default the workspace's; `bundle`: default the one that built the collection;
         `engine`: "onnx", "torch" or "auto" (ONNX when the bundle has it), see `load_bundle`."""
-        from .bundle import Bundle, load_bundle
-        from .meta import check_compatible
+        from enclip_qdrant.bundle.manifest import Bundle
+        from enclip_qdrant.collection.meta import check_compatible
+        from enclip_qdrant.engine.load import load_bundle
 
         self.conn = conn or Connection()
         self.collection = collection or self.conn.workspace.default_collection()
@@ -201,7 +206,7 @@ class Searcher:
                text_weight: float = SearchOptions.text_weight) -> SearchResponse:
         """Search by `text`, `image` (a path or a PIL image) or both; `filters`: field -> accepted values.
         `options` (a `SearchOptions`) wins over the single keywords, which build one."""
-        from .search import search
+        from enclip_qdrant.search.query import search
 
         o = options or SearchOptions(top_k=top_k, clusters=clusters, fusion=fusion, threshold=threshold,
                                      max_clusters=max_clusters, oversample=oversample, explain=explain,
@@ -276,8 +281,8 @@ def cluster_sheet(path: str | Path, collection: str | None = None, *, conn: Conn
                   per_cluster: int = 8) -> Path:
     """A PNG of `collection` (default: the workspace's) with one row per cluster: its label and size, and
     `per_cluster` of its products' images (from the catalog folder the collection was indexed from)."""
-    from .sheet import cluster_samples
-    from .sheet import cluster_sheet as draw_sheet
+    from enclip_qdrant.search.sheet import cluster_samples
+    from enclip_qdrant.search.sheet import cluster_sheet as draw_sheet
 
     conn = conn or Connection()
     with conn.open() as store:
@@ -306,7 +311,7 @@ def push(collection: str | None = None, target: Connection | None = None, *, sou
 def export(bundle: str | Path, *, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Export a trained bundle's towers to ONNX (checked against torch; the fingerprint is unchanged); returns
     the manifest's `onnx` record. Training does this itself; this is for bundles made before, or re-exports."""
-    from .onnx_export import export_bundle
+    from enclip_qdrant.training.export import export_bundle
 
     return export_bundle(bundle, progress=progress, force=force)
 
@@ -327,7 +332,7 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
     `bundle`, the whole catalog: a new catalog the bundle never saw); `queries_file`:
     JSONL of extra queries; `workdir`: keeps the trained bundle (see `eval_workdir`), else a temporary folder;
     `protocol`: a folder of public ground truth (Marqo's KAGL files) scored over the held-out products."""
-    from .evaluation import evaluate as run
+    from enclip_qdrant.evaluation.run import evaluate as run
 
     return run(catalog, bundle=bundle, config=config, test_fraction=test_fraction, seed=seed,
                queries_file=queries_file, top_k=top_k, workdir=workdir, columns=columns, progress=progress,

@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub here: fail fast instead of waiting on the network
 
-from enclip_qdrant.synthetic import make_catalog  # noqa: E402
+from enclip_qdrant.catalog.synthetic import make_catalog  # noqa: E402
 
 ARTICLES = ("Dress", "Handbag", "Sneakers", "Cap")
 COLOURS = ("Red", "Blue", "Green", "Black", "Yellow", "White")

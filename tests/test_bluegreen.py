@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from enclip_qdrant import api
+from enclip_qdrant.collection.aliases import physical_name
+from enclip_qdrant.collection.meta import check_compatible
 from enclip_qdrant.errors import BundleError, EnclipError
-from enclip_qdrant.indexing import check_compatible, index_catalog, physical_name
-from enclip_qdrant.migrate import migrate
-from enclip_qdrant.search import search
+from enclip_qdrant.indexing.push import migrate
+from enclip_qdrant.indexing.run import index_catalog
+from enclip_qdrant.search.query import search
 from enclip_qdrant.store import EdgeStore, ServerStore
 
 

@@ -10,7 +10,7 @@ import open_clip
 import pytest
 from PIL import Image
 
-from enclip_qdrant.bundle import load_bundle
+from enclip_qdrant.engine.load import load_bundle
 from enclip_qdrant.errors import BundleError
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from enclip_qdrant.catalog import Columns, Skipped, load_catalog
+from enclip_qdrant.catalog.load import load_catalog
+from enclip_qdrant.catalog.model import Columns, Skipped
+from enclip_qdrant.catalog.synthetic import make_catalog
 from enclip_qdrant.errors import CatalogError
-from enclip_qdrant.synthetic import make_catalog
 
 FASHION_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-dev"
 if not FASHION_DEV.is_dir():

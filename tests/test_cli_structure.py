@@ -54,38 +54,3 @@ def _loaded_after(args: list[str], home: Path) -> list[str]:
                                   ["index", "--help"]], ids=" ".join)
 def test_cheap_commands_load_no_models(args: list[str], tmp_path: Path) -> None:
     assert _loaded_after(args, tmp_path / "home") == []
-
-
-def _module_imports(pkg: Path) -> dict[str, set[str]]:
-    """enclip_qdrant's modules and the package modules each imports at load time (not in functions or
-    TYPE_CHECKING blocks)."""
-    graph: dict[str, set[str]] = {}
-    for path in pkg.rglob("*.py"):
-        parts = path.relative_to(pkg.parent).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        package = name if parts[-1] == "__init__" else name.rpartition(".")[0]
-        deps: set[str] = set()
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.ImportFrom):
-                base = package.rsplit(".", node.level - 1)[0] if node.level else ""
-                mod = ".".join(x for x in (base, node.module or "") if x)
-                deps |= {mod} | {f"{mod}.{a.name}" for a in node.names}
-            elif isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names}
-        graph[name] = deps
-    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
-
-
-def test_no_import_cycles() -> None:
-    graph = _module_imports(Path(enclip_qdrant.__file__).parent)
-    done: set[str] = set()
-
-    def visit(module: str, path: list[str]) -> None:
-        assert module not in path, "import cycle: " + " -> ".join([*path[path.index(module):], module])
-        if module not in done:
-            for dep in sorted(graph[module]):
-                visit(dep, [*path, module])
-            done.add(module)
-
-    for module in sorted(graph):
-        visit(module, [])

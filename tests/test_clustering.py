@@ -7,19 +7,20 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.linear_model import LogisticRegression
 
-from enclip_qdrant.clustering import LinearRouter, choose_k, fit_clusters, route
+from enclip_qdrant.search.routing import route
+from enclip_qdrant.training.clustering import choose_k, fit_clusters, fit_router
 
 
 @pytest.mark.parametrize("k", [2, 4])
 def test_router_probabilities_equal_sklearn(k):
     x, y = make_blobs(400, n_features=12, centers=k, random_state=0)
-    router = LinearRouter.fit(x, y, k, seed=0)
+    router = fit_router(x, y, k, seed=0)
     ref = LogisticRegression(C=10.0, max_iter=2000, random_state=0).fit(x, y)
     np.testing.assert_allclose(router.probs(x), ref.predict_proba(x), atol=1e-4)
 
 
 def test_router_with_one_class_is_certain():
-    router = LinearRouter.fit(np.ones((5, 3)), np.full(5, 2), k=4, seed=0)
+    router = fit_router(np.ones((5, 3)), np.full(5, 2), k=4, seed=0)
     np.testing.assert_array_equal(router.probs(np.zeros((2, 3))), [[0, 0, 1, 0]] * 2)
 
 

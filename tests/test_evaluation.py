@@ -11,10 +11,12 @@ import pytest
 from sklearn.metrics import ndcg_score
 from typer.testing import CliRunner
 
-from enclip_qdrant.bundle import seen_product_ids
+from enclip_qdrant.bundle.manifest import seen_product_ids
 from enclip_qdrant.errors import BundleError, CatalogError, QueryError
-from enclip_qdrant.evaluation import KEYWORDS, QUERIES, TITLES, evaluate, ndcg_at, read_queries, split_test
-from enclip_qdrant.training import TrainConfig
+from enclip_qdrant.evaluation.metrics import ndcg_at
+from enclip_qdrant.evaluation.queries import KEYWORDS, QUERIES, TITLES, read_queries, split_test
+from enclip_qdrant.evaluation.run import evaluate
+from enclip_qdrant.training.config import TrainConfig
 
 RANKINGS = ["member m0", "member m1", "ensemble RRF", "ensemble DBSF", "routed top-1", "routed p>=0.9"]
 # the keyword and queries-file sets also score dense + BM25 text (titles stay dense-only: a title's own words)
@@ -191,7 +193,7 @@ def test_eval_takes_field_cols_and_an_unknown_column_is_one_line(catalog_dir, tm
 
 def test_protocol_metrics_are_beirs_definitions():
     """R@k over the relevant set, P@k over k, MRR within the top k: checked on rankings worked out by hand."""
-    from enclip_qdrant.protocol import score
+    from enclip_qdrant.evaluation.protocol import score
 
     got = score([["a", "x", "b"], ["y", "z", "c"], ["q", "r", "s"]],
                 [frozenset({"a", "b", "c", "d"}), frozenset({"c"}), frozenset({"t"})], top_k=3)
@@ -202,7 +204,7 @@ def test_protocol_metrics_are_beirs_definitions():
 def test_protocol_is_scored_over_the_held_out_products(report, catalog, tmp_path):
     """`eval --protocol DIR`: ground truth cut to the held-out products (queries left with none dropped), each
     member, the dense ensemble and the default query scored, in every output; bad folders are one line."""
-    from enclip_qdrant.protocol import read_protocol
+    from enclip_qdrant.evaluation.protocol import read_protocol
 
     test_ids = set(report.test_ids)
     by_type: dict[str, dict[str, int]] = {}
@@ -228,3 +230,19 @@ def test_protocol_is_scored_over_the_held_out_products(report, catalog, tmp_path
     (folder / "colour.json").write_text("[1, 2]")
     with pytest.raises(QueryError, match="colour.json must map"):
         read_protocol(folder)
+
+
+def test_ndcg_matches_scikit_learn() -> None:
+    """Our numpy nDCG against the reference: sklearn's ndcg_score on the list with fillers and missed items."""
+    from sklearn.metrics import ndcg_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        k = int(rng.integers(1, 12))
+        flags = [bool(x) for x in rng.random(int(rng.integers(0, 15))) < 0.4]
+        n_rel = int(sum(flags) + rng.integers(0, 5))
+        missing = max(0, n_rel - sum(flags))
+        y_true = np.array([[*map(float, flags), *[0.0] * k, *[1.0] * missing]])
+        y_score = np.arange(y_true.shape[1], 0, -1, dtype=float)[None, :]
+        want = float(ndcg_score(y_true, y_score, k=k, ignore_ties=True)) if y_true.shape[1] > 1 else 0.0
+        assert ndcg_at(flags, n_rel, k) == pytest.approx(want, abs=1e-12), (flags, n_rel, k)

@@ -11,17 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from enclip_qdrant import TrainConfig, train
-from enclip_qdrant.catalog import load_catalog
+from enclip_qdrant.catalog.fields import field_texts, parse_field_cols, resolve_field_cols
+from enclip_qdrant.catalog.load import load_catalog
+from enclip_qdrant.catalog.synthetic import make_catalog
 from enclip_qdrant.errors import BundleError, CatalogError
-from enclip_qdrant.evaluation import _train_dir
-from enclip_qdrant.fields import (
-    MultiPositiveClipLoss,
-    batch_positives,
-    field_texts,
-    parse_field_cols,
-    resolve_field_cols,
-)
-from enclip_qdrant.synthetic import make_catalog
+from enclip_qdrant.evaluation.run import _train_dir
+from enclip_qdrant.training.loss import MultiPositiveClipLoss, batch_positives
 
 QUICK = {"preset": "tiny", "epochs": 1, "batch_size": 32, "precision": "fp32"}
 

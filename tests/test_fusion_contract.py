@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import pytest
 
-from enclip_qdrant.search import hybrid_vectors
+from enclip_qdrant.search.query import hybrid_vectors
 from enclip_qdrant.store import (
     CollectionSpec,
     EdgeStore,
@@ -210,7 +210,7 @@ def test_the_weight_multiplies_as_documented(filled: tuple[Store, str]) -> None:
 def test_library_text_weight_is_members_times_the_option() -> None:
     """`--text-weight W` sends the text list's weight W x (number of members): 1 gives words and pictures an
     equal say however many members vote; 0 leaves the text list out."""
-    from enclip_qdrant.lexical import TextRecipe
+    from enclip_qdrant.collection.text import TextRecipe
 
     dense = {k: np.ones(16, dtype=np.float32) for k in MEMBERS}
     recipe = TextRecipe()

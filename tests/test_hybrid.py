@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from enclip_qdrant.catalog import load_catalog
+from enclip_qdrant.catalog.fields import choose_fields
+from enclip_qdrant.catalog.load import load_catalog
+from enclip_qdrant.collection.meta import read_meta
+from enclip_qdrant.collection.points import point_id
+from enclip_qdrant.collection.text import TEXT_VECTOR, TextRecipe
 from enclip_qdrant.errors import QueryError
-from enclip_qdrant.indexing import index_catalog, point_id
-from enclip_qdrant.lexical import TEXT_VECTOR, TextRecipe, choose_fields
-from enclip_qdrant.meta import read_meta
-from enclip_qdrant.migrate import migrate
-from enclip_qdrant.search import DEFAULT_TEXT_WEIGHT, search
-from enclip_qdrant.search_options import SearchOptions
+from enclip_qdrant.indexing.push import migrate
+from enclip_qdrant.indexing.run import index_catalog
+from enclip_qdrant.search.options import DEFAULT_TEXT_WEIGHT, SearchOptions
+from enclip_qdrant.search.query import search
 from enclip_qdrant.store import EdgeStore, SearchFilter, ServerStore, Store
 
 
@@ -146,7 +148,7 @@ def test_push_copies_the_text_vector(bundle, catalog, tmp_path: Path) -> None:
 def test_catalog_compounds_join_a_shoppers_spelling() -> None:
     """"t-shirt", "t shirt" and "sweat shirt" mean what a catalog writes as one word (Tshirts, Sweatshirts): the
     joins come from the catalog's own words, apply to queries and documents alike, and travel in the recipe."""
-    from enclip_qdrant.lexical import TextRecipe, compound_tokens
+    from enclip_qdrant.collection.text import TextRecipe, compound_tokens
 
     texts = ["Nike Men Red Tshirts", "Puma Men Blue Shirts", "Adidas Women Grey Sweatshirts", "Sweat Band",
              "Levis Men Black Jeans"]

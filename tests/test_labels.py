@@ -17,13 +17,13 @@ from typer.testing import CliRunner
 
 from enclip_qdrant import BundleError
 from enclip_qdrant.api import Connection
-from enclip_qdrant.bundle import read_manifest
-from enclip_qdrant.catalog import load_catalog
+from enclip_qdrant.bundle.manifest import read_manifest
+from enclip_qdrant.catalog.load import load_catalog
+from enclip_qdrant.catalog.synthetic import make_catalog
 from enclip_qdrant.cli.app import app
-from enclip_qdrant.labels import MAX_CHARS, cluster_labels
 from enclip_qdrant.store import PointRecord
 from enclip_qdrant.store.base import CollectionSpec
-from enclip_qdrant.synthetic import make_catalog
+from enclip_qdrant.training.labels import MAX_CHARS, cluster_labels
 
 runner = CliRunner()
 
@@ -166,7 +166,7 @@ def test_info_without_usable_labels_shows_plain_ids(home: Path, tmp_path: Path, 
 
 
 def test_info_sheet_has_one_row_of_samples_per_cluster(home: Path, tmp_path: Path) -> None:
-    from enclip_qdrant.sheet import cluster_sheet
+    from enclip_qdrant.search.sheet import cluster_sheet
 
     _collection(home, tmp_path, _bundle(tmp_path / "bundle", ["Cap · Blue", "Dress · Red"]))
     out = tmp_path / "sheets" / "clusters.png"

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from enclip_qdrant.members import Ensemble, _causal_argmax_tower, _encode_by_length, new_member
-from enclip_qdrant.presets import get_preset
+from enclip_qdrant.engine.torch.members import Ensemble, _causal_argmax_tower, _encode_by_length
+from enclip_qdrant.training.members import new_member
+from enclip_qdrant.training.presets import get_preset
 
 TEXTS = ["red floral dress", "", "a", "men navy blue slim fit checked casual shirt with long sleeves pocket and "
          "a very long title that runs past the context length of the tiny preset", "black leather handbag"] * 3

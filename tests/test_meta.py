@@ -34,6 +34,6 @@ def test_one_routing_default() -> None:
     import inspect
 
     from enclip_qdrant import DEFAULT_THRESHOLD
-    from enclip_qdrant.clustering import route
+    from enclip_qdrant.search.routing import route
 
     assert inspect.signature(route).parameters["threshold"].default == DEFAULT_THRESHOLD == SearchOptions().threshold

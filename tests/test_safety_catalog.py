@@ -16,15 +16,18 @@ import pytest
 from PIL import Image
 
 from enclip_qdrant import api
-from enclip_qdrant import catalog as catalog_mod
-from enclip_qdrant.catalog import load_catalog
+from enclip_qdrant.catalog import checks as catalog_mod
+from enclip_qdrant.catalog.images import MIN_BOUND, ImageRejected, load_image
+from enclip_qdrant.catalog.load import load_catalog
+from enclip_qdrant.catalog.synthetic import make_catalog
+from enclip_qdrant.collection.aliases import physical_name
+from enclip_qdrant.collection.points import point_id
 from enclip_qdrant.errors import BundleError, CatalogError, ConfirmationRequired, QueryError, redact_url
-from enclip_qdrant.images import MIN_BOUND, ImageRejected, load_image
-from enclip_qdrant.indexing import IndexInterrupted, index_catalog, physical_name, point_id
+from enclip_qdrant.indexing.run import IndexInterrupted, index_catalog
 from enclip_qdrant.progress import NullProgress
-from enclip_qdrant.search import load_query_image, parse_clusters, parse_filters, search
+from enclip_qdrant.search.options import parse_clusters, parse_filters
+from enclip_qdrant.search.query import load_query_image, search
 from enclip_qdrant.store import EdgeStore, ServerOptions, ServerStore
-from enclip_qdrant.synthetic import make_catalog
 
 # --------------------------------------------------------------------------- helpers
 
@@ -365,7 +368,7 @@ def test_filters_keep_the_stored_type(tmp_path: Path, edge, bundle) -> None:
 
 
 def test_training_decodes_to_the_bound_too(tmp_path: Path) -> None:
-    from enclip_qdrant.training import decode_image
+    from enclip_qdrant.training.jobs import decode_image
 
     big = _noise_jpeg(tmp_path / "big.jpg", (4000, 3000))
     assert max(decode_image(big).size) <= 512

@@ -475,7 +475,7 @@ def cli_home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def _capture_index(monkeypatch: pytest.MonkeyPatch, created: bool = True) -> dict[str, Any]:
     from enclip_qdrant import api
-    from enclip_qdrant.indexing import IndexReport
+    from enclip_qdrant.indexing.run import IndexReport
 
     seen: dict[str, Any] = {}
 

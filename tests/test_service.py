@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from enclip_qdrant.cli.app import app as cli_app
 from enclip_qdrant.errors import EnclipError, StoreError
-from enclip_qdrant.indexing import index_catalog
-from enclip_qdrant.search import Result, search
+from enclip_qdrant.indexing.run import index_catalog
+from enclip_qdrant.search.query import Result, search
 from enclip_qdrant.service import MicroBatcher, Overloaded, ServeOptions, create_app, startup_warnings
 from enclip_qdrant.service.app import LockedStore, PerThreadStore, catalog_file, concurrent_store
 from enclip_qdrant.store import ServerStore

@@ -18,7 +18,7 @@ import pytest
 from qdrant_client import QdrantClient
 from service_helpers import free_port, live_server, searcher_factory
 
-from enclip_qdrant.indexing import index_catalog
+from enclip_qdrant.indexing.run import index_catalog
 from enclip_qdrant.service import ServeOptions, create_app
 from enclip_qdrant.store import ServerStore
 

@@ -713,7 +713,7 @@ HYBRID = CollectionSpec(vectors=NAMES, metadata={"k": 5}, indexed_fields={"clust
 def hybrid_points(n: int = 50) -> list[PointRecord]:
     """Points with a BM25 document vector of their words (from qdrant-edge's Bm25, as indexing does);
     every tenth point has no text and so no sparse vector."""
-    from enclip_qdrant.lexical import TextRecipe
+    from enclip_qdrant.collection.text import TextRecipe
 
     recipe = TextRecipe()
     out = []
@@ -738,7 +738,7 @@ def hybrid(store: Store) -> tuple[Store, str, list[PointRecord]]:
 
 
 def _query(words: str) -> SparseVec:
-    from enclip_qdrant.lexical import TextRecipe
+    from enclip_qdrant.collection.text import TextRecipe
 
     q = TextRecipe().query(words)
     assert q is not None

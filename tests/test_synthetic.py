@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from enclip_qdrant.synthetic import ARTICLES, COLOURS, PATTERNS, main, make_catalog
+from enclip_qdrant.catalog.synthetic import ARTICLES, COLOURS, PATTERNS, main, make_catalog
 
 
 def _rows(root: Path) -> list[dict[str, str]]:

@@ -9,12 +9,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from enclip_qdrant import TrainConfig, member_job, train
-from enclip_qdrant.catalog import load_catalog
+from enclip_qdrant import TrainConfig, train
+from enclip_qdrant.catalog.load import load_catalog
+from enclip_qdrant.catalog.synthetic import make_catalog
+from enclip_qdrant.engine.torch.members import load_pretrained
 from enclip_qdrant.errors import BundleError, CatalogError, EnclipError
-from enclip_qdrant.members import load_pretrained
-from enclip_qdrant.presets import get_preset
-from enclip_qdrant.synthetic import make_catalog
+from enclip_qdrant.training import jobs as member_job
+from enclip_qdrant.training.presets import get_preset
 
 QUICK = {"preset": "tiny", "epochs": 1, "batch_size": 32}
 
@@ -142,7 +143,7 @@ def test_mixed_towers_differ_per_member_and_are_recorded(small_catalog, tmp_path
     import numpy as np
     from PIL import Image
 
-    from enclip_qdrant.bundle import load_bundle
+    from enclip_qdrant.engine.load import load_bundle
 
     b = train(small_catalog, tmp_path / "b", TrainConfig(members=3, towers="mixed", clusters=2, **QUICK))
     towers = [m["tower"] for m in b.manifest["members"]]

@@ -34,9 +34,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclip_qdrant.api import Connection, Searcher
+from enclip_qdrant.collection.meta import CollectionMeta
 from enclip_qdrant.errors import BundleError, CatalogError, CollectionNotFound, EnclipError, QueryError, StoreError
-from enclip_qdrant.meta import CollectionMeta
-from enclip_qdrant.search import (
+from enclip_qdrant.search.options import (
     DEFAULT_MAX_CLUSTERS,
     DEFAULT_OVERSAMPLE,
     DEFAULT_TEXT_WEIGHT,
@@ -44,9 +44,8 @@ from enclip_qdrant.search import (
     SearchOptions,
     parse_clusters,
     parse_filters,
-    plan_query,
-    search,
 )
+from enclip_qdrant.search.query import plan_query, search
 from enclip_qdrant.store import ServerOptions, SparseVec, Store
 from enclip_qdrant.store.server import fused_query_request
 

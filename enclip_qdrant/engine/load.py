@@ -1,0 +1,50 @@
+"""load_bundle: verify a bundle's files against its manifest, then open it on the ONNX or the torch engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from enclip_qdrant.bundle.clusters import load_clusters
+from enclip_qdrant.bundle.manifest import Bundle, EnsembleEngine, _check_folder_inside, _verify, inside, read_manifest
+from enclip_qdrant.bundle.names import CLUSTERS
+from enclip_qdrant.errors import BundleError
+
+if TYPE_CHECKING:
+    pass
+
+
+def load_bundle(path: str | Path, verify: bool = True, engine: str = "auto") -> Bundle:
+    """Load a bundle; with `verify`, refuse it unless its files hash to the fingerprint it claims.
+
+    `engine`: "onnx" runs the exported towers on ONNX Runtime (no torch imported), "torch" the open_clip
+    members, "auto" ONNX when the bundle has it. The ONNX engine checks the files it reads (ONNX towers,
+    member configs, clusters) and never reads the torch weights."""
+    from enclip_qdrant.engine.onnx import choose_engine
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    folders = []
+    for m in manifest["members"]:
+        folder = inside(path, m["path"], f"member {m['name']!r}")
+        _check_folder_inside(path, folder, f"member {m['name']!r}")
+        folders.append(folder)
+    cpath = inside(path, CLUSTERS, "clusters")
+    if not cpath.is_file():
+        raise BundleError(f"{path} has no {CLUSTERS}")
+    engine = choose_engine(manifest, engine)
+    if verify:
+        _verify(path, manifest, folders, cpath, weights=engine == "torch")
+    ensemble: EnsembleEngine
+    if engine == "onnx":
+        from enclip_qdrant.engine.onnx import OnnxEnsemble
+
+        ensemble = OnnxEnsemble(path, manifest, folders, verify=verify)
+    else:
+        from enclip_qdrant.engine.torch.load import load_member
+        from enclip_qdrant.engine.torch.members import Ensemble
+
+        ensemble = Ensemble([load_member(folder, m["vector"])
+                             for m, folder in zip(manifest["members"], folders, strict=True)])
+    clusters = load_clusters(cpath, manifest["clusters"]["criterion"])
+    return Bundle(path, manifest, ensemble, clusters)

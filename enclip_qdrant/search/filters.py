@@ -1,0 +1,63 @@
+"""Payload filters typed to the collection's stored values (keyword, integer, bool)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from enclip_qdrant.errors import QueryError
+from enclip_qdrant.store import Store
+
+_PEEK_POINTS = 512  # how far to look for a stored value when a field has no payload index
+
+
+def typed_filters(store: Store, collection: str, filters: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    """Give each filter value the type stored for its field; floats (and anything else) are one clear error.
+
+    The type comes from the collection's payload index when the field has one, else from a stored value."""
+    if not filters:
+        return {}
+    schema = store.info(collection).payload_schema
+    out: dict[str, list[Any]] = {}
+    for key, values in filters.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            values = [values]
+        kind = _field_kind(store, collection, key, schema)
+        out[key] = [_typed(key, v, kind) for v in values]
+    return out
+
+
+def _field_kind(store: Store, collection: str, key: str, schema: Mapping[str, str]) -> str | None:
+    kind = schema.get(key)
+    if kind:
+        return {"keyword": "str", "text": "str", "uuid": "str", "integer": "int", "float": "float",
+                "bool": "bool"}.get(kind.lower(), kind.lower())
+    for i, (_, payload) in enumerate(store.scroll(collection, [key])):
+        value = payload.get(key)
+        if value is not None:
+            return {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value), "other")
+        if i >= _PEEK_POINTS:
+            break
+    return None  # no product has it: nothing can match, whatever the type
+
+
+def _typed(key: str, value: Any, kind: str | None) -> Any:
+    if isinstance(value, float) or kind == "float":
+        raise QueryError(f"--filter {key}={value}: {key!r} holds decimal numbers, and filters match exact "
+                         "text, whole numbers or true/false only")
+    if not isinstance(value, (str, int)):  # bool is an int
+        raise QueryError(f"--filter {key}: {value!r} is not text, a whole number or true/false")
+    if kind == "int" and isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise QueryError(f"--filter {key}={value}: {key!r} holds whole numbers") from None
+    if kind == "bool" and isinstance(value, str):
+        if value.strip().lower() not in ("true", "false"):
+            raise QueryError(f"--filter {key}={value}: {key!r} holds true/false")
+        return value.strip().lower() == "true"
+    if kind in ("str", None) and not isinstance(value, str):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    if kind == "other":
+        raise QueryError(f"--filter {key}: {key!r} holds lists or objects, which cannot be matched")
+    return value
