@@ -134,10 +134,3 @@ def _dedupe(products: list[tuple[int, Product]], candidates: list[_Candidate], s
         kept.append(p)
     skipped.extend(dups)
     return kept
-
-
-# --------------------------------------------------------------------------- summary
-
-
-
-

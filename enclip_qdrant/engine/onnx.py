@@ -33,8 +33,6 @@ ENGINES = ("auto", "onnx", "torch")
 SIDE_BY_SIDE_ROWS = 16  # up to this many rows, members run concurrently (one per core); beyond, one by one
 
 
-
-
 def _session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 

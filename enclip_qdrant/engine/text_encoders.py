@@ -48,8 +48,6 @@ SPECS = {MINILM.name: MINILM}
 TEXT_ENCODERS = (NONE, *SPECS)
 
 
-
-
 def spec_named(name: str) -> TextEncoderSpec:
     try:
         return SPECS[name]

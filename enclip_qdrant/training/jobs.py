@@ -37,8 +37,6 @@ REPORT = "report.json"  # written last in a member's folder: the member is compl
 _REPORT_KEYS = {"val": dict, "sha256": str, "seconds": (int, float), "pairs_per_second": (int, float)}
 
 
-
-
 @dataclass
 class Pairs:
     """Decoded images and their captions, held in memory once for all members."""

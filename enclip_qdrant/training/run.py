@@ -68,8 +68,6 @@ def split_ids(ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[
     return order[n_val:], order[:n_val]
 
 
-
-
 def train(catalog: Any, out: str | Path, config: TrainConfig | None = None,
           progress: Progress | None = None, overwrite: bool = False,
           protected: Sequence[tuple[str, Path]] = ()) -> Bundle:

@@ -27,8 +27,6 @@ def _minilm_folder() -> Path:
 _FOLDERS = {MINILM.name: _minilm_folder}
 
 
-
-
 class SharedTextEncoder:
     """A frozen sentence encoder: texts -> unit vectors (numpy float32), with an in-memory cache.
 
