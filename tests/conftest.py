@@ -71,3 +71,11 @@ def qdrant_url():
         pytest.skip("no real Qdrant: set QDRANT_URL, or QDRANT_BIN (or put a server binary at ~/.qdrant/bin/qdrant)")
     with local_qdrant(binary) as started:
         yield started
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The store and fusion contracts run each case on every backend; the real-server cases carry `server`."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "server" in callspec.id.split("-"):
+            item.add_marker(pytest.mark.server)

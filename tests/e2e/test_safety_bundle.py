@@ -30,7 +30,6 @@ from enclip_qdrant.training.presets import get_preset
 from enclip_qdrant.workspace import Workspace
 
 QUICK = {"preset": "tiny", "epochs": 1, "batch_size": 32, "precision": "fp32", "parallel": 1}
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import tomllib
 import yaml
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 MIN_QDRANT = (1, 16)  # collection metadata

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from paths import FASHION_DEV
 from PIL import Image
 
 from enclip_qdrant.catalog.load import load_catalog
@@ -17,7 +18,6 @@ from enclip_qdrant.catalog.model import Columns, Skipped
 from enclip_qdrant.catalog.synthetic import make_catalog
 from enclip_qdrant.errors import CatalogError
 
-FASHION_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-dev"
 if not FASHION_DEV.is_dir():
     FASHION_DEV = Path("/work/shared/data/fashion-dev")
 

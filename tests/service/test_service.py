@@ -510,6 +510,7 @@ def test_server_store_gives_each_thread_its_own_client():
     assert all(s.closed for s in opened)
 
 
+@pytest.mark.server
 def test_service_on_a_real_server(bundle, catalog):
     """`serve --url` against a real Qdrant (QDRANT_URL): concurrent searches each on a thread's own client
     answer what the library answers on that server. Skips without a server, like the storage contract suite."""

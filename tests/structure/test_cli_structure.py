@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 import enclip_qdrant
 from enclip_qdrant import api
 
-CLI = Path(__file__).resolve().parent.parent / "cli"
+CLI = ROOT / "cli"
 PUBLIC_MODULES = {"enclip_qdrant", "enclip_qdrant.api"}
 
 

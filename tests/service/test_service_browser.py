@@ -24,8 +24,9 @@ from enclip_qdrant.store import ServerStore
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no headless browser: install Debian's chromium "
-                                "and chromium-driver (apt-get install -y chromium chromium-driver)")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no headless browser: install Debian's chromium "
+                                 "and chromium-driver (apt-get install -y chromium chromium-driver)")]
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C WebDriver element reference key
 
 
