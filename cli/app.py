@@ -120,6 +120,9 @@ def index(
                                              "a new one beside it and switch the name over when complete "
                                              "(`rollback` undoes it).")] = False,
     engine: EngineOpt = "auto",
+    hnsw: Annotated[bool | None, typer.Option("--hnsw/--no-hnsw", help="Embedded store: build HNSW for the "
+                                              "member vectors after the run (default: from 50,000 points, or "
+                                              "when the collection has it).", show_default=False)] = None,
 ) -> None:
     """Embed every image with every member into a Qdrant collection (training first if needed)."""
     options = collection_options(on_disk, quantization.value, shards, replicas, index_fields)
@@ -131,6 +134,7 @@ def index(
         report = api.index(catalog, bundle=bundle, collection=collection,
                            conn=conn_for(home, url, api_key, prefer_grpc, timeout), config=config, prune=prune,
                            progress=progress, options=options, blue_green=blue_green, confirm=yes, engine=engine,
+                           hnsw=hnsw,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
     if options is not None and not report.created:
         err.print(f"[yellow]note:[/] collection {report.collection!r} already existed, so its layout options "
@@ -164,6 +168,10 @@ def query(
                                                "against the whole ensemble: its RRF weight is this x the members "
                                                "(1: as much say as all members together; RRF only); 0 = --no-text.")
                            ] = DEFAULT_TEXT_WEIGHT,
+    hnsw_ef: Annotated[int | None, typer.Option("--hnsw-ef", min=1, help="HNSW candidates per list (default: "
+                                                "Qdrant's); more finds more, slower.")] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="Score every vector (no HNSW): slower, the exact "
+                                                        "answer.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a PNG contact sheet.")] = None,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
@@ -173,7 +181,7 @@ def query(
     conn = conn_for(home, url, api_key, prefer_grpc, timeout)
     options = SearchOptions(top_k=top_k, clusters=parse_clusters(clusters), fusion=fusion,  # type: ignore[arg-type]
                             threshold=threshold, max_clusters=max_clusters, oversample=oversample, explain=explain,
-                            text_weight=0.0 if no_text else text_weight)
+                            text_weight=0.0 if no_text else text_weight, hnsw_ef=hnsw_ef, exact=exact)
     resp = api.query(text, image=image, collection=collection, bundle=bundle, conn=conn,
                      filters=parse_filters(filters), options=options, engine=engine)
     if sheet:

@@ -405,15 +405,17 @@ class Service:
             image = self.like_image(req.like)
         return req.text, image
 
-    def _mode(self, req: SearchRequest) -> Any:
-        return parse_clusters(req.clusters) if isinstance(req.clusters, str) else req.clusters
+    def _options(self, req: SearchRequest) -> SearchOptions:
+        """The request's search settings, checked once (a bad value is one 400 line before any encoding)."""
+        clusters = parse_clusters(req.clusters) if isinstance(req.clusters, str) else req.clusters
+        return SearchOptions(top_k=req.top_k, clusters=clusters, fusion=req.fusion,  # type: ignore[arg-type]
+                             threshold=req.threshold, max_clusters=req.max_clusters, oversample=req.oversample,
+                             explain=req.explain, text_weight=req.text_weight)
 
     def search(self, req: SearchRequest, image: Image.Image | None) -> dict[str, Any]:
         text, image = self._inputs(req, image)
-        resp = search(self.bundle, self.store, self.collection, text, image=image, top_k=req.top_k,
-                      clusters=self._mode(req), fusion=req.fusion, filters=parse_filters(req.filter),
-                      threshold=req.threshold, max_clusters=req.max_clusters, oversample=req.oversample,
-                      explain=req.explain, encoder=self.encoder, text_weight=req.text_weight, recipe=self.recipe)
+        resp = search(self.bundle, self.store, self.collection, text, image=image, options=self._options(req),
+                      filters=parse_filters(req.filter), encoder=self.encoder, recipe=self.recipe)
         if req.like:
             resp.query["like"] = req.like
         return resp.to_dict(req.explain)
@@ -422,14 +424,11 @@ class Service:
         """The query as vectors plus the Qdrant request `search` would send, for applications that query
         their own Qdrant (the collection name is the alias when there is one, so it follows blue/green)."""
         text, image = self._inputs(req, image)
-        SearchOptions(top_k=req.top_k, fusion=req.fusion, threshold=req.threshold,  # type: ignore[arg-type]
-                      max_clusters=req.max_clusters, oversample=req.oversample, text_weight=req.text_weight)
-        plan = plan_query(self.bundle, self.store, self.collection, text, image, clusters=self._mode(req),
-                          filters=parse_filters(req.filter), threshold=req.threshold, max_clusters=req.max_clusters,
-                          encoder=self.encoder, text_weight=req.text_weight, recipe=self.recipe,
-                          fusion=req.fusion)  # type: ignore[arg-type]
-        body = fused_query_request(plan.vectors, limit=req.top_k, prefetch_limit=req.top_k * req.oversample,
-                                   fusion=req.fusion, filter=plan.filter, weights=plan.weights,  # type: ignore[arg-type]
+        o = self._options(req)
+        plan = plan_query(self.bundle, self.store, self.collection, text, image, options=o,
+                          filters=parse_filters(req.filter), encoder=self.encoder, recipe=self.recipe)
+        body = fused_query_request(plan.vectors, limit=o.top_k, prefetch_limit=o.top_k * o.oversample,
+                                   fusion=o.fusion, filter=plan.filter, weights=plan.weights,
                                    vector_filters=plan.vector_filters)
         return {
             "vectors": {name: [float(x) for x in v] for name, v in plan.encoded.vectors.items()},

@@ -25,7 +25,7 @@ from enclip_qdrant.collection.points import point_id
 from enclip_qdrant.errors import BundleError, CatalogError, ConfirmationRequired, QueryError, redact_url
 from enclip_qdrant.indexing.run import IndexInterrupted, index_catalog
 from enclip_qdrant.progress import NullProgress
-from enclip_qdrant.search.options import parse_clusters, parse_filters
+from enclip_qdrant.search.options import SearchOptions, parse_clusters, parse_filters
 from enclip_qdrant.search.query import load_query_image, search
 from enclip_qdrant.store import EdgeStore, ServerOptions, ServerStore
 
@@ -351,9 +351,11 @@ def test_filters_keep_the_stored_type(tmp_path: Path, edge, bundle) -> None:
     _write_rows(cat, rows)
     loaded = load_catalog(cat)
     index_catalog(loaded, bundle, edge, "shop")
-    by_code = search(bundle, edge, "shop", "dress", top_k=12, clusters="all", filters=parse_filters(["code=001"]))
+    by_code = search(bundle, edge, "shop", "dress", filters=parse_filters(["code=001"]),
+                     options=SearchOptions(top_k=12, clusters="all"))
     assert by_code.results and {r.payload["code"] for r in by_code.results} == {"001"}
-    by_year = search(bundle, edge, "shop", "dress", top_k=12, clusters="all", filters=parse_filters(["year=2012"]))
+    by_year = search(bundle, edge, "shop", "dress", filters=parse_filters(["year=2012"]),
+                     options=SearchOptions(top_k=12, clusters="all"))
     assert by_year.results and {r.payload["year"] for r in by_year.results} == {2012}
     with pytest.raises(QueryError, match="decimal") as e:
         search(bundle, edge, "shop", "dress", filters=parse_filters(["price=1.5"]))
@@ -363,7 +365,7 @@ def test_filters_keep_the_stored_type(tmp_path: Path, edge, bundle) -> None:
     with pytest.raises(QueryError, match="whole numbers"):
         search(bundle, edge, "shop", "dress", filters=parse_filters(["year=soon"]))
     with pytest.raises(QueryError, match="--clusters"):
-        search(bundle, edge, "shop", "dress", clusters=",")  # type: ignore[arg-type]
+        search(bundle, edge, "shop", "dress", options=SearchOptions(clusters=","))  # type: ignore[arg-type]
     assert edge.count("shop") == 12 and point_id("10001") in {pid for pid, _ in edge.scroll("shop", [])}
 
 

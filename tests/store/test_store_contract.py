@@ -21,6 +21,7 @@ from enclip_qdrant.store import (
     EdgeStore,
     PointRecord,
     SearchFilter,
+    SearchParams,
     ServerOptions,
     ServerStore,
     SparseVec,
@@ -825,3 +826,95 @@ def test_set_sparse_rewrites_only_the_text_vector(hybrid: tuple[Store, str, list
     store.set_sparse(name, p.id, "text_bm25", None)  # no words left: no text vector
     assert not {q.id: q for q in store.scroll_points(name)}[p.id].sparse
     assert store.query_each(name, {"text_bm25": _query("velvet")}, limit=5)["text_bm25"] == []
+
+
+# -- HNSW and search params: the same answers, and the index state `info` shows --------------------------
+
+# 1 KB: every segment of these small collections is big enough for the optimizer to index
+HNSW_SPEC = CollectionSpec(vectors=NAMES, metadata={"k": 5}, indexed_fields={"cluster": "integer"},
+                           sparse_vectors=("text_bm25",), options=CollectionOptions(indexing_threshold=1))
+
+
+def _cosine_top(points: list[PointRecord], name: str, query: np.ndarray, k: int,
+                cluster: int | None = None) -> list[str]:
+    """The reference: cosine similarity computed here, ties broken by id, no engine involved."""
+    pool = [p for p in points if cluster is None or p.payload["cluster"] == cluster]
+    m = np.stack([np.asarray(p.vectors[name], dtype=np.float64) for p in pool])
+    scores = m @ query / (np.linalg.norm(m, axis=1) * np.linalg.norm(query))
+    order = sorted(range(len(pool)), key=lambda i: (-round(float(scores[i]), 6), pool[i].id))
+    return [pool[i].id for i in order[:k]]
+
+
+def _wait_indexed(store: Store, name: str, want: int, timeout: float = 30.0) -> None:
+    """A server's optimizer indexes in the background; the embedded store has done it when build_index returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = store.info(name).index
+        assert state is not None
+        if state.indexed_vectors >= want or time.monotonic() > deadline:
+            assert state.indexed_vectors == want, state
+            return
+        time.sleep(0.2)
+
+
+def test_exact_search_params_match_the_cosine_reference(hybrid: tuple[Store, str, list[PointRecord]]) -> None:
+    store, name, points = hybrid
+    rng = np.random.default_rng(9)
+    query = {k: rng.normal(size=d) for k, d in NAMES.items()}
+    for flt, cluster in ((None, None), (SearchFilter(clusters=[2]), 2)):
+        per = store.query_each(name, query, limit=7, filter=flt, params=SearchParams(exact=True))
+        for k, q in query.items():
+            assert [h.id for h in per[k]] == _cosine_top(points, k, q, 7, cluster)
+    fused = store.query_fused(name, query, limit=5, prefetch_limit=20, params=SearchParams(exact=True))
+    assert [h.id for h in fused] == [h.id for h in store.query_fused(name, query, limit=5, prefetch_limit=20)]
+    ef = store.query_each(name, query, limit=7, params=SearchParams(hnsw_ef=64))
+    assert all(len(hits) == 7 for hits in ef.values())
+    with pytest.raises(StoreError, match="hnsw_ef"):
+        SearchParams(hnsw_ef=0)
+
+
+def test_build_index_indexes_every_member_vector_and_keeps_answers(store: Store) -> None:
+    name = new_name(store)
+    local = isinstance(store, ServerStore) and store._local  # type: ignore[attr-defined]
+    store.create(name, HNSW_SPEC)
+    points = hybrid_points(120)
+    store.upsert(name, points[:80])
+    before = store.info(name).index
+    assert before is not None and before.vectors == 80 * len(NAMES)
+    state = store.build_index(name, progress=None)
+    if local:  # qdrant-client's stand-in has no index at all: it says so, and searches exactly
+        assert not state.hnsw and state.indexed_vectors == 0
+    else:
+        assert state.hnsw
+        _wait_indexed(store, name, 80 * len(NAMES))  # members only: the text vectors are not counted
+    store.upsert(name, points[80:])  # a later run: its points are indexed by the next build
+    store.build_index(name)
+    if not local:
+        _wait_indexed(store, name, 120 * len(NAMES))
+    assert store.info(name).index.vectors == 120 * len(NAMES)  # type: ignore[union-attr]
+    for p in (points[0], points[100]):
+        assert store.query_fused(name, p.vectors, limit=3, prefetch_limit=10,
+                                 params=SearchParams(hnsw_ef=32))[0].id == p.id
+        per = store.query_each(name, p.vectors, limit=3)
+        assert all(res[0].id == p.id for res in per.values())
+    rng = np.random.default_rng(4)
+    q = rng.normal(size=NAMES["clip_a"])
+    got = store.query_each(name, {"clip_a": q}, limit=5, filter=SearchFilter(clusters=[1]),
+                           params=SearchParams(exact=True))["clip_a"]
+    assert [h.id for h in got] == _cosine_top(points, "clip_a", q, 5, cluster=1)
+
+
+def test_edge_hnsw_choice_persists_and_can_be_turned_off(tmp_path: Path) -> None:
+    with EdgeStore(tmp_path / "home") as store:
+        store.create("shop", HNSW_SPEC)
+        store.upsert("shop", hybrid_points(60))
+        off = store.info("shop").index
+        assert off is not None and not off.hnsw and off.indexed_vectors == 0  # nothing built until asked
+        assert store.build_index("shop", hnsw=False).indexed_vectors == 0
+        on = store.build_index("shop")
+        assert on.hnsw and on.indexed_vectors == on.vectors == 60 * len(NAMES)
+    with EdgeStore(tmp_path / "home") as again:
+        assert again.info("shop").index == on  # recorded beside the shard
+        assert not again.build_index("shop", hnsw=False).hnsw
+    spec = json.loads((tmp_path / "home" / "collections" / "shop" / "enclip.json").read_text())
+    assert spec["hnsw"] is False
