@@ -9,6 +9,7 @@ from enclip_qdrant.errors import QueryError
 from enclip_qdrant.store import Store
 
 _PEEK_POINTS = 512  # how far to look for a stored value when a field has no payload index
+_INT64 = (-2**63, 2**63 - 1)  # Qdrant's integer payloads and match values are 64-bit
 
 
 def typed_filters(store: Store, collection: str, filters: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
@@ -49,9 +50,11 @@ def _typed(key: str, value: Any, kind: str | None) -> Any:
         raise QueryError(f"--filter {key}: {value!r} is not text, a whole number or true/false")
     if kind == "int" and isinstance(value, str):
         try:
-            return int(value.strip())
+            value = int(value.strip())
         except ValueError:
             raise QueryError(f"--filter {key}={value}: {key!r} holds whole numbers") from None
+    if kind == "int" and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+        raise QueryError(f"--filter {key}={value}: out of range (whole numbers from {_INT64[0]} to {_INT64[1]})")
     if kind == "bool" and isinstance(value, str):
         if value.strip().lower() not in ("true", "false"):
             raise QueryError(f"--filter {key}={value}: {key!r} holds true/false")

@@ -81,7 +81,9 @@ from enclip_qdrant.store.common import (
     hit,
     indexed_fields,
     json_copy,
+    json_path,
     nonempty,
+    payload_key,
     refuse_drop,
     rrf_weights,
     stable_order,
@@ -140,7 +142,7 @@ def _edge_filter(flt: SearchFilter | None) -> Filter | None:
     for key, values in flt.fields.items():
         vals = list(values)
         match = MatchValue(vals[0]) if len(vals) == 1 else MatchAny(vals)
-        must.append(FieldCondition(key, match=match))
+        must.append(FieldCondition(json_path(key), match=match))
     return Filter(must=must)
 
 
@@ -215,7 +217,7 @@ class EdgeStore(Store):
                     try:
                         for key, kind in doc["indexed_fields"].items():
                             schema = getattr(PayloadSchemaType, SCHEMA_TYPES[kind])
-                            shard.update(UpdateOperation.create_field_index(key, schema))
+                            shard.update(UpdateOperation.create_field_index(json_path(key), schema))
                         shard.flush()
                     finally:
                         shard.close()
@@ -242,7 +244,8 @@ class EdgeStore(Store):
         with self._errors(name, "info"):
             shard_info = self._shard(name).info()
         # PyO3 enums have no `.name`; their str() is "PayloadSchemaType.Integer"
-        schema = {k: str(v.data_type).rsplit(".", 1)[-1].lower() for k, v in shard_info.payload_schema.items()}
+        schema = {payload_key(k): str(v.data_type).rsplit(".", 1)[-1].lower()
+                  for k, v in shard_info.payload_schema.items()}
         return CollectionInfo(
             name=name,
             points=int(shard_info.points_count),
@@ -298,7 +301,7 @@ class EdgeStore(Store):
 
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         shard = self._shard(name)
-        with_payload: Any = True if fields is None else (list(fields) or False)
+        with_payload: Any = True if fields is None else ([json_path(f) for f in fields] or False)
         offset: Any = None
         while True:
             with self._errors(name, "scroll"):
@@ -393,7 +396,7 @@ class EdgeStore(Store):
         shard = self._shard(name)
         with self._errors(name, "facet"):
             limit = max(1, shard.info().points_count)  # distinct values <= points: never truncated
-            response = shard.facet(FacetRequest(key, limit=limit, exact=True))
+            response = shard.facet(FacetRequest(json_path(key), limit=limit, exact=True))
         return {h.value: int(h.count) for h in response}
 
     # -- aliases -------------------------------------------------------------------------------
