@@ -35,11 +35,12 @@ def searcher_factory(client: Any, bundle: Any, collection: str = "shop"):
 
 
 @contextmanager
-def live_server(app: FastAPI) -> Iterator[str]:
-    """uvicorn in a thread on 127.0.0.1; yields the base URL once /healthz answers."""
+def live_server(app: FastAPI, **settings: Any) -> Iterator[str]:
+    """uvicorn in a thread on 127.0.0.1 (`settings`: more uvicorn.Config settings, such as the service's own
+    `server_settings`); yields the base URL once /readyz answers."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
+                                           lifespan="on", **settings))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
