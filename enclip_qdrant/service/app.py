@@ -49,7 +49,6 @@ from enclip_qdrant.search.options import (
 )
 from enclip_qdrant.search.query import plan_query, search
 from enclip_qdrant.store import ServerOptions, SparseVec, Store
-from enclip_qdrant.store.server import fused_query_request
 
 from .batching import BatchingEncoder, EncodeTimeout, MicroBatcher, Overloaded
 from .limits import BodyDeadline, BodyTimeout, DecodeBudget, server_settings
@@ -470,6 +469,10 @@ class Service:
     def encode(self, req: SearchRequest, image: Image.Image | None) -> dict[str, Any]:
         """The query as vectors plus the Qdrant request `search` would send, for applications that query
         their own Qdrant (the collection name is the alias when there is one, so it follows blue/green)."""
+        # imported here: the request is qdrant-client's model, and an embedded service never loads that client
+        # unless an application asks for a body to send to its own server
+        from enclip_qdrant.store.server import fused_query_request
+
         text, image = self._inputs(req, image)
         SearchOptions(top_k=req.top_k, fusion=req.fusion, threshold=req.threshold,  # type: ignore[arg-type]
                       max_clusters=req.max_clusters, oversample=req.oversample, text_weight=req.text_weight)

@@ -87,8 +87,6 @@ def test_index_loads_no_training_stack(bundle, catalog_dir, tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known defect (issue 19): `eval --bundle` still loads torch, torchvision "
-                   "and transformers; this turns into a failure the day it no longer does")
 def test_eval_of_a_given_bundle_loads_no_training_stack(bundle, tmp_path) -> None:
     new = make_catalog(tmp_path / "new", n=60, seed=11)
     table = new / "captions.csv"  # products the bundle never saw: the generator numbers every catalog alike
@@ -103,8 +101,6 @@ def test_eval_of_a_given_bundle_loads_no_training_stack(bundle, tmp_path) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known defect (issue 19): embedded `serve` still loads qdrant_client "
-                   "(the service imports the server store eagerly); a failure the day it no longer does")
 def test_embedded_serve_loads_no_training_stack(served) -> None:
     port = free_port()
     loaded, out = _loaded(["serve", "--collection", "shop", "--port", str(port)], served, port=port)
