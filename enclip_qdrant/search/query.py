@@ -20,7 +20,7 @@ from enclip_qdrant.catalog.images import DEFAULT_BOUND, ImageRejected, image_bou
 from enclip_qdrant.collection.meta import read_meta
 from enclip_qdrant.collection.text import TextRecipe
 from enclip_qdrant.errors import QueryError
-from enclip_qdrant.search.filters import typed_filters
+from enclip_qdrant.search.filters import FieldKinds, typed_filters
 from enclip_qdrant.search.labels import label_response
 from enclip_qdrant.search.options import SearchOptions, parse_clusters
 from enclip_qdrant.search.routing import choose_clusters
@@ -153,13 +153,16 @@ class QueryPlan:
 
 def plan_query(bundle: Bundle, store: Store, collection: str, text: str | None, image: Image.Image | None, *,
                options: SearchOptions | None = None, filters: Mapping[str, Sequence[Any]] | None = None,
-               encoder: QueryEncoder | None = None, recipe: TextRecipe | None | str = "auto") -> QueryPlan:
-    """Encode, route and build the prefetches, the same way for `search` and for /v1/encode."""
+               encoder: QueryEncoder | None = None, recipe: TextRecipe | None | str = "auto",
+               field_kinds: FieldKinds | None = None) -> QueryPlan:
+    """Encode, route and build the prefetches, the same way for `search` and for /v1/encode.
+    `field_kinds`: the collection's filter field types when the caller keeps them (`FieldKinds`)."""
     o = options or SearchOptions()
+    typed = typed_filters(store, collection, filters or {}, field_kinds)  # before encoding: a bad filter is cheap
     q = encode_query(bundle, text, image, encoder=encoder)
     mode = parse_clusters(o.clusters)
     chosen = choose_clusters(bundle, q.cluster_probs, mode, o.threshold, o.max_clusters)
-    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=typed_filters(store, collection, filters or {}))
+    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=typed)
     if recipe == "auto":
         recipe = collection_recipe(store, collection) if text and text.strip() and o.text_weight > 0 else None
     vectors, weights = hybrid_vectors(q.vectors, text, recipe if isinstance(recipe, TextRecipe) else None,
@@ -202,14 +205,15 @@ def explain_results(results: Sequence[Result], per: Mapping[str, Sequence[Hit]],
 def search(bundle: Bundle, store: Store, collection: str, text: str | None = None, *,
            image: str | Path | Image.Image | None = None, options: SearchOptions | None = None,
            filters: Mapping[str, Sequence[Any]] | None = None, encoder: QueryEncoder | None = None,
-           recipe: TextRecipe | None | str = "auto") -> SearchResponse:
+           recipe: TextRecipe | None | str = "auto", field_kinds: FieldKinds | None = None) -> SearchResponse:
     """`options`: how to search (`SearchOptions`, checked when built). `recipe`: the collection's text recipe
-    when the caller has it cached ("auto": read from the collection's metadata when the query has text)."""
+    when the caller has it cached ("auto": read from the collection's metadata when the query has text).
+    `field_kinds`: the collection's filter field types when the caller keeps them."""
     o = options or SearchOptions()
     t0 = time.perf_counter()
     pil = load_query_image(image, image_bound(bundle)) if isinstance(image, (str, Path)) else image
     plan = plan_query(bundle, store, collection, text, pil, options=o, filters=filters, encoder=encoder,
-                      recipe=recipe)
+                      recipe=recipe, field_kinds=field_kinds)
     q, chosen, vectors = plan.encoded, plan.chosen, plan.vectors
     t1 = time.perf_counter()
     hits = store.query_fused(collection, vectors, limit=o.top_k, prefetch_limit=o.top_k * o.oversample,

@@ -88,7 +88,9 @@ from enclip_qdrant.store.common import (
     hit,
     indexed_fields,
     json_copy,
+    json_path,
     nonempty,
+    payload_key,
     refuse_drop,
     rrf_weights,
     stable_order,
@@ -155,7 +157,7 @@ def _edge_filter(flt: SearchFilter | None) -> Filter | None:
     for key, values in flt.fields.items():
         vals = list(values)
         match = MatchValue(vals[0]) if len(vals) == 1 else MatchAny(vals)
-        must.append(FieldCondition(key, match=match))
+        must.append(FieldCondition(json_path(key), match=match))
     return Filter(must=must)
 
 
@@ -230,7 +232,7 @@ class EdgeStore(Store):
                     try:
                         for key, kind in doc["indexed_fields"].items():
                             schema = getattr(PayloadSchemaType, SCHEMA_TYPES[kind])
-                            shard.update(UpdateOperation.create_field_index(key, schema))
+                            shard.update(UpdateOperation.create_field_index(json_path(key), schema))
                         shard.flush()
                     finally:
                         shard.close()
@@ -257,7 +259,8 @@ class EdgeStore(Store):
         with self._errors(name, "info"):
             shard_info = self._shard(name).info()
         # PyO3 enums have no `.name`; their str() is "PayloadSchemaType.Integer"
-        schema = {k: str(v.data_type).rsplit(".", 1)[-1].lower() for k, v in shard_info.payload_schema.items()}
+        schema = {payload_key(k): str(v.data_type).rsplit(".", 1)[-1].lower()
+                  for k, v in shard_info.payload_schema.items()}
         return CollectionInfo(
             name=name,
             points=int(shard_info.points_count),
@@ -316,6 +319,17 @@ class EdgeStore(Store):
         assert state is not None
         return state
 
+    def describe(self, name: str) -> CollectionInfo:
+        """`info` from the spec alone unless the shard is open here already: opening a shard locks it against
+        every other process, so a listing must never open one (points stay None)."""
+        name = self.resolve(name)
+        if name in self._shards:
+            return self.info(name)
+        spec = self._spec(name)
+        return CollectionInfo(name=name, points=None, vectors=dict(spec["vectors"]),
+                              payload_schema=dict(spec.get("indexed_fields", {})),
+                              metadata=json_copy(spec["metadata"]), sparse_vectors=list(spec.get("sparse_vectors", [])))
+
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
         name = self.resolve(name)
         with locked(self._root / LAYOUT_LOCK, what=f"the embedded store at {self.location}"):
@@ -362,7 +376,7 @@ class EdgeStore(Store):
 
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         shard = self._shard(name)
-        with_payload: Any = True if fields is None else (list(fields) or False)
+        with_payload: Any = True if fields is None else ([json_path(f) for f in fields] or False)
         offset: Any = None
         while True:
             with self._errors(name, "scroll"):
@@ -461,7 +475,7 @@ class EdgeStore(Store):
         shard = self._shard(name)
         with self._errors(name, "facet"):
             limit = max(1, shard.info().points_count)  # distinct values <= points: never truncated
-            response = shard.facet(FacetRequest(key, limit=limit, exact=True))
+            response = shard.facet(FacetRequest(json_path(key), limit=limit, exact=True))
         return {h.value: int(h.count) for h in response}
 
     # -- aliases -------------------------------------------------------------------------------

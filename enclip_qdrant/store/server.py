@@ -55,7 +55,9 @@ from enclip_qdrant.store.common import (
     hit,
     indexed_fields,
     json_copy,
+    json_path,
     nonempty,
+    payload_key,
     refuse_drop,
     rrf_weights,
     stable_order,
@@ -137,7 +139,7 @@ def _filter(flt: SearchFilter | None) -> models.Filter | None:
     for key, values in flt.fields.items():
         vals = list(values)
         match = models.MatchValue(value=vals[0]) if len(vals) == 1 else models.MatchAny(any=vals)
-        must.append(models.FieldCondition(key=key, match=match))
+        must.append(models.FieldCondition(key=json_path(key), match=match))
     return models.Filter(must=must)
 
 
@@ -312,7 +314,7 @@ class ServerStore(Store):
                         name,
                         self.client.create_payload_index,
                         name,
-                        key,
+                        json_path(key),
                         models.PayloadSchemaType(kind),
                         wait=True,
                     )
@@ -340,7 +342,8 @@ class ServerStore(Store):
         meta = desc.config.metadata or {}
         vectors = desc.config.params.vectors
         dims = {k: int(v.size) for k, v in vectors.items()} if isinstance(vectors, Mapping) else {}
-        schema = {k: str(getattr(v.data_type, "value", v.data_type)) for k, v in (desc.payload_schema or {}).items()}
+        schema = {payload_key(k): str(getattr(v.data_type, "value", v.data_type))
+                  for k, v in (desc.payload_schema or {}).items()}
         if self._local and not schema:
             schema = dict(meta.get(INDEXED_KEY) or {})
         return CollectionInfo(
@@ -421,7 +424,7 @@ class ServerStore(Store):
 
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         self._check(name)
-        with_payload: Any = True if fields is None else (list(fields) or False)
+        with_payload: Any = True if fields is None else ([json_path(f) for f in fields] or False)
         offset: Any = None
         while True:
             records, offset = self._call(
@@ -508,7 +511,7 @@ class ServerStore(Store):
 
     def facet_counts(self, name: str, key: str) -> dict[Any, int]:
         limit = max(1, self.count(name))  # distinct values <= points: never truncated
-        response = self._call("facet", name, self.client.facet, name, key=key, limit=limit, exact=True)
+        response = self._call("facet", name, self.client.facet, name, key=json_path(key), limit=limit, exact=True)
         return {h.value: int(h.count) for h in response.hits}
 
     # -- aliases -------------------------------------------------------------------------------

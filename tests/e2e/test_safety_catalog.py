@@ -364,6 +364,11 @@ def test_filters_keep_the_stored_type(tmp_path: Path, edge, bundle) -> None:
         search(bundle, edge, "shop", "dress", filters={"x": [1.5]})
     with pytest.raises(QueryError, match="whole numbers"):
         search(bundle, edge, "shop", "dress", filters=parse_filters(["year=soon"]))
+    for too_big in (parse_filters(["year=99999999999999999999999"]), {"year": [-2**63 - 1]}, {"year": [2**63]}):
+        with pytest.raises(QueryError, match="out of range") as e:  # Qdrant's integers are 64-bit
+            search(bundle, edge, "shop", "dress", filters=too_big)
+        assert "\n" not in str(e.value)
+    assert not search(bundle, edge, "shop", "dress", filters={"year": [2**63 - 1]}).results  # the edge is fine
     with pytest.raises(QueryError, match="--clusters"):
         search(bundle, edge, "shop", "dress", options=SearchOptions(clusters=","))  # type: ignore[arg-type]
     assert edge.count("shop") == 12 and point_id("10001") in {pid for pid, _ in edge.scroll("shop", [])}

@@ -270,6 +270,32 @@ def test_facet_counts(filled: tuple[Store, str]) -> None:
     assert store.facet_counts(name, "colour") == dict(Counter(p.payload["colour"] for p in POINTS))
 
 
+ODD_KEYS = ("base colour", "size[eu]", "a..b", "$price", "a.b")  # catalog column names that are path syntax
+
+
+def test_field_names_with_path_syntax_filter_index_and_facet_as_themselves(store: Store) -> None:
+    """A column named "base colour" (or with `[`, `..`, `$`, `.`) is indexed, filtered, faceted and scrolled as
+    that one flat key, on every backend; plain keys keep their names in the schema."""
+    name = new_name(store)
+    fields = {"cluster": "integer", "colour": "keyword"} | {k: "keyword" for k in ODD_KEYS}
+    store.create(name, CollectionSpec(vectors=NAMES, indexed_fields=fields))
+    points = [PointRecord(id=p.id, vectors=p.vectors,
+                          payload=p.payload | {k: p.payload["colour"] for k in ODD_KEYS} | {"a": {"b": "nested"}})
+              for p in POINTS]
+    store.upsert(name, points)
+    assert set(fields) <= set(store.info(name).payload_schema)
+    blue = sum(p.payload["colour"] == "blue" for p in POINTS)
+    for key in ODD_KEYS:
+        assert store.count(name, SearchFilter(fields={key: ["blue"]})) == blue, key
+        hits = store.query_fused(name, POINTS[1].vectors, limit=N, prefetch_limit=N,
+                                 filter=SearchFilter(fields={key: ["red", "green"]}))
+        assert len(hits) == N - blue and all(h.payload[key] != "blue" for h in hits), key
+        assert store.facet_counts(name, key) == dict(Counter(p.payload["colour"] for p in POINTS)), key
+    assert {pl["base colour"] for _, pl in store.scroll(name, ["base colour"])} == set(COLOURS)
+    with pytest.raises(QueryError, match="double quote"):
+        store.count(name, SearchFilter(fields={'say "hi"': ["x"]}))
+
+
 def test_missing_collection(store: Store) -> None:
     name = new_name(store)
     q = POINTS[0].vectors
