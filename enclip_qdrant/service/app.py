@@ -16,8 +16,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclip_qdrant.api import Connection, Searcher
+from enclip_qdrant.bundle.names import MANIFEST
 from enclip_qdrant.catalog.images import decode_bounded, image_bound
 from enclip_qdrant.collection.meta import CollectionMeta
 from enclip_qdrant.errors import BundleError, CatalogError, CollectionNotFound, EnclipError, QueryError, StoreError
@@ -93,6 +94,7 @@ class ServeOptions:
     max_connections: int = 0  # open connections; 0: max(256, 8 x max_queue), always above the work queue
     max_json_bytes: int = 256 * 1024  # a body that is not a multipart upload
     decode_budget_bytes: int = 0  # decoded pixels in memory at once; 0: 2 x max_image_pixels x 4 bytes
+    follow_seconds: float = 1.0  # how often the alias is checked for a blue/green switch or rollback; 0: never
 
     def connection_limit(self) -> int:
         return self.max_connections or max(256, 8 * self.max_queue)
@@ -338,29 +340,158 @@ def catalog_file(root: Path, rel: str) -> Path:
     return target
 
 
+@dataclass
+class Served:
+    """What answers a request: one physical collection, the bundle that built it and that bundle's batcher,
+    with the caches read from the collection. A request leases one (`Service.lease`) and uses it to the end,
+    so a blue/green switch or a rollback never mixes two collections or two bundles in one answer."""
+
+    physical: str
+    bundle: Any
+    batcher: MicroBatcher
+    encoder: BatchingEncoder
+    recipe: Any
+    catalog_root: Path | None
+    image_bound: int
+    fields: dict[str, list[Any]] | None = None
+    kinds: FieldKinds | None = None
+    users: int = 0
+    retired: bool = False
+
+
 class Service:
-    """The loaded state behind the routes: searcher, its store shared by threads (`concurrent_store`), batcher,
-    options."""
+    """The loaded state behind the routes: the searcher's store shared by threads (`concurrent_store`), the
+    served collection (`Served`, followed through its alias by a watcher thread) and the options."""
 
     def __init__(self, searcher: Searcher, options: ServeOptions) -> None:
         self.searcher, self.options = searcher, options
-        self.bundle = searcher.bundle
         self.store: Any = concurrent_store(searcher.store)
-        self.collection = searcher.collection
-        self.batcher = MicroBatcher(self.bundle.embed_texts, self.bundle.embed_images, max_batch=options.max_batch,
-                                    max_wait_ms=options.max_wait_ms, max_queue=options.max_queue).start()
-        self.encoder = BatchingEncoder(self.batcher, timeout=options.request_timeout)
-        meta = self.store.info(self.collection).metadata
-        self.recipe = CollectionMeta.from_dict(meta).text_recipe()  # read once, like the bundle
-        self.catalog_root = Path(meta["catalog"]) if meta.get("catalog") else None
-        self._fields: dict[str, list[Any]] | None = None
-        self._kinds: FieldKinds | None = None
-        self.image_bound = image_bound(self.bundle)
+        self.collection = searcher.collection  # the name clients use: an alias when indexed blue/green
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._failed: tuple[str, str] | None = None  # the last switch that could not be made, said once
+        self.current = self._served(searcher.bundle, self.store.resolve(self.collection))
         self.decode_budget = DecodeBudget(options.decode_budget_bytes or 8 * options.max_image_pixels,
                                           options.request_timeout)
+        self._watcher: threading.Thread | None = None
+        if options.follow_seconds > 0:
+            self._watcher = threading.Thread(target=self._follow, name="enclip-follow", daemon=True)
+            self._watcher.start()
+
+    # the served state, for callers that read one value (a request that needs several leases `current`)
+    @property
+    def bundle(self) -> Any:
+        return self.current.bundle
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self.current.batcher
+
+    @property
+    def encoder(self) -> BatchingEncoder:
+        return self.current.encoder
+
+    @property
+    def recipe(self) -> Any:
+        return self.current.recipe
+
+    def _served(self, bundle: Any, physical: str, reuse: Served | None = None) -> Served:
+        """The state for `physical` (built by `bundle`); its shard is opened here, so a collection another
+        process still holds fails now, before any request sees it. `reuse`: the batcher of the same bundle."""
+        meta = self.store.describe(physical).metadata
+        self.store.count(physical)  # opens it (the embedded store) and proves it answers
+        if reuse is not None and reuse.bundle is bundle:
+            batcher, encoder = reuse.batcher, reuse.encoder
+        else:
+            o = self.options
+            batcher = MicroBatcher(bundle.embed_texts, bundle.embed_images, max_batch=o.max_batch,
+                                   max_wait_ms=o.max_wait_ms, max_queue=o.max_queue).start()
+            encoder = BatchingEncoder(batcher, timeout=o.request_timeout)
+        return Served(physical=physical, bundle=bundle, batcher=batcher, encoder=encoder,
+                      recipe=CollectionMeta.from_dict(meta).text_recipe(),
+                      catalog_root=Path(meta["catalog"]) if meta.get("catalog") else None,
+                      image_bound=image_bound(bundle))
+
+    @contextmanager
+    def lease(self) -> Iterator[Served]:
+        """The served state for one request; a state replaced meanwhile is released after its last lease."""
+        with self._lock:
+            cur = self.current
+            cur.users += 1
+        try:
+            yield cur
+        finally:
+            with self._lock:
+                cur.users -= 1
+                done = cur.retired and cur.users == 0
+            if done:
+                self._release(cur)
+
+    def _release(self, old: Served) -> None:
+        """Close what only `old` used: its batcher (another bundle's) and its collection's shard."""
+        cur = self.current
+        if old.batcher is not cur.batcher:
+            old.batcher.close()
+        if old.physical != cur.physical:
+            self.store.release(old.physical)
+
+    def follow(self) -> bool:
+        """Serve what the alias points at now: after `index --blue-green` or `rollback` (in this process or
+        another) the new collection and its bundle are loaded while the old keep answering, then swapped in at
+        once. True when it switched."""
+        target = self.store.resolve(self.collection)
+        cur = self.current
+        if target == cur.physical:
+            return False
+        meta = CollectionMeta.from_dict(self.store.describe(target).metadata)
+        bundle = cur.bundle if meta.bundle_fingerprint == cur.bundle.fingerprint else self._bundle_for(target, meta)
+        new = self._served(bundle, target, reuse=cur)
+        with self._lock:
+            old, self.current = self.current, new
+            old.retired = True
+            idle = old.users == 0
+        if idle:
+            self._release(old)
+        print(f"serving {self.collection!r} from {target} now (bundle {bundle.fingerprint}; was {old.physical})",
+              file=sys.stderr, flush=True)
+        return True
+
+    def _bundle_for(self, physical: str, meta: CollectionMeta) -> Any:
+        """The bundle that built `physical`: the one `serve` was given, the workspace's or the one its metadata
+        names, whichever has its fingerprint."""
+        from enclip_qdrant.bundle.manifest import read_manifest
+        from enclip_qdrant.collection.meta import check_compatible
+        from enclip_qdrant.engine.load import load_bundle
+
+        given = self.options.bundle if isinstance(self.options.bundle, (str, Path)) else None
+        for candidate in (given, self.searcher.conn.workspace.bundle_for(self.collection), meta.bundle_path):
+            if candidate and Path(candidate, MANIFEST).is_file() and \
+                    read_manifest(Path(candidate)).get("fingerprint") == meta.bundle_fingerprint:
+                bundle = load_bundle(Path(candidate), engine=self.options.engine)
+                check_compatible(self.store, physical, bundle)
+                return bundle
+        raise BundleError(f"{physical!r} was built by bundle {meta.bundle_fingerprint or '?'}, which is not on this "
+                          f"machine: still serving {self.current.physical!r}")
+
+    def _follow(self) -> None:
+        """The watcher: checks the alias every `follow_seconds`; a switch that fails (the indexer still holds
+        the new collection, its bundle is missing) is said once and tried again."""
+        while not self._stop.wait(self.options.follow_seconds):
+            try:
+                self.follow()
+                self._failed = None
+            except Exception as e:  # keep serving what works; never let the watcher die
+                line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                key = (self.collection, line)
+                if key != self._failed:
+                    self._failed = key
+                    print(f"not switching {self.collection!r} yet: {line}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        self.batcher.close()
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+        self.current.batcher.close()
         if isinstance(self.store, PerThreadStore):
             self.store.close_threads()
         self.searcher.close()
@@ -373,37 +504,40 @@ class Service:
             raise QueryError(f"this service serves collection {self.collection!r}, not {name!r}: "
                              f"run another `enclip-qdrant serve --collection {name}`")
 
-    def fields(self) -> dict[str, list[Any]]:
+    def fields(self, cur: Served) -> dict[str, list[Any]]:
         """Catalog fields with few distinct values (filter menus), from the first points of the collection."""
-        if self._fields is None:
+        if cur.fields is None:
             values: dict[str, set[Any]] = {}
             with self.store.lock:  # scroll is a generator: hold the lock while it is read, not just made
-                payloads = [p for _, p in itertools.islice(self.searcher.store.scroll(self.collection), _FIELD_SCAN)]
+                payloads = [p for _, p in itertools.islice(self.searcher.store.scroll(cur.physical), _FIELD_SCAN)]
             for payload in payloads:
                 for k, v in payload.items():
                     if k not in _NOT_FIELDS and isinstance(v, (str, int, float)) and not isinstance(v, bool):
                         values.setdefault(k, set()).add(v)
-            self._fields = {k: sorted(v, key=str) for k, v in sorted(values.items())
-                            if 1 < len(v) <= _MAX_FIELD_VALUES}
-        return self._fields
+            cur.fields = {k: sorted(v, key=str) for k, v in sorted(values.items())
+                          if 1 < len(v) <= _MAX_FIELD_VALUES}
+        return cur.fields
 
-    def field_kinds(self) -> FieldKinds:
+    def field_kinds(self, cur: Served) -> FieldKinds:
         """The served collection's filter field types, read once (and again after a while), so a filter costs
         no store call per field and an unknown one is refused at once."""
-        kinds = self._kinds
+        kinds = cur.kinds
         if kinds is None or time.monotonic() - kinds.made > _FIELD_TYPES_TTL:
             with self.store.lock:  # the scan reads a generator: hold the lock while it is read
-                kinds = self._kinds = FieldKinds(self.searcher.store, self.collection, _FIELD_SCAN)
+                kinds = cur.kinds = FieldKinds(self.searcher.store, cur.physical, _FIELD_SCAN)
         return kinds
 
-    def image_path(self, point_id: str) -> Path:
-        if self.catalog_root is None:
+    def image_path(self, point_id: str, cur: Served | None = None) -> Path:
+        if cur is None:
+            with self.lease() as cur:
+                return self.image_path(point_id, cur)
+        if cur.catalog_root is None:
             raise ServiceError(404, "this collection does not record its catalog folder")
-        hits = self.store.retrieve(self.collection, [point_id])
+        hits = self.store.retrieve(cur.physical, [point_id])
         if not hits or not hits[0].payload.get("image"):
             raise ServiceError(404, f"no product {point_id!r} in {self.collection!r}")
         try:
-            path = catalog_file(self.catalog_root, str(hits[0].payload["image"]))
+            path = catalog_file(cur.catalog_root, str(hits[0].payload["image"]))
         except PermissionError:
             raise ServiceError(403, "refused: that image is outside the catalog folder") from None
         if not path.is_file():
@@ -414,6 +548,7 @@ class Service:
         """Decode an uploaded image; dimensions are checked from the header before any pixel is decoded, and
         the decode waits for its share of the decode budget, at reduced scale for JPEG, shrunk to the bound the
         library decodes queries to (`image_bound`)."""
+        bound = self.current.image_bound
         try:
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
@@ -421,13 +556,13 @@ class Service:
                     raise QueryError(f"image {name} is too large: {w}x{h} pixels (the limit is "
                                      f"{self.options.max_image_pixels:,})")
                 if im.format == "JPEG":
-                    im.draft("RGB", (self.image_bound, self.image_bound))  # the size it decodes to, from here
+                    im.draft("RGB", (bound, bound))  # the size it decodes to, from here
                 w, h = im.size
                 share = self.decode_budget.acquire(w * h * (1 if im.mode in ("1", "L", "P") else 4))
                 if share is None:
                     raise Overloaded(what="too many images being decoded")
                 try:
-                    return decode_bounded(im, self.image_bound)
+                    return decode_bounded(im, bound)
                 finally:
                     self.decode_budget.release(share)
         except Image.DecompressionBombError:
@@ -438,18 +573,15 @@ class Service:
             raise QueryError(f"cannot read query image {name}: {str(e).splitlines()[0] if str(e) else 'bad data'}"
                              ) from None
 
-    def like_image(self, point_id: str) -> Image.Image:
-        path = self.image_path(point_id)
-        return self.read_image(path.read_bytes(), point_id)
-
-    def _inputs(self, req: SearchRequest, image: Image.Image | None) -> tuple[str | None, Image.Image | None]:
+    def _inputs(self, req: SearchRequest, image: Image.Image | None,
+                cur: Served) -> tuple[str | None, Image.Image | None]:
         self.check_collection(req.collection)
         if req.top_k > self.options.max_top_k:
             raise QueryError(f"--top-k must be at most {self.options.max_top_k}")
         if req.like:
             if image is not None:
                 raise QueryError("give an image or `like`, not both")
-            image = self.like_image(req.like)
+            image = self.read_image(self.image_path(req.like, cur).read_bytes(), req.like)
         return req.text, image
 
     def _options(self, req: SearchRequest) -> SearchOptions:
@@ -460,10 +592,11 @@ class Service:
                              explain=req.explain, text_weight=req.text_weight)
 
     def search(self, req: SearchRequest, image: Image.Image | None) -> dict[str, Any]:
-        text, image = self._inputs(req, image)
-        resp = search(self.bundle, self.store, self.collection, text, image=image, options=self._options(req),
-                      filters=parse_filters(req.filter), encoder=self.encoder, recipe=self.recipe,
-                      field_kinds=self.field_kinds())
+        with self.lease() as cur:
+            text, image = self._inputs(req, image, cur)
+            resp = search(cur.bundle, self.store, cur.physical, text, image=image, options=self._options(req),
+                          filters=parse_filters(req.filter), encoder=cur.encoder, recipe=cur.recipe,
+                          field_kinds=self.field_kinds(cur))
         if req.like:
             resp.query["like"] = req.like
         return resp.to_dict(req.explain)
@@ -475,11 +608,12 @@ class Service:
         # unless an application asks for a body to send to its own server
         from enclip_qdrant.store.server import fused_query_request
 
-        text, image = self._inputs(req, image)
         o = self._options(req)
-        plan = plan_query(self.bundle, self.store, self.collection, text, image, options=o,
-                          filters=parse_filters(req.filter), encoder=self.encoder, recipe=self.recipe,
-                          field_kinds=self.field_kinds())
+        with self.lease() as cur:
+            text, image = self._inputs(req, image, cur)
+            plan = plan_query(cur.bundle, self.store, cur.physical, text, image, options=o,
+                              filters=parse_filters(req.filter), encoder=cur.encoder, recipe=cur.recipe,
+                              field_kinds=self.field_kinds(cur))
         body = fused_query_request(plan.vectors, limit=o.top_k, prefetch_limit=o.top_k * o.oversample,
                                    fusion=o.fusion, filter=plan.filter, weights=plan.weights,
                                    vector_filters=plan.vector_filters)
@@ -495,9 +629,13 @@ class Service:
         }
 
     def collections(self) -> dict[str, Any]:
+        with self.lease() as cur:
+            return self._collections(cur)
+
+    def _collections(self, cur: Served) -> dict[str, Any]:
         out = []
         aliases = self.store.aliases()
-        served_name = self.store.resolve(self.collection)
+        served_name = cur.physical
         for name in self.store.list_collections():
             # only the served collection is read through its open shard: listing opens nothing (embedded)
             ci = self.store.info(name) if name == served_name else self.store.describe(name)
@@ -506,8 +644,15 @@ class Service:
                         "payload_schema": ci.payload_schema,
                         "bundle_fingerprint": ci.metadata.get("bundle_fingerprint"),
                         "served": name == served_name})
-        return {"served": self.collection, "store": self.searcher.store.kind, "clusters": self.bundle.clusters.k,
-                "members": list(self.bundle.vectors), "fields": self.fields(), "collections": out}
+        return {"served": self.collection, "store": self.searcher.store.kind, "clusters": cur.bundle.clusters.k,
+                "members": list(cur.bundle.vectors), "fields": self.fields(cur), "collections": out}
+
+    def ready(self) -> dict[str, Any]:
+        with self.lease() as cur:
+            points = self.store.count(cur.physical)
+            return {"ready": True, "collection": self.collection, "physical": cur.physical, "points": points,
+                    "bundle": cur.bundle.fingerprint, "engine": cur.bundle.engine, "batches": vars(cur.batcher.stats)}
+
 
 
 def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
@@ -680,12 +825,9 @@ def create_app(options: ServeOptions | None = None, *,
         if svc is None:
             return JSONResponse({"ready": False, "error": "bundle not loaded"}, status_code=503)
         try:
-            points = await run_in_threadpool(svc.store.count, svc.collection)
+            return JSONResponse(await run_in_threadpool(svc.ready))
         except EnclipError as e:
             return JSONResponse({"ready": False, "error": str(e).splitlines()[0]}, status_code=503)
-        return JSONResponse({"ready": True, "collection": svc.collection, "points": points,
-                             "bundle": svc.bundle.fingerprint, "engine": svc.bundle.engine,
-                             "batches": vars(svc.batcher.stats)})
 
     @app.get("/images/{point_id}", summary="A product's catalog image (only files inside the catalog folder)")
     async def image(point_id: str) -> FileResponse:

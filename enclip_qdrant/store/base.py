@@ -349,6 +349,10 @@ class Store(ABC):
         """Another store on the same place, with a client of its own (only where `thread_clients`)."""
         raise NotImplementedError(f"a {self.kind} store cannot open a second client")
 
+    def release(self, name: str) -> None:  # noqa: B027 - optional hook
+        """Let go of what this store holds open for collection `name` (the embedded store: its shard and the
+        shard's lock, so another process may open it); the next call on it opens it again."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files or connections."""
 

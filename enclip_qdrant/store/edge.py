@@ -517,6 +517,9 @@ class EdgeStore(Store):
                 raise CollectionNotFound(f"no alias {alias!r} in {self.location}")
             atomic_write_json(self._root / ALIASES_FILE, current, sort_keys=True)
 
+    def release(self, name: str) -> None:
+        self._forget(self.aliases().get(check_name(name), name))
+
     def close(self) -> None:
         for name in list(self._shards):
             self._forget(name)
@@ -556,7 +559,10 @@ class EdgeStore(Store):
             except Exception as e:  # qdrant-edge raises bare Exception
                 if "WouldBlock" in str(e):
                     raise StoreError(
-                        f"collection {name!r} is in use by another process (or another open store) at {path}"
+                        f"collection {name!r} is in use by another process (a running `enclip-qdrant serve`, "
+                        f"another `index`, or another open store) at {path}: stop it to change this collection "
+                        "in place, or index a new bundle beside it with `index --bundle NEW --blue-green` "
+                        "(a running service switches to it)"
                     ) from e
                 raise StoreError(f"cannot open collection {name!r} at {path}: {_line(e)}") from e
             self._shards[name] = shard

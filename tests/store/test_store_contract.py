@@ -148,6 +148,17 @@ def test_set_metadata_replaces(filled: tuple[Store, str]) -> None:
 # -- points ------------------------------------------------------------------------------------
 
 
+def test_release_lets_go_and_the_next_call_opens_it_again(filled: tuple[Store, str]) -> None:
+    """What a service does after a blue/green switch: the old collection is released (on the embedded store
+    another store can open it then) and still answers when asked again."""
+    store, name = filled
+    store.release(name)
+    if isinstance(store, EdgeStore):
+        with EdgeStore(store.home) as other:  # another holder, as another process would be
+            assert other.count(name) == N
+    assert store.count(name) == N and store.describe(name).metadata == store.info(name).metadata
+
+
 def test_upsert_then_count(filled: tuple[Store, str]) -> None:
     store, name = filled
     assert store.count(name) == N
