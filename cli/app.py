@@ -32,6 +32,7 @@ from .options import (
     EngineOpt,
     Epochs,
     FieldCols,
+    GrpcPort,
     Home,
     IdCol,
     ImageCol,
@@ -103,6 +104,7 @@ def index(
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    grpc_port: GrpcPort = 6334,
     timeout: Timeout = None,
     on_disk: Annotated[bool, typer.Option("--on-disk", help="New collection: vectors on disk (memory-mapped), "
                                                            "not in RAM.")] = False,
@@ -131,8 +133,8 @@ def index(
     if config == type(config)():
         config = None  # no training flag given: an existing bundle is used whatever it was trained with
     with RichProgress() as progress:
-        report = api.index(catalog, bundle=bundle, collection=collection,
-                           conn=conn_for(home, url, api_key, prefer_grpc, timeout), config=config, prune=prune,
+        conn = conn_for(home, url, api_key, prefer_grpc, timeout, grpc_port)
+        report = api.index(catalog, bundle=bundle, collection=collection, conn=conn, config=config, prune=prune,
                            progress=progress, options=options, blue_green=blue_green, confirm=yes, engine=engine,
                            hnsw=hnsw,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
@@ -175,10 +177,11 @@ def query(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a PNG contact sheet.")] = None,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    grpc_port: GrpcPort = 6334,
     timeout: Timeout = None, engine: EngineOpt = "auto",
 ) -> None:
     """Search: encode with every member, route to clusters, one fused Qdrant query."""
-    conn = conn_for(home, url, api_key, prefer_grpc, timeout)
+    conn = conn_for(home, url, api_key, prefer_grpc, timeout, grpc_port)
     options = SearchOptions(top_k=top_k, clusters=parse_clusters(clusters), fusion=fusion,  # type: ignore[arg-type]
                             threshold=threshold, max_clusters=max_clusters, oversample=oversample, explain=explain,
                             text_weight=0.0 if no_text else text_weight, hnsw_ef=hnsw_ef, exact=exact)
@@ -203,10 +206,11 @@ def info(
                                                "cluster, titled with its label (the collection given, or the "
                                                "default one).")] = None,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    grpc_port: GrpcPort = 6334,
     timeout: Timeout = None,
 ) -> None:
     """Collections in the store: points, named vectors, payload indexes, bundle, clusters and their labels."""
-    conn = conn_for(home, url, api_key, prefer_grpc, timeout)
+    conn = conn_for(home, url, api_key, prefer_grpc, timeout, grpc_port)
     data = api.info(collection, conn=conn)
     if sheet:
         api.cluster_sheet(sheet, collection, conn=conn)
@@ -223,10 +227,11 @@ def rollback(
     collection: Annotated[str | None, typer.Argument(help="Collection name (default: the last indexed).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    grpc_port: GrpcPort = 6334,
     timeout: Timeout = None,
 ) -> None:
     """Point the name back at the collection a blue/green index replaced; queries use its bundle again."""
-    report = api.rollback(collection, conn=conn_for(home, url, api_key, prefer_grpc, timeout))
+    report = api.rollback(collection, conn=conn_for(home, url, api_key, prefer_grpc, timeout, grpc_port))
     if json_out:
         render.print_json(out, vars(report))
     else:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import ApiKey, EngineOpt, Home, PreferGrpc, Timeout, Url, conn_for
+from .options import ApiKey, EngineOpt, GrpcPort, Home, PreferGrpc, Timeout, Url, conn_for
 
 
 def serve_command(
@@ -19,6 +19,7 @@ def serve_command(
                                             help="API key clients must send (Authorization: Bearer or "
                                                  "X-API-Key) on every /v1 call.")] = None,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    grpc_port: GrpcPort = 6334,
     timeout: Timeout = None,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Queries encoded in one forward pass.")]
     = 32,
@@ -39,7 +40,7 @@ def serve_command(
     """Serve search over HTTP: JSON API under /v1, a search page at /, API docs at /docs."""
     from enclip_qdrant import ServeOptions, serve
 
-    conn = conn_for(home, url, api_key, prefer_grpc, timeout)
+    conn = conn_for(home, url, api_key, prefer_grpc, timeout, grpc_port)
     serve(ServeOptions(collection=collection, bundle=bundle, home=home, url=url, api_key=api_key,
                        store_options=conn.options, host=host, port=port, key=key, max_batch=max_batch,
                        max_wait_ms=max_wait_ms, max_queue=max_queue,

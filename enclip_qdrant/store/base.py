@@ -108,12 +108,14 @@ class CollectionOptions:
 class ServerOptions:
     """How to talk to a Qdrant server; the embedded store ignores them.
 
+    `grpc_port` is where `prefer_grpc` connects (the URL's port is the REST one; Qdrant's default 6334).
     `https` only matters for a URL without a scheme (the scheme wins otherwise); `timeout` is per request in
     seconds; a request failing transiently is tried `retries` more times, waiting about `backoff`,
     2x`backoff`, 4x`backoff`... (at most `max_backoff`) with jitter.
     """
 
     prefer_grpc: bool = False
+    grpc_port: int = 6334
     https: bool | None = None
     timeout: float | None = 30
     retries: int = 3
@@ -126,6 +128,8 @@ class ServerOptions:
             raise StoreError(f"retries must be an integer >= 0, not {self.retries!r}")
         if not self.backoff >= 0 or not self.max_backoff >= 0:
             raise StoreError(f"backoff and max_backoff must be >= 0, not {self.backoff!r} and {self.max_backoff!r}")
+        if isinstance(self.grpc_port, bool) or not isinstance(self.grpc_port, int) or not 0 < self.grpc_port < 65536:
+            raise StoreError(f"grpc_port must be a port number (1-65535), not {self.grpc_port!r}")
         if self.timeout is not None and not self.timeout > 0:
             raise StoreError(f"timeout must be > 0 seconds, not {self.timeout!r}")
 

@@ -236,6 +236,7 @@ class ServerStore(Store):
                     url=url,
                     api_key=api_key,
                     prefer_grpc=options.prefer_grpc,
+                    grpc_port=options.grpc_port,
                     https=options.https,
                     timeout=options.timeout,  # type: ignore[arg-type]  # qdrant-client rounds it up to whole seconds
                     check_compatibility=False,

@@ -513,21 +513,20 @@ def test_server_store_gives_each_thread_its_own_client():
 
 
 @pytest.mark.server
-def test_service_on_a_real_server(bundle, catalog):
-    """`serve --url` against a real Qdrant (QDRANT_URL): concurrent searches each on a thread's own client
-    answer what the library answers on that server. Skips without a server, like the storage contract suite."""
-    import os
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_service_on_a_real_server(bundle, catalog, qdrant_node, transport: str):
+    """`serve --url` against a real Qdrant (the qdrant_node fixture: QDRANT_URL or a binary started here), over
+    REST and gRPC: concurrent searches each on a thread's own client answer what the library answers on that
+    server. Skips without a server, like the storage contract suite."""
     import uuid
 
-    url = os.environ.get("QDRANT_URL")
-    if not url:
-        pytest.skip("QDRANT_URL is not set: no real Qdrant server to test against")
-    api_key = os.environ.get("QDRANT_API_KEY")
+    url, api_key = qdrant_node.url, qdrant_node.api_key
     name = f"enclip-test-{uuid.uuid4().hex[:10]}"
-    store = ServerStore(url, api_key)
+    store = qdrant_node.store(transport)
     try:
         index_catalog(catalog, bundle, store, name)
-        app = create_app(ServeOptions(url=url, api_key=api_key, collection=name, bundle=bundle.path))
+        app = create_app(ServeOptions(url=url, api_key=api_key, collection=name, bundle=bundle.path,
+                                      store_options=store.options))
         texts = ["red dress", "blue cap", "green sneakers", "black handbag", "white dress", "yellow cap"]
         with live_server(app) as base:
             assert isinstance(app.state.service.store, PerThreadStore)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import threading
 import time
 import uuid
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qdrant_server import SERVER_VARIANTS, server_store
 
 from enclip_qdrant.errors import CollectionNotFound, QueryError, StoreError
 from enclip_qdrant.store import (
@@ -55,15 +55,14 @@ def make_points(n: int = N, seed: int = 0) -> list[PointRecord]:
 POINTS = make_points()
 
 
-@pytest.fixture(params=["edge", "memory", "server"])
+@pytest.fixture(params=["edge", "memory", *SERVER_VARIANTS])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "edge":
         s: Store = EdgeStore(tmp_path / "home")
     elif request.param == "memory":
         s = ServerStore(":memory:")
     else:
-        url = request.getfixturevalue("qdrant_url")
-        s = ServerStore(url, os.environ.get("QDRANT_API_KEY"), options=ServerOptions(timeout=10))
+        s = server_store(request, request.param, timeout=10)
     created: list[str] = []
     s.test_names = created  # type: ignore[attr-defined]
     yield s
@@ -415,6 +414,39 @@ def test_server_auth_error_is_clear() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+@pytest.mark.parametrize("key", [None, "not-the-key"])
+def test_a_real_server_with_a_key_refuses_a_missing_or_wrong_one(qdrant_key_node, transport: str,
+                                                                  key: str | None) -> None:
+    """The server's own 401 (REST) / UNAUTHENTICATED (gRPC) becomes one line, not retried; the right key works."""
+    from qdrant_server import Node
+
+    wrong = Node(qdrant_key_node.url, qdrant_key_node.grpc_port, key)
+    with wrong.store(transport, timeout=5) as store, pytest.raises(StoreError, match="check the API key") as err:
+        store.list_collections()
+    assert "\n" not in str(err.value) and store.retried == 0
+    with qdrant_key_node.store(transport, timeout=5) as store:
+        assert isinstance(store.list_collections(), list)
+
+
+@pytest.mark.server
+def test_prefer_grpc_talks_to_the_grpc_port(qdrant_node) -> None:
+    """With prefer_grpc the requests go to `grpc_port`, not the URL's REST port: a wrong one cannot be reached."""
+    options = ServerOptions(prefer_grpc=True, grpc_port=1, timeout=2, retries=0)
+    with ServerStore(qdrant_node.url, qdrant_node.api_key, options=options) as store, pytest.raises(
+            StoreError, match="cannot reach Qdrant"):
+        store.list_collections()
+    with qdrant_node.store("grpc", timeout=5) as store:
+        assert isinstance(store.list_collections(), list)
+
+
+def test_grpc_port_is_checked() -> None:
+    for bad in (0, 70000, True, "6334"):
+        with pytest.raises(StoreError, match="grpc_port must be a port number"):
+            ServerOptions(grpc_port=bad)  # type: ignore[arg-type]
 
 
 # -- collection options ------------------------------------------------------------------------
