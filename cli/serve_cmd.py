@@ -30,6 +30,10 @@ def serve_command(
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.01, help="Largest upload.")] = 10.0,
     request_timeout: Annotated[float, typer.Option("--request-timeout", min=0.1, help="Seconds per request "
                                                    "before 504.")] = 30.0,
+    max_connections: Annotated[int, typer.Option("--max-connections", min=0, help="Open connections before new "
+                                                 "ones get 503 (0: max(256, 8 x --max-queue)).")] = 0,
+    header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.1, help="Seconds for a request's "
+                                                  "head to arrive before the connection is closed.")] = 10.0,
     engine: EngineOpt = "auto",
 ) -> None:
     """Serve search over HTTP: JSON API under /v1, a search page at /, API docs at /docs."""
@@ -40,4 +44,4 @@ def serve_command(
                        store_options=conn.options, host=host, port=port, key=key, max_batch=max_batch,
                        max_wait_ms=max_wait_ms, max_queue=max_queue,
                        max_upload_bytes=int(max_upload_mb * 1024 * 1024), request_timeout=request_timeout,
-                       engine=engine))
+                       engine=engine, max_connections=max_connections, header_timeout=header_timeout))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from paths import free_port
 
 FIXED_BIN = Path.home() / ".qdrant" / "bin" / "qdrant"
 
@@ -26,17 +27,11 @@ def qdrant_binary() -> Path | None:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def local_qdrant(binary: Path, timeout: float = 60.0) -> Iterator[str]:
     """One single-node Qdrant on 127.0.0.1 with fresh storage; yields its REST URL."""
     root = Path(tempfile.mkdtemp(prefix="enclip-qdrant-"))
-    http, grpc = _free_port(), _free_port()
+    http, grpc = free_port(), free_port()
     env = {**os.environ, "QDRANT__SERVICE__HOST": "127.0.0.1", "QDRANT__SERVICE__HTTP_PORT": str(http),
            "QDRANT__SERVICE__GRPC_PORT": str(grpc), "QDRANT__STORAGE__STORAGE_PATH": str(root / "storage"),
            "QDRANT__STORAGE__SNAPSHOTS_PATH": str(root / "snapshots"), "QDRANT__TELEMETRY_DISABLED": "true",

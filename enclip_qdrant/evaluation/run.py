@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 from enclip_qdrant.bundle.manifest import Bundle, seen_product_ids
+from enclip_qdrant.bundle.names import MANIFEST
 from enclip_qdrant.catalog.model import Catalog, Product
 from enclip_qdrant.catalog.open import open_catalog
 from enclip_qdrant.collection.meta import read_meta
@@ -65,7 +66,6 @@ from enclip_qdrant.search.query import EncodedQuery, encode_query, hybrid_vector
 from enclip_qdrant.search.routing import route
 from enclip_qdrant.store import EdgeStore, Hit, SearchFilter, Store
 from enclip_qdrant.training.config import TrainConfig
-from enclip_qdrant.training.run import train
 
 COLLECTION = "enclip-eval"
 # --text-weight values the hybrid rows try (the BM25 list's RRF weight is this x the number of members).
@@ -233,7 +233,10 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
             train_cat = dataclasses.replace(cat, products=[p for p in cat.products if p.id not in test_set])
             out = _train_dir(Path(workdir) if workdir else tmp, train_cat, config)
             progress.log(f"training on {len(train_ids)} products, holding out {len(test_ids)} for the test")
-            b = load_bundle(out) if (out / "manifest.json").is_file() else train(train_cat, out, config, progress)
+            # imported here: only training needs torch, so `eval --bundle` runs on the ONNX engine without it
+            from enclip_qdrant.training.run import train
+
+            b = load_bundle(out) if (out / MANIFEST).is_file() else train(train_cat, out, config, progress)
             trained, kept = True, str(out) if workdir else None
             n_train = len(train_ids)
         seconds["train"] = round(time.perf_counter() - t0, 2)

@@ -20,7 +20,7 @@ from enclip_qdrant.catalog.images import DEFAULT_BOUND, ImageRejected, image_bou
 from enclip_qdrant.collection.meta import read_meta
 from enclip_qdrant.collection.text import TextRecipe
 from enclip_qdrant.errors import QueryError
-from enclip_qdrant.search.filters import typed_filters
+from enclip_qdrant.search.filters import FieldKinds, typed_filters
 from enclip_qdrant.search.labels import label_response
 from enclip_qdrant.search.options import (
     DEFAULT_MAX_CLUSTERS,
@@ -163,12 +163,15 @@ def plan_query(bundle: Bundle, store: Store, collection: str, text: str | None, 
                clusters: ClusterMode = "auto", filters: Mapping[str, Sequence[Any]] | None = None,
                threshold: float = DEFAULT_THRESHOLD, max_clusters: int = DEFAULT_MAX_CLUSTERS,
                encoder: QueryEncoder | None = None, text_weight: float = DEFAULT_TEXT_WEIGHT,
-               recipe: TextRecipe | None | str = "auto", fusion: Fusion = "rrf") -> QueryPlan:
-    """Encode, route and build the prefetches, the same way for `search` and for /v1/encode."""
+               recipe: TextRecipe | None | str = "auto", fusion: Fusion = "rrf",
+               field_kinds: FieldKinds | None = None) -> QueryPlan:
+    """Encode, route and build the prefetches, the same way for `search` and for /v1/encode.
+    `field_kinds`: the collection's filter field types when the caller keeps them (`FieldKinds`)."""
+    typed = typed_filters(store, collection, filters or {}, field_kinds)  # before encoding: a bad filter is cheap
     q = encode_query(bundle, text, image, encoder=encoder)
     mode = parse_clusters(clusters)
     chosen = choose_clusters(bundle, q.cluster_probs, mode, threshold, max_clusters)
-    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=typed_filters(store, collection, filters or {}))
+    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=typed)
     if recipe == "auto":
         recipe = collection_recipe(store, collection) if text and text.strip() and text_weight > 0 else None
     vectors, weights = hybrid_vectors(q.vectors, text, recipe if isinstance(recipe, TextRecipe) else None,
@@ -214,7 +217,7 @@ def search(bundle: Bundle, store: Store, collection: str, text: str | None = Non
            threshold: float = DEFAULT_THRESHOLD, max_clusters: int = DEFAULT_MAX_CLUSTERS,
            oversample: int = DEFAULT_OVERSAMPLE, explain: bool = False,
            encoder: QueryEncoder | None = None, text_weight: float = DEFAULT_TEXT_WEIGHT,
-           recipe: TextRecipe | None | str = "auto") -> SearchResponse:
+           recipe: TextRecipe | None | str = "auto", field_kinds: FieldKinds | None = None) -> SearchResponse:
     """`text_weight`: the text list's say against the whole ensemble (`hybrid_vectors`; 0: dense only).
     `recipe`: the collection's text recipe when the caller has it cached ("auto": read from the collection's
     metadata when the query has text)."""
@@ -224,7 +227,7 @@ def search(bundle: Bundle, store: Store, collection: str, text: str | None = Non
     pil = load_query_image(image, image_bound(bundle)) if isinstance(image, (str, Path)) else image
     plan = plan_query(bundle, store, collection, text, pil, clusters=clusters, filters=filters, threshold=threshold,
                       max_clusters=max_clusters, encoder=encoder, text_weight=text_weight, recipe=recipe,
-                      fusion=fusion)
+                      fusion=fusion, field_kinds=field_kinds)
     q, chosen, vectors = plan.encoded, plan.chosen, plan.vectors
     t1 = time.perf_counter()
     hits = store.query_fused(collection, vectors, limit=top_k, prefetch_limit=top_k * oversample,

@@ -20,22 +20,24 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclip_qdrant.api import Connection, Searcher
+from enclip_qdrant.catalog.images import decode_bounded, image_bound
 from enclip_qdrant.collection.meta import CollectionMeta
 from enclip_qdrant.errors import BundleError, CatalogError, CollectionNotFound, EnclipError, QueryError, StoreError
+from enclip_qdrant.search.filters import FieldKinds
 from enclip_qdrant.search.options import (
     DEFAULT_MAX_CLUSTERS,
     DEFAULT_OVERSAMPLE,
@@ -47,9 +49,9 @@ from enclip_qdrant.search.options import (
 )
 from enclip_qdrant.search.query import plan_query, search
 from enclip_qdrant.store import ServerOptions, SparseVec, Store
-from enclip_qdrant.store.server import fused_query_request
 
 from .batching import BatchingEncoder, EncodeTimeout, MicroBatcher, Overloaded
+from .limits import BodyDeadline, BodyTimeout, DecodeBudget, server_settings
 
 ENV_KEY = "ENCLIP_API_KEY"
 STATIC = Path(__file__).parent / "static"
@@ -57,6 +59,12 @@ STATIC = Path(__file__).parent / "static"
 _NOT_FIELDS = {"cluster", "product_id", "text", "image", "content_hash", "payload_hash"}
 _FIELD_SCAN = 5000  # points read to list filterable field values (the page's filter menus)
 _MAX_FIELD_VALUES = 50
+_FIELD_TYPES_TTL = 300.0  # seconds a collection's filter field types are kept before they are read again
+# What one request may ask for: each bound keeps a request's CPU cost small whatever its body holds.
+MAX_TEXT = 2000  # characters of query text (the models read far fewer tokens)
+MAX_FILTERS = 32
+MAX_FILTER_CHARS = 512
+MAX_CLUSTER_IDS = 1024
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,14 @@ class ServeOptions:
     request_timeout: float = 30.0
     max_top_k: int = 100
     engine: str = "auto"  # what encodes queries: onnx, torch, or auto (see load_bundle)
+    header_timeout: float = 10.0  # seconds for a request's head (request line and headers) to arrive
+    body_timeout: float = 20.0  # seconds for its body
+    max_connections: int = 0  # open connections; 0: max(256, 8 x max_queue), always above the work queue
+    max_json_bytes: int = 256 * 1024  # a body that is not a multipart upload
+    decode_budget_bytes: int = 0  # decoded pixels in memory at once; 0: 2 x max_image_pixels x 4 bytes
+
+    def connection_limit(self) -> int:
+        return self.max_connections or max(256, 8 * self.max_queue)
 
     def connection(self) -> Connection:
         return Connection(home=self.home, url=self.url, api_key=self.api_key, options=self.store_options)  # type: ignore[arg-type] - Connection types it
@@ -115,14 +131,17 @@ class SearchRequest(BaseModel):
     """A search or encode request; GET query parameters and multipart form fields use the same names."""
 
     model_config = ConfigDict(extra="forbid")
-    text: str | None = None
+    text: str | None = Field(None, max_length=MAX_TEXT)
     top_k: int = Field(10, ge=1)
-    clusters: str | list[int] = "auto"  # "auto", "all", "3,7" or [3, 7]
-    filter: list[str] = Field(default_factory=list)  # ["field=value", ...]
+    # "auto", "all", "3,7" or [3, 7]
+    clusters: Annotated[str, StringConstraints(max_length=8 * MAX_CLUSTER_IDS)] | Annotated[
+        list[int], Field(max_length=MAX_CLUSTER_IDS)] = "auto"
+    filter: list[Annotated[str, StringConstraints(max_length=MAX_FILTER_CHARS)]] = Field(  # ["field=value", ...]
+        default_factory=list, max_length=MAX_FILTERS)
     fusion: str = "rrf"
     explain: bool = False
-    like: str | None = None  # "more like this": a point id whose catalog image is the query image
-    collection: str | None = None
+    like: str | None = Field(None, max_length=64)  # "more like this": a point id whose catalog image is the query
+    collection: str | None = Field(None, max_length=255)
     threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, le=1.0)
     max_clusters: int = Field(DEFAULT_MAX_CLUSTERS, ge=1)
     oversample: int = Field(DEFAULT_OVERSAMPLE, ge=1, le=50)
@@ -199,16 +218,20 @@ def concurrent_store(store: Store) -> LockedStore | PerThreadStore:
 class BodyLimit:
     """ASGI middleware: 413 for a body over `limit` bytes, whether or not it declared its length."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, json_limit: int | None = None) -> None:
+        self.app, self.upload_limit = app, limit
+        self.json_limit = limit if json_limit is None else min(limit, json_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"request body too large: the limit is {self.limit:,} bytes"
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
+        headers = dict(scope.get("headers") or [])
+        # only a multipart upload carries an image; anything else is a small JSON request
+        limit = self.upload_limit if headers.get(b"content-type", b"").startswith(b"multipart/") else self.json_limit
+        message = f"request body too large: the limit is {limit:,} bytes"
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
             await _error(413, message)(scope, receive, send)
             return
         seen, tripped, replaced = 0, False, False
@@ -218,7 +241,7 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     tripped = True
                     raise ServiceError(413, message)
             return msg
@@ -331,6 +354,10 @@ class Service:
         self.recipe = CollectionMeta.from_dict(meta).text_recipe()  # read once, like the bundle
         self.catalog_root = Path(meta["catalog"]) if meta.get("catalog") else None
         self._fields: dict[str, list[Any]] | None = None
+        self._kinds: FieldKinds | None = None
+        self.image_bound = image_bound(self.bundle)
+        self.decode_budget = DecodeBudget(options.decode_budget_bytes or 8 * options.max_image_pixels,
+                                          options.request_timeout)
 
     def close(self) -> None:
         self.batcher.close()
@@ -360,6 +387,15 @@ class Service:
                             if 1 < len(v) <= _MAX_FIELD_VALUES}
         return self._fields
 
+    def field_kinds(self) -> FieldKinds:
+        """The served collection's filter field types, read once (and again after a while), so a filter costs
+        no store call per field and an unknown one is refused at once."""
+        kinds = self._kinds
+        if kinds is None or time.monotonic() - kinds.made > _FIELD_TYPES_TTL:
+            with self.store.lock:  # the scan reads a generator: hold the lock while it is read
+                kinds = self._kinds = FieldKinds(self.searcher.store, self.collection, _FIELD_SCAN)
+        return kinds
+
     def image_path(self, point_id: str) -> Path:
         if self.catalog_root is None:
             raise ServiceError(404, "this collection does not record its catalog folder")
@@ -375,14 +411,25 @@ class Service:
         return path
 
     def read_image(self, data: bytes, name: str) -> Image.Image:
-        """Decode an uploaded image; dimensions are checked from the header before any pixel is decoded."""
+        """Decode an uploaded image; dimensions are checked from the header before any pixel is decoded, and
+        the decode waits for its share of the decode budget, at reduced scale for JPEG, shrunk to the bound the
+        library decodes queries to (`image_bound`)."""
         try:
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 if w * h > self.options.max_image_pixels:
                     raise QueryError(f"image {name} is too large: {w}x{h} pixels (the limit is "
                                      f"{self.options.max_image_pixels:,})")
-                return im.convert("RGB")
+                if im.format == "JPEG":
+                    im.draft("RGB", (self.image_bound, self.image_bound))  # the size it decodes to, from here
+                w, h = im.size
+                share = self.decode_budget.acquire(w * h * (1 if im.mode in ("1", "L", "P") else 4))
+                if share is None:
+                    raise Overloaded(what="too many images being decoded")
+                try:
+                    return decode_bounded(im, self.image_bound)
+                finally:
+                    self.decode_budget.release(share)
         except Image.DecompressionBombError:
             raise QueryError(f"image {name} is too large to decode safely") from None
         except UnidentifiedImageError:
@@ -413,7 +460,8 @@ class Service:
         resp = search(self.bundle, self.store, self.collection, text, image=image, top_k=req.top_k,
                       clusters=self._mode(req), fusion=req.fusion, filters=parse_filters(req.filter),
                       threshold=req.threshold, max_clusters=req.max_clusters, oversample=req.oversample,
-                      explain=req.explain, encoder=self.encoder, text_weight=req.text_weight, recipe=self.recipe)
+                      explain=req.explain, encoder=self.encoder, text_weight=req.text_weight, recipe=self.recipe,
+                      field_kinds=self.field_kinds())
         if req.like:
             resp.query["like"] = req.like
         return resp.to_dict(req.explain)
@@ -421,13 +469,17 @@ class Service:
     def encode(self, req: SearchRequest, image: Image.Image | None) -> dict[str, Any]:
         """The query as vectors plus the Qdrant request `search` would send, for applications that query
         their own Qdrant (the collection name is the alias when there is one, so it follows blue/green)."""
+        # imported here: the request is qdrant-client's model, and an embedded service never loads that client
+        # unless an application asks for a body to send to its own server
+        from enclip_qdrant.store.server import fused_query_request
+
         text, image = self._inputs(req, image)
         SearchOptions(top_k=req.top_k, fusion=req.fusion, threshold=req.threshold,  # type: ignore[arg-type]
                       max_clusters=req.max_clusters, oversample=req.oversample, text_weight=req.text_weight)
         plan = plan_query(self.bundle, self.store, self.collection, text, image, clusters=self._mode(req),
                           filters=parse_filters(req.filter), threshold=req.threshold, max_clusters=req.max_clusters,
                           encoder=self.encoder, text_weight=req.text_weight, recipe=self.recipe,
-                          fusion=req.fusion)  # type: ignore[arg-type]
+                          fusion=req.fusion, field_kinds=self.field_kinds())  # type: ignore[arg-type]
         body = fused_query_request(plan.vectors, limit=req.top_k, prefetch_limit=req.top_k * req.oversample,
                                    fusion=req.fusion, filter=plan.filter, weights=plan.weights,  # type: ignore[arg-type]
                                    vector_filters=plan.vector_filters)
@@ -445,13 +497,15 @@ class Service:
     def collections(self) -> dict[str, Any]:
         out = []
         aliases = self.store.aliases()
+        served_name = self.store.resolve(self.collection)
         for name in self.store.list_collections():
-            ci = self.store.info(name)
+            # only the served collection is read through its open shard: listing opens nothing (embedded)
+            ci = self.store.info(name) if name == served_name else self.store.describe(name)
             served = sorted(a for a, t in aliases.items() if t == name)
             out.append({"name": name, "aliases": served, "points": ci.points, "vectors": ci.vectors,
                         "payload_schema": ci.payload_schema,
                         "bundle_fingerprint": ci.metadata.get("bundle_fingerprint"),
-                        "served": name == self.store.resolve(self.collection)})
+                        "served": name == served_name})
         return {"served": self.collection, "store": self.searcher.store.kind, "clusters": self.bundle.clusters.k,
                 "members": list(self.bundle.vectors), "fields": self.fields(), "collections": out}
 
@@ -503,7 +557,7 @@ def create_app(options: ServeOptions | None = None, *,
     def service() -> Service:
         svc = app.state.service
         if svc is None:
-            raise ServiceError(503, "the service is starting or stopping")
+            raise ServiceError(503, "the service is starting or stopping", {"Retry-After": "1"})
         return svc
 
     # -- errors: one JSON line each, never a traceback --------------------------------------------
@@ -519,6 +573,10 @@ def create_app(options: ServeOptions | None = None, *,
     @app.exception_handler(Overloaded)
     async def _overloaded(_: Request, e: Overloaded) -> JSONResponse:
         return _error(503, str(e), {"Retry-After": str(e.retry_after)})
+
+    @app.exception_handler(BodyTimeout)
+    async def _body_timeout(_: Request, e: BodyTimeout) -> JSONResponse:
+        return _error(408, str(e), {"Connection": "close"})
 
     @app.exception_handler(EncodeTimeout)
     async def _encode_timeout(_: Request, e: EncodeTimeout) -> JSONResponse:
@@ -640,7 +698,9 @@ def create_app(options: ServeOptions | None = None, *,
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, key=key, timeout=opts.request_timeout)
-    app.add_middleware(BodyLimit, limit=opts.max_upload_bytes + 64 * 1024)  # room for the form's other fields
+    app.add_middleware(BodyLimit, limit=opts.max_upload_bytes + 64 * 1024,  # room for the form's other fields
+                       json_limit=opts.max_json_bytes)
+    app.add_middleware(BodyDeadline, timeout=opts.body_timeout)
     return app
 
 
@@ -654,4 +714,4 @@ def serve(options: ServeOptions) -> None:
     searcher = Searcher(options.collection, bundle=options.bundle, conn=options.connection(), engine=options.engine)
     app = create_app(options, searcher_factory=lambda: searcher)
     uvicorn.run(app, host=options.host, port=options.port, log_level=os.environ.get("ENCLIP_LOG_LEVEL", "info"),
-                timeout_keep_alive=5, limit_concurrency=max(64, options.max_queue * 4))
+                **server_settings(options.header_timeout, options.connection_limit()))

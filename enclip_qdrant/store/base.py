@@ -179,7 +179,7 @@ class Hit:
 @dataclass(frozen=True)
 class CollectionInfo:
     name: str
-    points: int
+    points: int | None  # None only from `describe` of an embedded collection this store has not opened
     vectors: dict[str, int]
     payload_schema: dict[str, str]  # indexed payload field -> type name ("integer", "keyword", ...)
     metadata: dict[str, Any]
@@ -211,6 +211,10 @@ class Store(ABC):
 
     @abstractmethod
     def info(self, name: str) -> CollectionInfo: ...
+
+    def describe(self, name: str) -> CollectionInfo:
+        """What a listing shows without taking the collection: `info`, where reading it takes nothing."""
+        return self.info(name)
 
     @abstractmethod
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:

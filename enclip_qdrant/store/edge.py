@@ -255,6 +255,17 @@ class EdgeStore(Store):
             sparse_vectors=list(spec.get("sparse_vectors", [])),
         )
 
+    def describe(self, name: str) -> CollectionInfo:
+        """`info` from the spec alone unless the shard is open here already: opening a shard locks it against
+        every other process, so a listing must never open one (points stay None)."""
+        name = self.resolve(name)
+        if name in self._shards:
+            return self.info(name)
+        spec = self._spec(name)
+        return CollectionInfo(name=name, points=None, vectors=dict(spec["vectors"]),
+                              payload_schema=dict(spec.get("indexed_fields", {})),
+                              metadata=json_copy(spec["metadata"]), sparse_vectors=list(spec.get("sparse_vectors", [])))
+
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
         name = self.resolve(name)
         with locked(self._root / LAYOUT_LOCK, what=f"the embedded store at {self.location}"):
