@@ -41,7 +41,11 @@ def _session(path: Path, threads: int) -> Any:
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types, with multi-line texts
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BundleError(f"cannot load the ONNX model {path}: {line}") from None
 
 
 def run_clip_text(session: Any, tokens: np.ndarray, cut_at_eot: bool, chunk: int = 128) -> np.ndarray:

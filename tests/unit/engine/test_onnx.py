@@ -19,7 +19,7 @@ from PIL import Image
 
 from enclip_qdrant import TrainConfig, train
 from enclip_qdrant.api import Connection, Searcher, export, index
-from enclip_qdrant.bundle.manifest import read_manifest, sealed_fingerprint
+from enclip_qdrant.bundle.manifest import model_fingerprint, read_manifest, sealed_fingerprint
 from enclip_qdrant.engine.load import load_bundle
 from enclip_qdrant.errors import BundleError
 from enclip_qdrant.files import file_sha256
@@ -34,7 +34,8 @@ QUERIES = ["red dress", "blue cap", "green sneakers", "black handbag", "yellow d
 
 def test_training_exports_every_member_with_parity(bundle) -> None:
     rec = bundle.manifest["onnx"]
-    assert rec["of_fingerprint"] == bundle.fingerprint
+    assert rec["of_fingerprint"] == model_fingerprint(bundle.path, bundle.manifest) != bundle.fingerprint
+    assert bundle.fingerprint == sealed_fingerprint(rec["of_fingerprint"], rec)  # the towers are in its identity
     assert set(rec["members"]) == {m["vector"] for m in bundle.manifest["members"]}
     for m in rec["members"].values():
         assert m["parity"]["image"] < 1e-4 and m["parity"]["text"] < 1e-4
@@ -112,7 +113,9 @@ def test_a_tower_tampered_with_its_hash_edited_to_match_is_refused(bundle, catal
         assert len(str(e.value).splitlines()) == 1
     m["fingerprint"] = sealed_fingerprint(m["onnx"]["of_fingerprint"], m["onnx"])  # the attacker recomputes it
     (copy / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match="was built by bundle"):
+    with pytest.raises(BundleError, match="was built by bundle"):  # torch: it loads, and the collection refuses it
+        Searcher("shop", conn=conn, bundle=copy, engine="torch")
+    with pytest.raises(BundleError, match="cannot load the ONNX model"):  # and the broken tower is one line
         Searcher("shop", conn=conn, bundle=copy)
 
 
@@ -265,6 +268,7 @@ def test_onnx_paths_must_stay_inside_the_bundle(bundle, tmp_path, path) -> None:
     shutil.copytree(bundle.path, copy)
     m = json.loads((copy / "manifest.json").read_text())
     next(iter(m["onnx"]["members"].values()))["text"]["path"] = path
+    m["fingerprint"] = sealed_fingerprint(m["onnx"]["of_fingerprint"], m["onnx"])  # as a careful attacker would
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="bundle folder"):
         load_bundle(copy, engine="onnx")
