@@ -11,12 +11,18 @@ The manifest is written last: a directory without one is a training run still in
 A bundle is verified, not believed: `load_bundle` recomputes the fingerprint from the files it covers
 (each member's weights and config, the clusters file), keeps every path inside the bundle folder, and turns
 any malformed or corrupt part into one `BundleError` line. Format 2 fingerprints cover the member configs
-(architecture, tokenizer, preprocessing); format 1 bundles (weights + clusters only) still load.
+(architecture, tokenizer, preprocessing); format 1 bundles (weights + clusters only) still load. Format 3
+seals the ONNX towers in: the fingerprint also covers the manifest's whole `onnx` section (each file's sha256,
+tokenizer settings), so an edited tower with an edited hash is another bundle to every collection, whichever
+engine loads it. Format 1 and 2 bundles load on torch; their ONNX towers are not covered, so the ONNX engine
+refuses them until `enclip-qdrant export --force` seals them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,7 +40,8 @@ from enclip_qdrant.errors import BundleError
 from enclip_qdrant.files import atomic_write_json, file_sha256, read_json
 
 FORMAT = "enclip-bundle"
-FORMAT_VERSION = 2  # 2: the fingerprint also covers each member's open_clip_config.json
+FORMAT_VERSION = 3  # 2: the fingerprint also covers each member's open_clip_config.json; 3: and the ONNX section
+SEALED_VERSION = 3  # from this format on the fingerprint covers the ONNX towers
 
 
 class EnsembleEngine(Protocol):
@@ -92,6 +99,43 @@ def bundle_fingerprint(member_hashes: Sequence[str], clusters_hash: str,
     for part in parts:
         h.update(part.encode())
     return h.hexdigest()[:16]
+
+
+def sealed_fingerprint(model_fingerprint: str, onnx: Mapping[str, Any] | None) -> str:
+    """Format 3: the model's fingerprint (weights, configs, clusters) with the whole ONNX section, its file
+    hashes and tokenizer settings included; without ONNX towers the model's fingerprint itself."""
+    if not onnx:
+        return model_fingerprint
+    h = hashlib.sha256(f"{FORMAT}/3".encode())
+    h.update(model_fingerprint.encode())
+    h.update(json.dumps(onnx, sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(path: Path, manifest: Mapping[str, Any]) -> str:
+    """The format-2 fingerprint from the manifest's recorded hashes (trusted: call after verifying them)."""
+    return bundle_fingerprint([m["sha256"] for m in manifest["members"]], file_sha256(Path(path) / CLUSTERS),
+                              [m["config_sha256"] for m in manifest["members"]])
+
+
+def sealed(manifest: Mapping[str, Any]) -> bool:
+    """Whether the fingerprint covers the ONNX towers (format 3 on)."""
+    return manifest.get("format_version", 0) >= SEALED_VERSION
+
+
+def onnx_files(manifest: Mapping[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """Every file record of the `onnx` section with what it is: member towers and tokenizers, the shared encoder."""
+    record = manifest.get("onnx") or {}
+    out = []
+    for name, rec in (record.get("members") or {}).items():
+        for part in ("image", "text", "tokenizer"):
+            if part in rec:
+                out.append((rec[part], f"member {name!r} {part}" + (" tower" if part != "tokenizer" else "")))
+    shared = record.get("shared_text")
+    if shared:
+        out += [(shared["model"], "the shared text encoder"),
+                (shared["tokenizer"], "the shared text encoder's tokenizer")]
+    return out
 
 
 def build_manifest(path: Path, *, members: Sequence[Any], reports: Sequence[Mapping[str, Any]],
@@ -155,11 +199,15 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if version > FORMAT_VERSION:
         raise BundleError(f"{path} was written by a newer enclip-qdrant (format {version}); upgrade to read it")
     _check_manifest(manifest, mpath)
+    _check_onnx_section(manifest, mpath)
     return manifest
 
 
 _MEMBER_KEYS: dict[str, type | tuple[type, ...]] = {"name": str, "vector": str, "dim": int, "path": str,
                                                     "sha256": str}
+MAX_DIM = 65_536  # no CLIP tower is wider; a bigger "dim" is a corrupt or hostile manifest
+MAX_CONTEXT = 4_096  # token positions: open_clip's towers use 77, sentence encoders at most 512
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
@@ -178,6 +226,8 @@ def _check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
         for key, kind in wanted.items():
             if not isinstance(m.get(key), kind) or isinstance(m.get(key), bool):
                 raise bad(f"member {i} needs '{key}' ({getattr(kind, '__name__', kind)})")
+        if not 1 <= m["dim"] <= MAX_DIM:
+            raise bad(f"member {i} 'dim' must be between 1 and {MAX_DIM}")
     vectors = [m["vector"] for m in members]
     if len(set(vectors)) != len(vectors):
         raise bad("two members share a vector name")
@@ -189,6 +239,48 @@ def _check_manifest(manifest: dict[str, Any], mpath: Path) -> None:
     for key in ("training", "validation"):
         if key in manifest and not isinstance(manifest[key], dict):
             raise bad(f"'{key}' must be an object")
+
+
+def _check_onnx_section(manifest: dict[str, Any], mpath: Path) -> None:
+    """The `onnx` section's schema: every value the ONNX engine reads has its type and a sane range."""
+    record = manifest.get("onnx")
+    if record is None:
+        return
+
+    def bad(what: str) -> BundleError:
+        return BundleError(f"{mpath} is malformed: onnx {what}")
+
+    def file(rec: Any, what: str) -> None:
+        if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) \
+                or not isinstance(rec.get("sha256"), str) or not _SHA256.fullmatch(rec["sha256"]):
+            raise bad(f"{what} needs a 'path' and a 'sha256' (64 hex digits)")
+
+    if not isinstance(record, dict) or not isinstance(record.get("members"), dict):
+        raise bad("section must be an object with 'members'")
+    for name, rec in record["members"].items():
+        if not isinstance(rec, dict):
+            raise bad(f"member {name!r} is not an object")
+        file(rec.get("image"), f"member {name!r} image")
+        file(rec.get("text"), f"member {name!r} text")
+        if rec.get("text_input") not in ("tokens", "shared"):
+            raise bad(f"member {name!r} 'text_input' must be \"tokens\" or \"shared\"")
+        if not isinstance(rec.get("cut_at_eot", False), bool):
+            raise bad(f"member {name!r} 'cut_at_eot' must be true or false")
+        if rec["text_input"] == "tokens":
+            tok = rec.get("tokenizer")
+            file(tok, f"member {name!r} tokenizer")
+            n = tok.get("context_length")
+            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CONTEXT:
+                raise bad(f"member {name!r} tokenizer 'context_length' must be a whole number from 1 to "
+                          f"{MAX_CONTEXT}")
+    shared = record.get("shared_text")
+    if shared is not None:
+        if not isinstance(shared, dict) or not isinstance(shared.get("spec"), dict):
+            raise bad("'shared_text' needs a 'spec'")
+        file(shared.get("model"), "shared text model")
+        file(shared.get("tokenizer"), "shared text tokenizer")
+    if not isinstance(record.get("of_fingerprint"), str):
+        raise bad("needs 'of_fingerprint'")
 
 
 def inside(root: Path, rel: str, what: str) -> Path:
@@ -226,9 +318,11 @@ def seen_product_ids(path: str | Path) -> set[str]:
     return {str(i) for x in ids for i in x}
 
 
-def _verify(path: Path, manifest: dict[str, Any], folders: list[Path], cpath: Path, weights: bool = True) -> None:
+def _verify(path: Path, manifest: dict[str, Any], folders: list[Path], cpath: Path, weights: bool = True,
+            onnx: bool = True) -> None:
     """Recompute the fingerprint. Without `weights` (the ONNX engine, which never reads them) the weights'
-    recorded hashes stand in for theirs; the ONNX files are then checked against their own hashes."""
+    recorded hashes stand in for theirs, and the engine checks the ONNX files against theirs as it reads them;
+    with `onnx` the ONNX files are hashed here too (torch), so a changed tower is refused on both engines."""
     v2 = manifest.get("format_version", 0) >= 2
     hashes, configs = [], []
     for m, folder in zip(manifest["members"], folders, strict=True):
@@ -244,6 +338,18 @@ def _verify(path: Path, manifest: dict[str, Any], folders: list[Path], cpath: Pa
                 raise BundleError(f"member {m['name']} config ({CONFIG_NAME}) does not match the manifest "
                                   "(file changed?)")
     actual = bundle_fingerprint(hashes, file_sha256(cpath), configs if v2 else None)
+    if sealed(manifest) and manifest.get("onnx"):
+        if manifest["onnx"]["of_fingerprint"] != actual:
+            raise BundleError(f"{path}: its ONNX towers were exported from another bundle "
+                              f"({manifest['onnx']['of_fingerprint']}); run `enclip-qdrant export {path} --force`")
+        if weights and onnx:
+            for rec, what in onnx_files(manifest):
+                f = inside(path, rec["path"], what)
+                if not f.is_file() or file_sha256(f) != rec["sha256"]:
+                    raise BundleError(f"{path}: {what} ({rec['path']}) is missing or does not match the manifest "
+                                      f"(file changed?); refusing to load it (`enclip-qdrant export {path} --force` "
+                                      "rebuilds the towers)")
+        actual = sealed_fingerprint(actual, manifest["onnx"])
     if actual != manifest["fingerprint"]:
         raise BundleError(f"{path} does not match its fingerprint {manifest['fingerprint']} (its files hash to "
                           f"{actual}: changed or tampered with); refusing to load it")

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from enclip_qdrant.bundle.clusters import load_clusters
 from enclip_qdrant.bundle.manifest import Bundle, EnsembleEngine, _check_folder_inside, _verify, inside, read_manifest
 from enclip_qdrant.bundle.names import CLUSTERS
 from enclip_qdrant.errors import BundleError
 
-if TYPE_CHECKING:
-    pass
 
-
-def load_bundle(path: str | Path, verify: bool = True, engine: str = "auto") -> Bundle:
+def load_bundle(path: str | Path, verify: bool = True, engine: str = "auto", check_onnx: bool = True) -> Bundle:
     """Load a bundle; with `verify`, refuse it unless its files hash to the fingerprint it claims.
 
     `engine`: "onnx" runs the exported towers on ONNX Runtime (no torch imported), "torch" the open_clip
     members, "auto" ONNX when the bundle has it. The ONNX engine checks the files it reads (ONNX towers,
-    member configs, clusters) and never reads the torch weights."""
+    member configs, clusters) and never reads the torch weights; the torch engine hashes the ONNX towers too
+    (the fingerprint covers them), unless `check_onnx` is off: `export --force`, which rebuilds them."""
     from enclip_qdrant.engine.onnx import choose_engine
 
     path = Path(path)
@@ -34,7 +31,7 @@ def load_bundle(path: str | Path, verify: bool = True, engine: str = "auto") -> 
         raise BundleError(f"{path} has no {CLUSTERS}")
     engine = choose_engine(manifest, engine)
     if verify:
-        _verify(path, manifest, folders, cpath, weights=engine == "torch")
+        _verify(path, manifest, folders, cpath, weights=engine == "torch", onnx=check_onnx)
     ensemble: EnsembleEngine
     if engine == "onnx":
         from enclip_qdrant.engine.onnx import OnnxEnsemble

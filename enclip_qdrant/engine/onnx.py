@@ -41,7 +41,11 @@ def _session(path: Path, threads: int) -> Any:
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types, with multi-line texts
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BundleError(f"cannot load the ONNX model {path}: {line}") from None
 
 
 def run_clip_text(session: Any, tokens: np.ndarray, cut_at_eot: bool, chunk: int = 128) -> np.ndarray:
@@ -115,9 +119,13 @@ class OnnxEnsemble:
         record = manifest.get("onnx")
         if not isinstance(record, dict) or not isinstance(record.get("members"), dict):
             raise BundleError(f"{path} has no ONNX towers: run `enclip-qdrant export {path}` (or use --engine torch)")
-        if record.get("of_fingerprint") != manifest["fingerprint"]:
-            raise BundleError(f"{path}: its ONNX towers were exported from another bundle "
-                              f"({record.get('of_fingerprint')}); run `enclip-qdrant export {path} --force`")
+        from enclip_qdrant.bundle.manifest import sealed
+
+        if not sealed(manifest):
+            raise BundleError(f"{path} is a format {manifest.get('format_version', 0)} bundle: its fingerprint does "
+                              "not cover its ONNX towers, so a changed tower could pass; run `enclip-qdrant export "
+                              f"{path} --force` to seal them (a new fingerprint: re-index its collections), or use "
+                              "--engine torch")
         cores = threads or available_cores()
         n = len(manifest["members"])
         self.workers = max(1, min(n, cores))
@@ -255,11 +263,16 @@ def _path(root: Path, rec: Any, what: str) -> Path:
 
 
 def choose_engine(manifest: Mapping[str, Any], engine: str) -> str:
-    """`auto`: ONNX when the bundle has ONNX towers and onnxruntime is installed, else torch."""
+    """`auto`: ONNX when the bundle has ONNX towers its fingerprint covers (format 3) and onnxruntime is
+    installed, else torch (an older bundle's towers are sealed by `export --force`)."""
     if engine not in ENGINES:
         raise BundleError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     if engine != "auto":
         return engine
     from importlib.util import find_spec
 
-    return "onnx" if manifest.get("onnx") and find_spec("onnxruntime") is not None else "torch"
+    from enclip_qdrant.bundle.manifest import sealed
+
+    if not manifest.get("onnx") or find_spec("onnxruntime") is None:
+        return "torch"
+    return "onnx" if sealed(manifest) or find_spec("torch") is None else "torch"

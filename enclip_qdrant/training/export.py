@@ -8,9 +8,8 @@ encoder is exported once, to `text_encoder/model.onnx` + its `tokenizer.json`.
 Nothing is written unless it is proven equal: every tower runs on sample images and texts in torch and in
 ONNX Runtime, and an export whose unit vectors differ by more than `TOLERANCE` (or whose tokenizer gives other
 ids than the member's) is refused. The manifest's `onnx` section records each file's sha256 (checked when
-loaded) and the bundle fingerprint it was exported from. The fingerprint itself stays that of the weights,
-configs and clusters: the ONNX files are a checked copy of the same model, so collections indexed with a
-bundle keep matching it after `enclip-qdrant export`.
+loaded) and the fingerprint of the weights, configs and clusters it was exported from; the bundle's
+fingerprint covers the whole section (manifest.sealed_fingerprint), so exporting again gives a new identity.
 """
 
 from __future__ import annotations
@@ -327,19 +326,29 @@ def export_members(path: Path, members: Sequence[Member], fingerprint: str,
 
 
 def export_bundle(path: str | Path, progress: Progress | None = None, force: bool = False) -> dict[str, Any]:
-    """`enclip-qdrant export BUNDLE`: add ONNX towers to a trained bundle (its fingerprint is unchanged)."""
-    from enclip_qdrant.bundle.manifest import write_manifest
+    """`enclip-qdrant export BUNDLE`: add ONNX towers to a trained bundle. The fingerprint then covers them
+    (format 3), so it changes: collections indexed before must be re-indexed (said in one line)."""
+    from enclip_qdrant.bundle.manifest import FORMAT_VERSION, model_fingerprint, sealed_fingerprint, write_manifest
+    from enclip_qdrant.bundle.names import CONFIG_NAME
     from enclip_qdrant.engine.load import load_bundle
 
     path = Path(path)
     progress = progress or NullProgress()
     with locked(path, timeout=2.0, what=f"the bundle folder {path}"):
-        bundle = load_bundle(path, engine="torch")
+        bundle = load_bundle(path, engine="torch", check_onnx=False)  # the towers are what --force rebuilds
         if bundle.manifest.get("onnx") and not force:
             progress.log(f"{path} already has ONNX towers (pass --force to export again)")
             return bundle.manifest["onnx"]
+        manifest = json.loads(json.dumps(bundle.manifest))
+        for m in manifest["members"]:  # format 1 bundles: their configs join the fingerprint too
+            m.setdefault("config_sha256", file_sha256(path / m["path"] / CONFIG_NAME))
+        model = model_fingerprint(path, manifest)
         members = bundle.ensemble.members  # type: ignore[attr-defined]
-        record = export_members(path, members, bundle.fingerprint, progress)
-        manifest = json.loads(json.dumps(bundle.manifest)) | {"onnx": record}
+        record = export_members(path, members, model, progress)
+        manifest |= {"format_version": FORMAT_VERSION, "onnx": record,
+                     "fingerprint": sealed_fingerprint(model, record)}
         write_manifest(path, manifest)
+        if manifest["fingerprint"] != bundle.fingerprint:
+            progress.log(f"bundle fingerprint {bundle.fingerprint} -> {manifest['fingerprint']} (it now covers the "
+                         "ONNX towers): re-index the collections built with this bundle")
         return record

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from enclip_qdrant.bundle.clusters import save_clusters
-from enclip_qdrant.bundle.manifest import Bundle, build_manifest, write_manifest
+from enclip_qdrant.bundle.manifest import Bundle, build_manifest, sealed_fingerprint, write_manifest
 from enclip_qdrant.bundle.names import CLUSTERS, MANIFEST, PLAN
 from enclip_qdrant.bundle.vectors import joint_embedding
 from enclip_qdrant.catalog.fields import field_texts, resolve_field_cols
@@ -198,8 +198,9 @@ def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: S
                   "train": len(train_idx), "val": len(val_idx), "field_cols": list(field_cols)},
         config=cfg.to_dict(), validation={"ensemble": ens_val}, labels=labels)
     onnx = _export_onnx(out, members, manifest["fingerprint"], progress) if cfg.onnx else None
-    if onnx is not None:
+    if onnx is not None:  # the towers become part of the bundle's identity
         manifest["onnx"] = onnx
+        manifest["fingerprint"] = sealed_fingerprint(manifest["fingerprint"], onnx)
     write_manifest(out, manifest)
     progress.log(f"ensemble val R@10 {ens_val['r@10']:.3f} (best member "
                  f"{max(r['val']['r@10'] for r in reports):.3f}); {clusters.k} clusters, "

@@ -26,9 +26,10 @@ def raw(qdrant_node):
     client = QdrantClient(url=qdrant_node.url, api_key=qdrant_node.api_key, check_compatibility=False)
     prefix = f"e2e{uuid.uuid4().hex[:6]}"
     yield client, prefix
-    for a in client.get_aliases().aliases:
-        if a.alias_name.startswith(prefix):
-            client.delete_alias(a.alias_name)
+    ours = [a.alias_name for a in client.get_aliases().aliases if a.alias_name.startswith(prefix)]
+    if ours:
+        client.update_collection_aliases([models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=a))
+                                          for a in ours])
     for c in client.get_collections().collections:
         if c.name.startswith(prefix):
             client.delete_collection(c.name)
@@ -89,7 +90,7 @@ def test_index_fresh_incremental_and_prune(env, raw, qdrant_node, catalog_dir, c
     assert client.count(name, exact=True).count == n  # the alias name, resolved by the server
     assert {a.alias_name: a.collection_name for a in client.get_aliases().aliases}[name] == fresh["physical"]
     held = server_ids(client, name)
-    assert sorted(p["id"] for p in held.values()) == sorted(p.id for p in catalog.products)
+    assert sorted(p["product_id"] for p in held.values()) == sorted(p.id for p in catalog.products)
 
     again = cli(*on(qdrant_node, "index", str(shop), "--bundle", str(bundle.path), "--collection", name))
     assert (again["added"], again["changed"], again["unchanged"], again["deleted"]) == (0, 0, n, 0)
@@ -106,8 +107,8 @@ def test_index_fresh_incremental_and_prune(env, raw, qdrant_node, catalog_dir, c
     assert pruned["deleted"] == 5 and pruned["added"] == 0 and pruned["payload_updated"] + pruned["changed"] == 1
     held = server_ids(client, name)
     assert len(held) == n - 5 == client.count(name, exact=True).count
-    assert not gone & {p["id"] for p in held.values()}
-    assert [p["title"] for p in held.values() if p["id"] == rows[0]["id"]] == [rows[0]["title"]]
+    assert not gone & {p["product_id"] for p in held.values()}
+    assert [p["text"] for p in held.values() if p["product_id"] == rows[0]["id"]] == [rows[0]["title"]]
 
 
 def _ranks(out: dict) -> list[tuple]:

@@ -16,7 +16,7 @@ from enclip_qdrant.errors import BundleError
 
 def test_manifest_describes_the_ensemble(bundle, catalog):
     m = bundle.manifest
-    assert m["format"] == "enclip-bundle" and m["format_version"] == 2
+    assert m["format"] == "enclip-bundle" and m["format_version"] == 3
     assert m["preset"] == "tiny" and len(m["members"]) == 3
     assert {x["vector"]: x["dim"] for x in m["members"]} == bundle.vectors == {"m0": 64, "m1": 64, "m2": 64}
     assert len({x["seed"] for x in m["members"]}) == 3  # diversity by seed

@@ -19,9 +19,10 @@ from PIL import Image
 
 from enclip_qdrant import TrainConfig, train
 from enclip_qdrant.api import Connection, Searcher, export, index
-from enclip_qdrant.bundle.manifest import read_manifest
+from enclip_qdrant.bundle.manifest import model_fingerprint, read_manifest, sealed_fingerprint
 from enclip_qdrant.engine.load import load_bundle
 from enclip_qdrant.errors import BundleError
+from enclip_qdrant.files import file_sha256
 from enclip_qdrant.search.options import SearchOptions
 from enclip_qdrant.search.query import search
 
@@ -34,7 +35,8 @@ QUERIES = ["red dress", "blue cap", "green sneakers", "black handbag", "yellow d
 
 def test_training_exports_every_member_with_parity(bundle) -> None:
     rec = bundle.manifest["onnx"]
-    assert rec["of_fingerprint"] == bundle.fingerprint
+    assert rec["of_fingerprint"] == model_fingerprint(bundle.path, bundle.manifest) != bundle.fingerprint
+    assert bundle.fingerprint == sealed_fingerprint(rec["of_fingerprint"], rec)  # the towers are in its identity
     assert set(rec["members"]) == {m["vector"] for m in bundle.manifest["members"]}
     for m in rec["members"].values():
         assert m["parity"]["image"] < 1e-4 and m["parity"]["text"] < 1e-4
@@ -73,7 +75,18 @@ def test_same_top10_on_both_engines(bundle, catalog, tmp_path) -> None:
             assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-4)
 
 
-def test_a_changed_onnx_file_is_refused_and_torch_still_loads(bundle, tmp_path) -> None:
+def _tamper_tower(copy) -> dict:
+    """Change the first image tower's bytes and write its new sha256 into the manifest, as an attacker would."""
+    m = read_manifest(copy)
+    rec = next(iter(m["onnx"]["members"].values()))["image"]
+    path = copy / rec["path"]
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    rec["sha256"] = file_sha256(path)
+    (copy / "manifest.json").write_text(json.dumps(m))
+    return m
+
+
+def test_a_changed_onnx_file_is_refused_on_both_engines(bundle, tmp_path) -> None:
     copy = tmp_path / "b"
     shutil.copytree(bundle.path, copy)
     rec = read_manifest(copy)["onnx"]["members"]
@@ -83,10 +96,89 @@ def test_a_changed_onnx_file_is_refused_and_torch_still_loads(bundle, tmp_path) 
         load_bundle(copy, engine="onnx")
     with pytest.raises(BundleError):
         load_bundle(copy)  # auto on a bundle with a broken ONNX file: refused, not silently torch
-    assert load_bundle(copy, engine="torch").engine == "torch"
+    with pytest.raises(BundleError, match="does not match the manifest"):
+        load_bundle(copy, engine="torch")  # the towers are part of the bundle, whichever engine reads it
 
 
-def test_export_adds_onnx_to_an_old_bundle_keeping_its_fingerprint(other_bundle, catalog, tmp_path) -> None:
+def test_a_tower_tampered_with_its_hash_edited_to_match_is_refused(bundle, catalog, tmp_path) -> None:
+    """The fingerprint covers the ONNX section: an edited hash breaks it on both engines, and a fingerprint
+    recomputed to match is another bundle to the collections built with the real one."""
+    copy = tmp_path / "b"
+    shutil.copytree(bundle.path, copy)
+    conn = Connection(home=tmp_path / "home")
+    index(catalog, bundle=copy, collection="shop", conn=conn)
+    m = _tamper_tower(copy)
+    for engine in ("onnx", "torch"):
+        with pytest.raises(BundleError, match="does not match its fingerprint") as e:
+            load_bundle(copy, engine=engine)
+        assert len(str(e.value).splitlines()) == 1
+    m["fingerprint"] = sealed_fingerprint(m["onnx"]["of_fingerprint"], m["onnx"])  # the attacker recomputes it
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="was built by bundle"):  # torch: it loads, and the collection refuses it
+        Searcher("shop", conn=conn, bundle=copy, engine="torch")
+    with pytest.raises(BundleError, match="cannot load the ONNX model"):  # and the broken tower is one line
+        Searcher("shop", conn=conn, bundle=copy)
+
+
+def _as_format_2(copy) -> dict:
+    """The manifest a bundle trained before format 3 has: the fingerprint of weights, configs and clusters."""
+    m = read_manifest(copy)
+    m["format_version"] = 2
+    m["fingerprint"] = m["onnx"]["of_fingerprint"]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    return m
+
+
+def test_format_2_bundles_load_on_torch_and_export_force_seals_their_towers(bundle, tmp_path) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundle.path, copy)
+    old = _as_format_2(copy)["fingerprint"]
+    assert load_bundle(copy).engine == "torch"  # auto: its towers are not covered, so not run
+    assert load_bundle(copy, engine="torch").fingerprint == old  # its collections keep matching it
+    with pytest.raises(BundleError, match="export .* --force") as e:
+        load_bundle(copy, engine="onnx")
+    assert len(str(e.value).splitlines()) == 1
+    export(copy, force=True)
+    m = read_manifest(copy)
+    assert m["format_version"] == 3 and m["onnx"]["of_fingerprint"] == old and m["fingerprint"] != old
+    assert load_bundle(copy, engine="onnx").fingerprint == m["fingerprint"]
+
+
+@pytest.mark.parametrize("value", ["abc", 10**9, 0, None, True, 7.5])
+def test_a_malformed_tokenizer_context_length_is_one_line(bundle, tmp_path, value) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundle.path, copy)
+    m = read_manifest(copy)
+    rec = next(r for r in m["onnx"]["members"].values() if r["text_input"] == "tokens")
+    rec["tokenizer"]["context_length"] = value
+    (copy / "manifest.json").write_text(json.dumps(m))
+    for engine in ("onnx", "torch"):
+        with pytest.raises(BundleError, match="malformed: onnx .*context_length") as e:
+            load_bundle(copy, engine=engine, verify=False)
+        assert len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda r: r["members"].clear() or r.update(members=[]),
+    lambda r: next(iter(r["members"].values()))["image"].update(sha256=12),
+    lambda r: next(iter(r["members"].values()))["image"].update(sha256="not hex"),
+    lambda r: next(iter(r["members"].values())).update(text_input="pixels"),
+    lambda r: next(iter(r["members"].values())).update(cut_at_eot="yes"),
+    lambda r: r.pop("of_fingerprint"),
+])
+def test_a_malformed_onnx_section_is_one_line(bundle, tmp_path, breakage) -> None:
+    copy = tmp_path / "b"
+    shutil.copytree(bundle.path, copy)
+    m = read_manifest(copy)
+    breakage(m["onnx"])
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="malformed: onnx") as e:
+        load_bundle(copy, verify=False)
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_export_adds_onnx_to_an_old_bundle_and_seals_it_into_the_fingerprint(other_bundle, catalog,
+                                                                             tmp_path) -> None:
     copy = tmp_path / "old"
     shutil.copytree(other_bundle.path, copy)
     assert "onnx" not in read_manifest(copy)  # trained with onnx=False, like bundles made before export
@@ -97,8 +189,12 @@ def test_export_adds_onnx_to_an_old_bundle_keeping_its_fingerprint(other_bundle,
     before = read_manifest(copy)["fingerprint"]
     rec = export(copy)
     after = read_manifest(copy)
-    assert after["fingerprint"] == before and after["onnx"] == json.loads(json.dumps(rec))
-    with Searcher("old", conn=conn, bundle=copy) as s:  # the collection still accepts the bundle
+    assert after["onnx"] == json.loads(json.dumps(rec)) and after["onnx"]["of_fingerprint"] == before
+    assert after["fingerprint"] == sealed_fingerprint(before, after["onnx"]) != before
+    with pytest.raises(BundleError, match="was built by bundle"):  # a new identity: re-index
+        Searcher("old", conn=conn, bundle=copy)
+    index(catalog, bundle=copy, collection="new", conn=conn)
+    with Searcher("new", conn=conn, bundle=copy) as s:
         assert s.bundle.engine == "onnx"
         assert s.search("red dress", top_k=3).results
 
@@ -173,6 +269,7 @@ def test_onnx_paths_must_stay_inside_the_bundle(bundle, tmp_path, path) -> None:
     shutil.copytree(bundle.path, copy)
     m = json.loads((copy / "manifest.json").read_text())
     next(iter(m["onnx"]["members"].values()))["text"]["path"] = path
+    m["fingerprint"] = sealed_fingerprint(m["onnx"]["of_fingerprint"], m["onnx"])  # as a careful attacker would
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="bundle folder"):
         load_bundle(copy, engine="onnx")
