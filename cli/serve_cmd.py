@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import ApiKey, EngineOpt, Home, PreferGrpc, Timeout, Url, conn_for
+from .options import ApiKey, Device, EngineOpt, Home, PreferGrpc, Timeout, Url, conn_for
 
 
 def serve_command(
@@ -31,6 +31,7 @@ def serve_command(
     request_timeout: Annotated[float, typer.Option("--request-timeout", min=0.1, help="Seconds per request "
                                                    "before 504.")] = 30.0,
     engine: EngineOpt = "auto",
+    device: Device = "auto",
 ) -> None:
     """Serve search over HTTP: JSON API under /v1, a search page at /, API docs at /docs."""
     from enclip_qdrant import ServeOptions, serve
@@ -40,4 +41,4 @@ def serve_command(
                        store_options=conn.options, host=host, port=port, key=key, max_batch=max_batch,
                        max_wait_ms=max_wait_ms, max_queue=max_queue,
                        max_upload_bytes=int(max_upload_mb * 1024 * 1024), request_timeout=request_timeout,
-                       engine=engine))
+                       engine=engine, device=device))

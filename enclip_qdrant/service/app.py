@@ -80,6 +80,7 @@ class ServeOptions:
     request_timeout: float = 30.0
     max_top_k: int = 100
     engine: str = "auto"  # what encodes queries: onnx, torch, or auto (see load_bundle)
+    device: str = "auto"  # where: auto, cpu, cuda (ONNX Runtime's CUDA provider with onnxruntime-gpu), mps
 
     def connection(self) -> Connection:
         return Connection(home=self.home, url=self.url, api_key=self.api_key, options=self.store_options)  # type: ignore[arg-type] - Connection types it
@@ -478,7 +479,7 @@ def create_app(options: ServeOptions | None = None, *,
     opts = options or ServeOptions()
     key = opts.key
     factory = searcher_factory or (lambda: Searcher(opts.collection, bundle=opts.bundle, conn=opts.connection(),
-                                                         engine=opts.engine))
+                                                         engine=opts.engine, device=opts.device))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -651,7 +652,8 @@ def serve(options: ServeOptions) -> None:
     for line in startup_warnings(options):
         print(line, file=sys.stderr)
     Image.MAX_IMAGE_PIXELS = options.max_image_pixels  # Pillow's own bomb check, as a second line of defence
-    searcher = Searcher(options.collection, bundle=options.bundle, conn=options.connection(), engine=options.engine)
+    searcher = Searcher(options.collection, bundle=options.bundle, conn=options.connection(), engine=options.engine,
+                        device=options.device)
     app = create_app(options, searcher_factory=lambda: searcher)
     uvicorn.run(app, host=options.host, port=options.port, log_level=os.environ.get("ENCLIP_LOG_LEVEL", "info"),
                 timeout_keep_alive=5, limit_concurrency=max(64, options.max_queue * 4))
