@@ -29,7 +29,7 @@ WORKER = r'''
 import json, statistics, sys, time
 args = json.loads(sys.argv[1])
 from PIL import Image
-from enclip_qdrant import Connection, Searcher
+from enclip_qdrant import Connection, SearchOptions, Searcher
 from enclip_qdrant.search.query import search
 t0 = time.perf_counter()
 s = Searcher(args["collection"], conn=Connection(home=args["home"]), engine=args["engine"])
@@ -52,7 +52,7 @@ def timed(fn, items, warm=10):
     for it in items:
         t = time.perf_counter(); fn(it); out.append((time.perf_counter() - t) * 1e3)
     return out
-opts = dict(top_k=10)
+opts = dict(options=SearchOptions(top_k=10))
 if args.get("single"):  # the members' forward passes alone: one member vs all (routing needs all of them)
     ttext = timed(lambda q: b.ensemble.encode_texts([q]), texts)
     timg = timed(lambda im: b.ensemble.encode_images([im]), images)

@@ -56,15 +56,30 @@ from typing import Any
 
 import numpy as np
 
-from enclip_qdrant.store import CollectionSpec, EdgeStore, PointRecord, SearchFilter, ServerStore, Store
+from enclip_qdrant.search.options import DEFAULT_TEXT_WEIGHT
+from enclip_qdrant.store import (
+    CollectionSpec,
+    EdgeStore,
+    PointRecord,
+    SearchFilter,
+    SearchParams,
+    ServerStore,
+    SparseVec,
+    Store,
+)
 
 COLLECTION = "bench"
 BATCH = 256  # what `index_catalog` upserts per call
 NOISE = 1.0  # norm of a point's noise relative to its unit centroid: cosine to the centroid about 0.7
 LIMIT = 10
 PREFETCH_LIMIT = 40  # top_k x the search's default oversampling
-SHAPES = ("fused+filter", "fused", "single+filter")
-BACKENDS = ("edge", "local")
+SHAPES = ("fused+filter", "hybrid+filter", "fused", "single+filter")
+FILTERED = ("fused+filter", "single+filter")  # every list filtered (hybrid's words search every cluster)
+BACKENDS = ("edge", "local", "edge-hnsw")
+TEXT = "text"  # the sparse (BM25-like) vector every point carries, as `index` writes it
+VOCAB_PER_CLUSTER = 400  # each cluster draws its words from its own range of token ids, plus shared ones
+SHARED_VOCAB = 200
+WORDS = 8  # tokens per point
 
 
 # -- synthetic data ----------------------------------------------------------------------------------------
@@ -83,6 +98,13 @@ def noisy(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
+def words(rng: np.random.Generator, cluster: int, n: int) -> SparseVec:
+    """`n` distinct token ids, mostly from the cluster's own range, weights like BM25's (0.5..2)."""
+    own = cluster * VOCAB_PER_CLUSTER + SHARED_VOCAB + rng.zipf(1.3, size=n) % VOCAB_PER_CLUSTER
+    ids = sorted({int(t) for t in np.where(rng.random(n) < 0.8, own, rng.integers(SHARED_VOCAB, size=n))})
+    return SparseVec(ids, [float(w) for w in rng.uniform(0.5, 2.0, size=len(ids))])
+
+
 def point_batches(size: int, cents: np.ndarray, seed: int) -> Iterator[list[PointRecord]]:
     """Points in upsert batches, each from its own seeded RNG, so only one batch of vectors is ever in memory
     (the child's RSS is the store's, not the generator's) and both backends get the very same points."""
@@ -97,18 +119,20 @@ def point_batches(size: int, cents: np.ndarray, seed: int) -> Iterator[list[Poin
                 id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"search-scale-{start + i}")),
                 vectors={f"m{m}": vecs[m][i] for m in range(members)},
                 payload={"cluster": int(labels[i]), "product_id": f"p{start + i:07d}"},
+                sparse={TEXT: words(rng, int(labels[i]), WORDS)},
             )
             for i in range(n)
         ]
 
 
-def make_queries(n: int, cents: np.ndarray, seed: int) -> list[tuple[int, dict[str, np.ndarray]]]:
-    """(cluster, one vector per member): a noisy copy of a random cluster's centroids."""
+def make_queries(n: int, cents: np.ndarray, seed: int) -> list[tuple[int, dict[str, Any]]]:
+    """(cluster, one vector per member + a few of the cluster's words): a noisy copy of its centroids."""
     members, clusters, _ = cents.shape
     rng = np.random.default_rng([seed, 2])
     out = []
     for c in rng.integers(clusters, size=n):
-        out.append((int(c), {f"m{m}": noisy(rng, cents[m][c]) for m in range(members)}))
+        out.append((int(c), {**{f"m{m}": noisy(rng, cents[m][c]) for m in range(members)},
+                             TEXT: words(rng, int(c), 3)}))
     return out
 
 
@@ -152,20 +176,35 @@ def summary(ms: Sequence[float]) -> dict[str, Any]:
             "min_ms": float(a.min()), "max_ms": float(a.max())}
 
 
-def shape_calls(store: Store) -> dict[str, Callable[[int, dict[str, np.ndarray]], list[Any]]]:
-    """The three query shapes as callables returning hits, so they are timed the same way."""
+def shape_calls(store: Store, params: SearchParams | None = None
+                ) -> dict[str, Callable[[int, dict[str, Any]], list[Any]]]:
+    """The query shapes as callables returning hits, so they are timed the same way; `params` go to every
+    list's search (exact=True: the reference a HNSW search's recall is measured against)."""
 
-    def fused_filter(c: int, q: dict[str, np.ndarray]) -> list[Any]:
+    def dense(q: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in q.items() if k != TEXT}
+
+    def fused_filter(c: int, q: dict[str, Any]) -> list[Any]:
+        return store.query_fused(COLLECTION, dense(q), limit=LIMIT, prefetch_limit=PREFETCH_LIMIT, fusion="rrf",
+                                 filter=SearchFilter(clusters=[c]), params=params)
+
+    def hybrid_filter(c: int, q: dict[str, Any]) -> list[Any]:
+        """The ENCLIP query: members routed to the cluster, the words searching everywhere, text weighted."""
+        members = len(q) - 1
         return store.query_fused(COLLECTION, q, limit=LIMIT, prefetch_limit=PREFETCH_LIMIT, fusion="rrf",
-                                 filter=SearchFilter(clusters=[c]))
+                                 filter=SearchFilter(clusters=[c]), vector_filters={TEXT: None},
+                                 weights={TEXT: DEFAULT_TEXT_WEIGHT * members}, params=params)
 
-    def fused(c: int, q: dict[str, np.ndarray]) -> list[Any]:
-        return store.query_fused(COLLECTION, q, limit=LIMIT, prefetch_limit=PREFETCH_LIMIT, fusion="rrf")
+    def fused(c: int, q: dict[str, Any]) -> list[Any]:
+        return store.query_fused(COLLECTION, dense(q), limit=LIMIT, prefetch_limit=PREFETCH_LIMIT, fusion="rrf",
+                                 params=params)
 
-    def single_filter(c: int, q: dict[str, np.ndarray]) -> list[Any]:
-        return store.query_each(COLLECTION, {"m0": q["m0"]}, limit=LIMIT, filter=SearchFilter(clusters=[c]))["m0"]
+    def single_filter(c: int, q: dict[str, Any]) -> list[Any]:
+        return store.query_each(COLLECTION, {"m0": q["m0"]}, limit=LIMIT, filter=SearchFilter(clusters=[c]),
+                                params=params)["m0"]
 
-    return {"fused+filter": fused_filter, "fused": fused, "single+filter": single_filter}
+    return {"fused+filter": fused_filter, "hybrid+filter": hybrid_filter, "fused": fused,
+            "single+filter": single_filter}
 
 
 def measure(size: int, backend: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -178,10 +217,11 @@ def measure(size: int, backend: str, args: argparse.Namespace) -> dict[str, Any]
     queries = make_queries(warmup + n_queries, cents, args.seed)
     result: dict[str, Any] = {"size": size, "backend": backend, "status": "ok", "rss_base_mib": peak_rss_mib()}
 
-    home = Path(tempfile.mkdtemp(prefix="enclip-search-scale-")) if backend == "edge" else None
+    edge = backend.startswith("edge")
+    home = Path(tempfile.mkdtemp(prefix="enclip-search-scale-", dir=args.tmp)) if edge else None
     store: Store = EdgeStore(home) if home is not None else ServerStore(":memory:")
     try:
-        spec = CollectionSpec(vectors={f"m{m}": args.dim for m in range(args.members)})
+        spec = CollectionSpec(vectors={f"m{m}": args.dim for m in range(args.members)}, sparse_vectors=(TEXT,))
         spent = 0.0  # store calls only: generating the synthetic batches is not indexing
         t = time.perf_counter()
         store.create(COLLECTION, spec)
@@ -195,20 +235,28 @@ def measure(size: int, backend: str, args: argparse.Namespace) -> dict[str, Any]
             raise RuntimeError(f"{backend}: {counted} points in the collection, expected {size}")
         result.update(index_s=spent, points_per_s=size / spent, rss_indexed_mib=peak_rss_mib(),
                       rss_now_indexed_mib=current_rss_mib())
+        print(f"  indexed {size:,} points in {spent:.1f} s", file=sys.stderr, flush=True)
+        if backend == "edge-hnsw":  # what `index` does at the end of a run above its threshold
+            t = time.perf_counter()
+            store.build_index(COLLECTION)
+            result["build_s"] = time.perf_counter() - t
+            result.update(rss_built_mib=peak_rss_mib(), rss_now_built_mib=current_rss_mib())
+            print(f"  built HNSW in {result['build_s']:.1f} s", file=sys.stderr, flush=True)
         if isinstance(store, EdgeStore):
             result["disk_bytes"], result["disk_apparent_bytes"] = disk_usage(store.home)
-            # Diagnostic only, through a private handle (the Store interface does not expose it): whether the
-            # shard built an HNSW index or searches its plain segments exactly.
-            shard = store._shard(COLLECTION).info()
-            result["edge_segments"] = int(shard.segments_count)
-            result["edge_indexed_vectors"] = int(shard.indexed_vectors_count)
-        print(f"  indexed {size:,} points in {spent:.1f} s", file=sys.stderr, flush=True)
+        state = store.info(COLLECTION).index
+        if state is not None:
+            result["index_state"] = {"hnsw": state.hnsw, "indexed_vectors": state.indexed_vectors,
+                                     "vectors": state.vectors, "segments": state.segments}
 
-        calls = shape_calls(store)
+        calls = shape_calls(store, SearchParams(hnsw_ef=args.hnsw_ef) if args.hnsw_ef else None)
+        exact = shape_calls(store, SearchParams(exact=True)) if backend == "edge-hnsw" else None
         for c, q in queries[:warmup]:
-            for call in calls.values():
+            for call in [*calls.values(), *(exact or {}).values()]:
                 call(c, q)
         lat: dict[str, list[float]] = {s: [] for s in SHAPES}
+        lat_exact: dict[str, list[float]] = {s: [] for s in SHAPES}
+        recall: dict[str, list[float]] = {s: [] for s in SHAPES}
         hits: dict[str, list[int]] = {s: [] for s in SHAPES}
         wrong: dict[str, int] = dict.fromkeys(SHAPES, 0)
         for c, q in queries[warmup:]:
@@ -217,11 +265,18 @@ def measure(size: int, backend: str, args: argparse.Namespace) -> dict[str, Any]
                 found = calls[shape](c, q)
                 lat[shape].append((time.perf_counter() - t) * 1000)
                 hits[shape].append(len(found))
-                if shape.endswith("+filter"):
+                if shape in FILTERED:
                     wrong[shape] += sum(h.payload.get("cluster") != c for h in found)
+                if exact is not None:
+                    t = time.perf_counter()
+                    truth = {h.id for h in exact[shape](c, q)}
+                    lat_exact[shape].append((time.perf_counter() - t) * 1000)
+                    recall[shape].append(len(truth & {h.id for h in found}) / max(1, len(truth)))
         result["queries"] = {
             s: {**summary(lat[s]), "latencies_ms": lat[s], "hits_mean": float(np.mean(hits[s])),
-                "filter_violations": wrong[s] if s.endswith("+filter") else None}
+                "filter_violations": wrong[s] if s in FILTERED else None,
+                **({"recall_at_10": float(np.mean(recall[s])), "recall_min": float(np.min(recall[s])),
+                    "exact": summary(lat_exact[s])} if exact is not None else {})}
             for s in SHAPES
         }
         result["warmup"] = warmup
@@ -251,7 +306,8 @@ def run_child(size: int, backend: str, args: argparse.Namespace, out: Path) -> d
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", str(size), backend, "--_result", str(out),
            "--members", str(args.members), "--dim", str(args.dim), "--clusters", str(args.clusters),
            "--queries", str(args.queries), "--local-queries", str(args.local_queries),
-           "--warmup", str(args.warmup), "--seed", str(args.seed)]
+           "--warmup", str(args.warmup), "--seed", str(args.seed),
+           *(["--hnsw-ef", str(args.hnsw_ef)] if args.hnsw_ef else []), *(["--tmp", args.tmp] if args.tmp else [])]
     t = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
@@ -298,19 +354,29 @@ def report(results: list[dict[str, Any]], skipped: list[str], args: argparse.Nam
           f" (after {args.warmup} warm-up on edge, {min(args.warmup, 1)} on local); top {LIMIT}, prefetch "
           f"{PREFETCH_LIMIT} per member, RRF")
     print()
-    print("| size | backend | index s | points/s | peak RSS MiB (indexed / queried) | disk MiB | "
-          "fused+filter p50 / p95 ms | fused p50 / p95 ms | single+filter p50 / p95 ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| size | backend | index s | HNSW build s | peak RSS MiB (indexed / queried) | disk MiB | "
+          + " | ".join(f"{s} p50 / p95 ms" for s in SHAPES) + " |")
+    print("|---" * (6 + len(SHAPES)) + "|")
     for r in results:
         if r.get("status") != "ok":
-            print(f"| {r['size']:,} | {r['backend']} | {r['status']} | | | | | | |")
+            print(f"| {r['size']:,} | {r['backend']} | {r['status']} |" + " |" * (3 + len(SHAPES)))
             continue
-        disk = f"{r['disk_bytes'] / 2**20:.0f}" if "disk_bytes" in r else "—"
+        disk = f"{r['disk_bytes'] / 2**20:,.0f}" if "disk_bytes" in r else "—"
+        build = f"{r['build_s']:,.0f}" if "build_s" in r else "—"
         q = r["queries"]
-        print(f"| {r['size']:,} | {r['backend']} | {r['index_s']:.1f} | {r['points_per_s']:,.0f} | "
-              f"{r['rss_indexed_mib']:.0f} / {r['rss_queried_mib']:.0f} | {disk} | "
-              f"{fmt_pair(q['fused+filter'])} | {fmt_pair(q['fused'])} | {fmt_pair(q['single+filter'])} |")
+        print(f"| {r['size']:,} | {r['backend']} | {r['index_s']:.1f} | {build} | "
+              f"{r['rss_indexed_mib']:,.0f} / {r['rss_queried_mib']:,.0f} | {disk} | "
+              + " | ".join(fmt_pair(q[s]) for s in SHAPES) + " |")
     print()
+    hnsw_runs = [r for r in results if r.get("status") == "ok" and r["backend"] == "edge-hnsw"]
+    if hnsw_runs:
+        print("| size | shape | HNSW p50 / p95 ms | exact p50 / p95 ms (same store) | recall@10 vs exact (min) |")
+        print("|---|---|---|---|---|")
+        for r in hnsw_runs:
+            for shape, q in r["queries"].items():
+                print(f"| {r['size']:,} | {shape} | {fmt_pair(q)} | {fmt_pair(q['exact'])} | "
+                      f"{q['recall_at_10']:.3f} ({q['recall_min']:.1f}) |")
+        print()
     runs = {(r["size"], r["backend"]): r for r in results}
     print("| size | local ÷ edge, fused+filter p50 | edge fused+filter ÷ single+filter p50 |")
     print("|---|---|---|")
@@ -324,10 +390,14 @@ def report(results: list[dict[str, Any]], skipped: list[str], args: argparse.Nam
     if any(base.values()):
         notes.append("peak RSS of a child before any point (interpreter + imports), MiB: "
                      + ", ".join(f"{b} {span(v)}" for b, v in base.items() if v))
-    hnsw = [f"{r['size']:,}: {r['edge_indexed_vectors']:,} in {r['edge_segments']} segment(s)" for r in results
-            if r.get("status") == "ok" and "edge_indexed_vectors" in r]
+    hnsw = [f"{r['size']:,} {r['backend']}: {r['index_state']['indexed_vectors']:,} of "
+            f"{r['index_state']['vectors']:,} in {r['index_state']['segments']} segment(s)" for r in results
+            if r.get("status") == "ok" and r.get("index_state") and r["backend"].startswith("edge")]
     if hnsw:
-        notes.append("edge vectors in an HNSW index (0 = exact search over plain segments): " + "; ".join(hnsw))
+        notes.append("member vectors in an HNSW graph (`info`'s index state): " + "; ".join(hnsw))
+    built = [f"{r['size']:,}: peak {r['rss_built_mib']:,.0f} MiB" for r in hnsw_runs]
+    if built:
+        notes.append("edge-hnsw RSS after the build: " + "; ".join(built))
     bad = [f"{r['size']:,} {r['backend']} {s}: {q['filter_violations']}" for r in results if r.get("status") == "ok"
            for s, q in r["queries"].items() if q["filter_violations"]]
     if bad:
@@ -340,6 +410,13 @@ def report(results: list[dict[str, Any]], skipped: list[str], args: argparse.Nam
     if target is not None:
         notes.append(f"target, embedded fused+filter p50 <= 10 ms at 20k points: {fmt_ms(target)} ms, "
                      + ("met" if target <= 10 else "NOT met"))
+    for size, goal in ((100_000, 5.0), (1_000_000, 30.0)):
+        r = runs.get((size, "edge-hnsw"))
+        if r is not None and r.get("status") == "ok":
+            q = r["queries"]["hybrid+filter"]
+            met = q["p50_ms"] <= goal and q["recall_at_10"] >= 0.95
+            notes.append(f"goal, HNSW hybrid+filter p50 <= {goal:g} ms with recall@10 >= 0.95 at {size:,}: "
+                         f"{fmt_ms(q['p50_ms'])} ms, recall {q['recall_at_10']:.3f}: " + ("met" if met else "NOT met"))
     for n in notes:
         print(f"- {n}")
 
@@ -356,6 +433,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--local-max", type=int, default=100_000, help="skip local above this many points")
     ap.add_argument("--warmup", type=int, default=3, help="untimed queries of each shape first (local: at most 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hnsw-ef", type=int, default=None, help="edge-hnsw: HNSW candidates per list (default Qdrant's)")
+    ap.add_argument("--tmp", default=None, help="where the edge stores are built (default the system's)")
     ap.add_argument("--json", type=Path, default=None, help="write every raw figure here")
     ap.add_argument("--_child", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)
     ap.add_argument("--_result", type=Path, help=argparse.SUPPRESS)

@@ -33,6 +33,7 @@ from .options import (
     EngineOpt,
     Epochs,
     FieldCols,
+    GrpcPort,
     Home,
     IdCol,
     ImageCol,
@@ -104,6 +105,7 @@ def index(
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    grpc_port: GrpcPort = 6334,
     timeout: Timeout = None,
     on_disk: Annotated[bool, typer.Option("--on-disk", help="New collection: vectors on disk (memory-mapped), "
                                                            "not in RAM.")] = False,
@@ -121,6 +123,9 @@ def index(
                                              "a new one beside it and switch the name over when complete "
                                              "(`rollback` undoes it).")] = False,
     engine: EngineOpt = "auto",
+    hnsw: Annotated[bool | None, typer.Option("--hnsw/--no-hnsw", help="Embedded store: build HNSW for the "
+                                              "member vectors after the run (default: from 50,000 points, or "
+                                              "when the collection has it).", show_default=False)] = None,
 ) -> None:
     """Embed every image with every member into a Qdrant collection (training first if needed)."""
     options = collection_options(on_disk, quantization.value, shards, replicas, index_fields)
@@ -129,10 +134,11 @@ def index(
     if config == type(config)():
         config = None  # no training flag given: an existing bundle is used whatever it was trained with
     with RichProgress() as progress:
-        report = api.index(catalog, bundle=bundle, collection=collection,
-                           conn=conn_for(home, url, api_key, prefer_grpc, timeout), config=config, prune=prune,
+        conn = conn_for(home, url, api_key, prefer_grpc, timeout, grpc_port)
+        report = api.index(catalog, bundle=bundle, collection=collection, conn=conn, config=config, prune=prune,
                            progress=progress, options=options, blue_green=blue_green, confirm=yes, engine=engine,
-                           device=device, columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
+                           hnsw=hnsw, device=device,
+                           columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
     if options is not None and not report.created:
         err.print(f"[yellow]note:[/] collection {report.collection!r} already existed, so its layout options "
                   "(--on-disk, --quantization, --shards, --replicas, --index-field) were not applied; "
@@ -165,16 +171,21 @@ def query(
                                                "against the whole ensemble: its RRF weight is this x the members "
                                                "(1: as much say as all members together; RRF only); 0 = --no-text.")
                            ] = DEFAULT_TEXT_WEIGHT,
+    hnsw_ef: Annotated[int | None, typer.Option("--hnsw-ef", min=1, help="HNSW candidates per list (default: "
+                                                "Qdrant's); more finds more, slower.")] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="Score every vector (no HNSW): slower, the exact "
+                                                        "answer.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Write a PNG contact sheet.")] = None,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    grpc_port: GrpcPort = 6334,
     timeout: Timeout = None, engine: EngineOpt = "auto",
 ) -> None:
     """Search: encode with every member, route to clusters, one fused Qdrant query."""
-    conn = conn_for(home, url, api_key, prefer_grpc, timeout)
+    conn = conn_for(home, url, api_key, prefer_grpc, timeout, grpc_port)
     options = SearchOptions(top_k=top_k, clusters=parse_clusters(clusters), fusion=fusion,  # type: ignore[arg-type]
                             threshold=threshold, max_clusters=max_clusters, oversample=oversample, explain=explain,
-                            text_weight=0.0 if no_text else text_weight)
+                            text_weight=0.0 if no_text else text_weight, hnsw_ef=hnsw_ef, exact=exact)
     resp = api.query(text, image=image, collection=collection, bundle=bundle, conn=conn,
                      filters=parse_filters(filters), options=options, engine=engine)
     if sheet:
@@ -196,10 +207,11 @@ def info(
                                                "cluster, titled with its label (the collection given, or the "
                                                "default one).")] = None,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    grpc_port: GrpcPort = 6334,
     timeout: Timeout = None,
 ) -> None:
     """Collections in the store: points, named vectors, payload indexes, bundle, clusters and their labels."""
-    conn = conn_for(home, url, api_key, prefer_grpc, timeout)
+    conn = conn_for(home, url, api_key, prefer_grpc, timeout, grpc_port)
     data = api.info(collection, conn=conn)
     if sheet:
         api.cluster_sheet(sheet, collection, conn=conn)
@@ -216,10 +228,11 @@ def rollback(
     collection: Annotated[str | None, typer.Argument(help="Collection name (default: the last indexed).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    grpc_port: GrpcPort = 6334,
     timeout: Timeout = None,
 ) -> None:
     """Point the name back at the collection a blue/green index replaced; queries use its bundle again."""
-    report = api.rollback(collection, conn=conn_for(home, url, api_key, prefer_grpc, timeout))
+    report = api.rollback(collection, conn=conn_for(home, url, api_key, prefer_grpc, timeout, grpc_port))
     if json_out:
         render.print_json(out, vars(report))
     else:

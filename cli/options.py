@@ -24,7 +24,10 @@ Home = Annotated[Path | None, typer.Option("--home", envvar="ENCLIP_HOME",
 Url = Annotated[str | None, typer.Option("--url", envvar="QDRANT_URL",
                                             help="Qdrant server URL; without it the embedded engine is used.")]
 ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="QDRANT_API_KEY", help="Qdrant API key.")]
-PreferGrpc = Annotated[bool, typer.Option("--prefer-grpc", help="Talk to the Qdrant server over gRPC (port 6334).")]
+PreferGrpc = Annotated[bool, typer.Option("--prefer-grpc",
+                                          help="Talk to the Qdrant server over gRPC (on --grpc-port).")]
+GrpcPort = Annotated[int, typer.Option("--grpc-port", envvar="QDRANT_GRPC_PORT", min=1, max=65535,
+                                       help="The server's gRPC port, used with --prefer-grpc (Qdrant's default 6334).")]
 Timeout = Annotated[float | None, typer.Option("--timeout", help="Seconds per Qdrant server request (default 30); "
                                                  "transient failures are retried 3 times with backoff.")]
 ImageCol = Annotated[str | None, typer.Option("--image-col", help="Column holding image paths.")]
@@ -74,10 +77,10 @@ class Quantization(str, Enum):
 
 
 def conn_for(home: Path | None, url: str | None, api_key: str | None, prefer_grpc: bool = False,
-          timeout: float | None = None) -> api.Connection:
+             timeout: float | None = None, grpc_port: int = 6334) -> api.Connection:
     """Server-only settings go in `options`, which reach ServerStore and are unused by the embedded store."""
-    options = ServerOptions(prefer_grpc=prefer_grpc) if timeout is None else ServerOptions(prefer_grpc=prefer_grpc,
-                                                                                          timeout=timeout)
+    options = ServerOptions(prefer_grpc=prefer_grpc, grpc_port=grpc_port,
+                            **({} if timeout is None else {"timeout": timeout}))
     return api.Connection(home=home, url=url, api_key=api_key, options=options)
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from enclip_qdrant import CollectionMeta
 
 if TYPE_CHECKING:
-    from enclip_qdrant import IndexReport, PushReport, SearchResponse
+    from enclip_qdrant import IndexReport, IndexState, PushReport, SearchResponse
 
 SHOWN_FIELDS = ("articleType", "baseColour", "gender", "pattern", "subCategory")
 
@@ -64,6 +64,7 @@ def index_table(report: IndexReport) -> Table:
     if report.physical and report.physical != report.collection:
         switch = f"switched from {report.previous!r}" if report.previous else "new"
         t.add_row("serves", f"{report.physical} ({switch})" if report.switched else report.physical)
+    t.add_row("search index", index_state(report.index))
     t.add_row("seconds", f"{report.seconds:,.1f}")
     if report.embedded:
         tm = report.timings
@@ -97,6 +98,18 @@ def export_table(record: dict[str, Any]) -> Table:
     return t
 
 
+def index_state(state: IndexState | None) -> str:
+    """One line: whether the member vectors are searched through HNSW graphs or exactly."""
+    if state is None:
+        return "unknown"
+    done = f"{state.indexed_vectors:,} of {state.vectors:,} member vectors in HNSW graphs"
+    segments = f", {state.segments} segments" if state.segments is not None else ""
+    if not state.hnsw:
+        return f"exact search (HNSW off; {done}{segments})"
+    rest = "; the rest are searched exactly" if state.indexed_vectors < state.vectors else ""
+    return f"HNSW on: {done}{segments}{rest}"
+
+
 def index_dict(report: IndexReport) -> dict[str, Any]:
     return asdict(report) | {"failed": [{"id": i, "error": e} for i, e in report.failed]}
 
@@ -126,6 +139,7 @@ def info_tables(data: dict[str, Any]) -> list[Table]:
                                             for k, v in c.clusters.items()))
         else:  # a bundle from before labels, or not on this machine: ids and sizes
             t.add_row("clusters", "  ".join(f"{k}: {v:,}" for k, v in c.clusters.items()))
+        t.add_row("search index", index_state(c.index))
         t.add_row("catalog", meta.catalog or "")
         tables.append(t)
     return tables

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import ApiKey, Device, EngineOpt, Home, PreferGrpc, Timeout, Url, conn_for
+from .options import ApiKey, Device, EngineOpt, GrpcPort, Home, PreferGrpc, Timeout, Url, conn_for
 
 
 def serve_command(
@@ -19,6 +19,7 @@ def serve_command(
                                             help="API key clients must send (Authorization: Bearer or "
                                                  "X-API-Key) on every /v1 call.")] = None,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
+    grpc_port: GrpcPort = 6334,
     timeout: Timeout = None,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Queries encoded in one forward pass.")]
     = 32,
@@ -30,15 +31,20 @@ def serve_command(
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.01, help="Largest upload.")] = 10.0,
     request_timeout: Annotated[float, typer.Option("--request-timeout", min=0.1, help="Seconds per request "
                                                    "before 504.")] = 30.0,
+    max_connections: Annotated[int, typer.Option("--max-connections", min=0, help="Open connections before new "
+                                                 "ones get 503 (0: max(256, 8 x --max-queue)).")] = 0,
+    header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.1, help="Seconds for a request's "
+                                                  "head to arrive before the connection is closed.")] = 10.0,
     engine: EngineOpt = "auto",
     device: Device = "auto",
 ) -> None:
     """Serve search over HTTP: JSON API under /v1, a search page at /, API docs at /docs."""
     from enclip_qdrant import ServeOptions, serve
 
-    conn = conn_for(home, url, api_key, prefer_grpc, timeout)
+    conn = conn_for(home, url, api_key, prefer_grpc, timeout, grpc_port)
     serve(ServeOptions(collection=collection, bundle=bundle, home=home, url=url, api_key=api_key,
                        store_options=conn.options, host=host, port=port, key=key, max_batch=max_batch,
                        max_wait_ms=max_wait_ms, max_queue=max_queue,
                        max_upload_bytes=int(max_upload_mb * 1024 * 1024), request_timeout=request_timeout,
-                       engine=engine, device=device))
+                       engine=engine, max_connections=max_connections, header_timeout=header_timeout,
+                       device=device))

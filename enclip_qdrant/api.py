@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ from enclip_qdrant.search.options import SearchOptions
 from .errors import BundleError, EnclipError
 from .progress import NullProgress, Progress
 from .store import ServerOptions, Store, open_store
-from .store.base import CollectionOptions
+from .store.base import CollectionOptions, IndexState
 from .workspace import Workspace, collection_name_for
 
 if TYPE_CHECKING:  # these pull in torch and open_clip: loaded by the verbs that need them, not on import
@@ -34,9 +34,7 @@ if TYPE_CHECKING:  # these pull in torch and open_clip: loaded by the verbs that
     from enclip_qdrant.bundle.manifest import Bundle
     from enclip_qdrant.evaluation.report import EvalReport
     from enclip_qdrant.indexing.run import IndexReport
-    from enclip_qdrant.search.options import ClusterMode
     from enclip_qdrant.search.query import SearchResponse
-    from enclip_qdrant.store.base import Fusion
     from enclip_qdrant.training.config import TrainConfig
 
 __all__ = ["CollectionMeta", "CollectionOptions", "Connection", "PushReport", "RollbackReport", "SearchOptions",
@@ -92,7 +90,7 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
           columns: Mapping[str, str | None] | None = None, prune: bool = False, batch_size: int = 256,
           progress: Progress | None = None, options: CollectionOptions | None = None,
           blue_green: bool = False, prune_threshold: float | None = None, confirm: bool = False,
-          engine: str = "auto", device: str = "auto") -> IndexReport:
+          engine: str = "auto", hnsw: bool | None = None, device: str = "auto") -> IndexReport:
     """Embed a catalog into a collection; with no bundle, reuse (or train) the workspace's own.
 
     `collection`: the name (default: the catalog folder's); `config`: training settings when a bundle must be
@@ -102,7 +100,8 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
     rebuilt beside it and switched when complete. The default collection and bundle (named after the
     catalog's folder) refuse another folder of that name. `engine`: what embeds the images ("auto": ONNX
     Runtime when the bundle has ONNX towers, else torch; see `load_bundle`); `device`: where it runs (auto,
-    cpu, cuda, mps), and where a bundle trained here trains."""
+    cpu, cuda, mps), and where a bundle trained here trains. `hnsw`: build HNSW for the member vectors
+    (True/False; None: by the collection's size, see `index_catalog`)."""
     from enclip_qdrant.bundle.manifest import Bundle
     from enclip_qdrant.engine.load import load_bundle
     from enclip_qdrant.indexing.run import PRUNE_THRESHOLD, check_catalog, index_catalog
@@ -126,7 +125,7 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
     with conn.open() as store:
         report = index_catalog(cat, b, store, name, prune=prune, batch_size=batch_size, progress=progress,
                                options=options, blue_green=blue_green, prune_threshold=prune_threshold,
-                               confirm=confirm)
+                               confirm=confirm, hnsw=hnsw)
         conn.workspace.remember(name, b.path, store.location, physical=report.physical, previous=report.previous)
     return report
 
@@ -207,21 +206,14 @@ class Searcher:
 
     def search(self, text: str | None = None, *, image: str | Path | Image.Image | None = None,
                filters: Mapping[str, Sequence[Any]] | None = None, options: SearchOptions | None = None,
-               top_k: int = 10, clusters: ClusterMode = "auto", fusion: Fusion = "rrf", explain: bool = False,
-               threshold: float = SearchOptions.threshold, max_clusters: int = SearchOptions.max_clusters,
-               oversample: int = SearchOptions.oversample,
-               text_weight: float = SearchOptions.text_weight) -> SearchResponse:
+               **changes: Any) -> SearchResponse:
         """Search by `text`, `image` (a path or a PIL image) or both; `filters`: field -> accepted values.
-        `options` (a `SearchOptions`) wins over the single keywords, which build one."""
+        `options`: a `SearchOptions`; `changes`: its fields to set on top of it (`top_k=5`), checked the same."""
         from enclip_qdrant.search.query import search
 
-        o = options or SearchOptions(top_k=top_k, clusters=clusters, fusion=fusion, threshold=threshold,
-                                     max_clusters=max_clusters, oversample=oversample, explain=explain,
-                                     text_weight=text_weight)
-        resp = search(self.bundle, self.store, self.collection, text, image=image, top_k=o.top_k,
-                      clusters=o.clusters, fusion=o.fusion, filters=filters, explain=o.explain,
-                      threshold=o.threshold, max_clusters=o.max_clusters, oversample=o.oversample,
-                      text_weight=o.text_weight, recipe=self.meta.text_recipe())
+        o = replace(options or SearchOptions(), **changes) if changes else options or SearchOptions()
+        resp = search(self.bundle, self.store, self.collection, text, image=image, options=o, filters=filters,
+                      recipe=self.meta.text_recipe())
         resp.catalog_root = self.meta.catalog
         return resp
 
@@ -257,6 +249,7 @@ class CollectionSummary:
     aliases: list[str] = field(default_factory=list)  # names that serve this collection
     sparse_vectors: list[str] = field(default_factory=list)  # the text (BM25) vector, when it has one
     cluster_labels: dict[int, str] = field(default_factory=dict)  # from the bundle's manifest; {}: plain ids
+    index: IndexState | None = None  # HNSW or exact search, and how much is indexed
 
 
 def info(collection: str | None = None, *, conn: Connection | None = None) -> dict[str, Any]:
@@ -280,7 +273,8 @@ def info(collection: str | None = None, *, conn: Connection | None = None) -> di
                                          meta.bundle_fingerprint, sizes, ci.metadata,
                                          default=default is not None and default in [name, *served],
                                          aliases=served, sparse_vectors=list(ci.sparse_vectors),
-                                         cluster_labels=bundle_labels(meta.bundle_path, meta.bundle_fingerprint)))
+                                         cluster_labels=bundle_labels(meta.bundle_path, meta.bundle_fingerprint),
+                                         index=ci.index))
         return {"store": {"kind": store.kind, "location": store.location}, "collections": out}
 
 

@@ -56,20 +56,46 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
     s.close()
 
 
-@pytest.fixture(scope="session")
-def qdrant_url():
-    """A real Qdrant server's URL: QDRANT_URL, else one started from an existing binary (tests/qdrant_server.py);
-    skips without either."""
-    url = os.environ.get("QDRANT_URL")
-    if url:
-        yield url
-        return
-    from qdrant_server import local_qdrant, qdrant_binary
+NO_SERVER = "no real Qdrant: set QDRANT_URL, or QDRANT_BIN (or put a server binary at ~/.qdrant/bin/qdrant)"
+TEST_KEY = "enclip-test-key"
 
+
+@pytest.fixture(scope="session")
+def qdrant_node():
+    """A real Qdrant node: QDRANT_URL, else one started from an existing binary (tests/qdrant_server.py);
+    skips without either."""
+    from qdrant_server import given_node, local_qdrant, qdrant_binary
+
+    given = given_node()
+    if given is not None:
+        yield given
+        return
     binary = qdrant_binary()
     if binary is None:
-        pytest.skip("no real Qdrant: set QDRANT_URL, or QDRANT_BIN (or put a server binary at ~/.qdrant/bin/qdrant)")
+        pytest.skip(NO_SERVER)
     with local_qdrant(binary) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def qdrant_url(qdrant_node) -> str:
+    return qdrant_node.url
+
+
+@pytest.fixture(scope="session")
+def qdrant_key_node():
+    """A real Qdrant node that demands an API key: QDRANT_URL when QDRANT_API_KEY is set, else one started here
+    with QDRANT__SERVICE__API_KEY."""
+    from qdrant_server import given_node, local_qdrant, qdrant_binary
+
+    given = given_node()
+    if given is not None and given.api_key:
+        yield given
+        return
+    binary = qdrant_binary()
+    if binary is None:
+        pytest.skip(NO_SERVER if given is None else "QDRANT_URL has no QDRANT_API_KEY and no binary to start one")
+    with local_qdrant(binary, api_key=TEST_KEY) as started:
         yield started
 
 

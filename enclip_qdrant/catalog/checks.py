@@ -12,7 +12,7 @@ from PIL import Image
 
 from enclip_qdrant.catalog.images import MAX_IMAGE_BYTES, ImageRejected, bombs_as_errors, check_file
 from enclip_qdrant.catalog.model import Product, Progress, Skipped
-from enclip_qdrant.catalog.rows import _Candidate
+from enclip_qdrant.catalog.rows import RowCandidate
 
 _REAL_DIRS: dict[str, str] = {}
 
@@ -81,8 +81,8 @@ def _check_image(path: str, root: str) -> tuple[str | None, str]:
     return digest, real
 
 
-def _check_images(
-    candidates: list[_Candidate], progress: Progress | None, root: str
+def check_images(
+    candidates: list[RowCandidate], progress: Progress | None, root: str
 ) -> tuple[list[tuple[int, Product]], list[Skipped]]:
     total = len(candidates)
     products: list[tuple[int, Product]] = []
@@ -96,7 +96,7 @@ def _check_images(
     workers = max(1, min(4, os.cpu_count() or 1))
     chunks = [candidates[i : i + _CHUNK] for i in range(0, total, _CHUNK)]
 
-    def check_chunk(chunk: list[_Candidate]) -> list[tuple[str | None, str]]:
+    def check_chunk(chunk: list[RowCandidate]) -> list[tuple[str | None, str]]:
         return [_check_image(c.image, root) for c in chunk]
 
     # The warnings filter is process-wide: set once here, the workers see it too.
@@ -120,7 +120,9 @@ def _check_images(
     return products, skipped
 
 
-def _dedupe(products: list[tuple[int, Product]], candidates: list[_Candidate], skipped: list[Skipped]) -> list[Product]:
+def dedupe(
+    products: list[tuple[int, Product]], candidates: list[RowCandidate], skipped: list[Skipped]
+) -> list[Product]:
     """Keep the first *usable* row per id: a broken first copy should not hide a good second one."""
     seen: set[str] = set()
     kept: list[Product] = []

@@ -19,7 +19,7 @@ ID_COLUMNS = ("id", "product_id", "sku", "item_id", "uid")
 # --------------------------------------------------------------------------- columns
 
 
-def _detect_columns(
+def detect_columns(
     header: list[str], table: Path, image_col: str | None, text_col: str | None, id_col: str | None
 ) -> Columns:
     by_lower = {h.lower(): h for h in header}
@@ -32,7 +32,7 @@ def _detect_columns(
                 return by_lower[given.lower()]
             raise CatalogError(
                 f"{flag} {given!r} is not a column of {table.name}; available columns: {', '.join(header)}"
-                f"{_delimiter_hint(header)}"
+                f"{delimiter_hint(header)}"
             )
         return next((by_lower[c] for c in candidates if c in by_lower), None)
 
@@ -43,7 +43,7 @@ def _detect_columns(
     )
 
 
-def _delimiter_hint(header: list[str]) -> str:
+def delimiter_hint(header: list[str]) -> str:
     """A header read as one or two columns holding `;`, tab or `|` is a CSV with another delimiter."""
     if len(header) > 2:
         return ""

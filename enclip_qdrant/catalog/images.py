@@ -80,7 +80,8 @@ def bombs_as_errors() -> Iterator[None]:
         yield
 
 
-def _decode(im: Image.Image, bound: int | None) -> Image.Image:
+def decode_bounded(im: Image.Image, bound: int | None) -> Image.Image:
+    """An opened image decoded to RGB with its longest side at most `bound` (JPEGs at reduced scale)."""
     if bound is not None:
         if im.format == "JPEG":
             im.draft("RGB", (bound, bound))  # only ever scales by 1/2, 1/4, 1/8 while staying >= bound
@@ -96,7 +97,7 @@ def load_image(path: str | Path, bound: int | None = DEFAULT_BOUND, *, max_bytes
     check_file(path, max_bytes)
     try:
         with bombs_as_errors(), Image.open(path) as im:
-            return _decode(im, bound)
+            return decode_bounded(im, bound)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageRejected("image too large", str(e).splitlines()[0]) from None
     except FileNotFoundError:
@@ -121,7 +122,7 @@ def read_image(path: str | Path, bound: int | None, *, max_bytes: int = MAX_IMAG
     digest = hashlib.sha256(data).hexdigest()
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return _decode(im, bound), digest
+            return decode_bounded(im, bound), digest
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageRejected("image too large", str(e).splitlines()[0]) from None
     except Exception as e:  # any decoder failure = unusable file

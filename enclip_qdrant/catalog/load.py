@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from enclip_qdrant.catalog.checks import _check_images, _dedupe
-from enclip_qdrant.catalog.columns import TEXT_COLUMNS, _delimiter_hint, _detect_columns
-from enclip_qdrant.catalog.model import _UNREADABLE_ROW, Catalog, Columns, Progress
-from enclip_qdrant.catalog.rows import _folder_rows, _row_has_id, _table_rows
-from enclip_qdrant.catalog.tables import TABLE_EXTENSIONS, _find_table, _read_table, _type_csv_columns
+from enclip_qdrant.catalog.checks import check_images, dedupe
+from enclip_qdrant.catalog.columns import TEXT_COLUMNS, delimiter_hint, detect_columns
+from enclip_qdrant.catalog.model import UNREADABLE_ROW, Catalog, Columns, Progress
+from enclip_qdrant.catalog.rows import folder_rows, row_has_id, table_rows
+from enclip_qdrant.catalog.tables import TABLE_EXTENSIONS, find_table, read_table, type_csv_columns
 from enclip_qdrant.errors import CatalogError
 
 
@@ -40,7 +40,7 @@ def load_catalog(
         given_root = os.path.abspath(path.parent)
     else:
         root = path.resolve()
-        table = _find_table(root)
+        table = find_table(root)
         given_root = os.path.abspath(path)
     # Absolute paths in a table may spell the root as the user did (through a symlink) or resolved.
     bases = tuple(dict.fromkeys((str(root), given_root)))
@@ -55,27 +55,27 @@ def load_catalog(
         if require_text:
             raise CatalogError(f"{root} is a bare folder of images with no captions, but text is required")
         columns = Columns(image=None, text=None, id=None)
-        candidates, skipped = _folder_rows(root)
+        candidates, skipped = folder_rows(root)
     else:
-        header, rows = _read_table(table)
-        columns = _detect_columns(header, table, image_col, text_col, id_col)
+        header, rows = read_table(table)
+        columns = detect_columns(header, table, image_col, text_col, id_col)
         if table.suffix.lower() == ".csv":
             # Typed after detection so ids and captions stay verbatim strings ("007" stays "007").
             used = (columns.image, columns.text, columns.id)
-            _type_csv_columns([h for h in header if h not in used], rows)
+            type_csv_columns([h for h in header if h not in used], rows)
         if require_text and columns.text is None:
             raise CatalogError(
                 f"{table.name} has no text column (looked for {', '.join(TEXT_COLUMNS)}): pass --text-col; "
-                f"available columns: {', '.join(header)}{_delimiter_hint(header)}"
+                f"available columns: {', '.join(header)}{delimiter_hint(header)}"
             )
-        candidates, skipped = _table_rows(bases, table, header, rows, columns, require_text)
+        candidates, skipped = table_rows(bases, table, header, rows, columns, require_text)
 
     row_ids = frozenset(c.id if c.id is not None else c.image_rel for c in candidates)
-    row_ids |= {s.ref for s in skipped if s.row is not None and _row_has_id(s, columns)}
-    unreadable = sum(1 for s in skipped if s.reason in _UNREADABLE_ROW)
-    checked, bad = _check_images(candidates, progress, str(root))
+    row_ids |= {s.ref for s in skipped if s.row is not None and row_has_id(s, columns)}
+    unreadable = sum(1 for s in skipped if s.reason in UNREADABLE_ROW)
+    checked, bad = check_images(candidates, progress, str(root))
     skipped.extend(bad)
-    products = _dedupe(checked, candidates, skipped)
+    products = dedupe(checked, candidates, skipped)
     skipped.sort(key=lambda s: (s.row is None, s.row or 0, s.ref))
 
     catalog = Catalog(root=root, table=table, columns=columns, products=products, skipped=skipped,

@@ -81,7 +81,7 @@ class Catalog:
         return _summary(len(self.products), self.skipped, examples)
 
 
-_UNREADABLE_ROW = frozenset({"malformed row", "malformed JSON", "not UTF-8"})
+UNREADABLE_ROW = frozenset({"malformed row", "malformed JSON", "not UTF-8"})
 
 
 def _summary(n_products: int, skipped: Sequence[Skipped], examples: int) -> str:

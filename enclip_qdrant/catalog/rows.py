@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from enclip_qdrant.catalog.columns import IMAGE_COLUMNS, _delimiter_hint
-from enclip_qdrant.catalog.model import _UNREADABLE_ROW, IMAGE_EXTENSIONS, Columns, Skipped
-from enclip_qdrant.catalog.tables import _MISSING_TOKENS, _Row
+from enclip_qdrant.catalog.columns import IMAGE_COLUMNS, delimiter_hint
+from enclip_qdrant.catalog.model import IMAGE_EXTENSIONS, UNREADABLE_ROW, Columns, Skipped
+from enclip_qdrant.catalog.tables import MISSING_TOKENS, TableRow
 from enclip_qdrant.errors import CatalogError
 
 # --------------------------------------------------------------------------- rows -> candidates
 
 
 @dataclass(frozen=True)
-class _Candidate:
+class RowCandidate:
     row: int | None
     ref: str
     id: str | None  # None: use image_rel
@@ -37,7 +37,7 @@ def _scalar(v: Any) -> Any:
         return v if math.isfinite(v) else None
     if isinstance(v, str):
         v = v.strip()
-        return None if v.lower() in _MISSING_TOKENS else v
+        return None if v.lower() in MISSING_TOKENS else v
     if isinstance(v, bytes):
         return None
     if isinstance(v, dict | list | tuple):
@@ -95,11 +95,11 @@ def _id_image(bases: tuple[str, ...], ident: str, layout: list[tuple[str, str]])
     return None
 
 
-def _table_rows(
-    bases: tuple[str, ...], table: Path, header: list[str], rows: list[_Row], columns: Columns, require_text: bool
-) -> tuple[list[_Candidate], list[Skipped]]:
+def table_rows(
+    bases: tuple[str, ...], table: Path, header: list[str], rows: list[TableRow], columns: Columns, require_text: bool
+) -> tuple[list[RowCandidate], list[Skipped]]:
     skipped: list[Skipped] = []
-    candidates: list[_Candidate] = []
+    candidates: list[RowCandidate] = []
     used = {c for c in (columns.image, columns.text, columns.id) if c is not None}
     layout = [(folder, ext) for folder in ("images/", "") for ext in IMAGE_EXTENSIONS]
     layout += [(folder, ext.upper()) for folder, ext in list(layout)]
@@ -109,7 +109,7 @@ def _table_rows(
             raise CatalogError(
                 f"{table.name} has no image column (looked for {', '.join(IMAGE_COLUMNS)}) and no id "
                 f"column to find images by: pass --image-col (or --id-col); available columns: "
-                f"{', '.join(header)}{_delimiter_hint(header)}"
+                f"{', '.join(header)}{delimiter_hint(header)}"
             )
         ids = (_id_str(r.values.get(columns.id)) for r in rows if r.values is not None)
         if not any(i is not None and _id_image(bases, i, layout) for i in ids):
@@ -161,12 +161,12 @@ def _table_rows(
             skipped.append(Skipped(r.number, ref, "empty text"))
             continue
         fields = {k: s for k, v in vals.items() if k and k not in used and (s := _scalar(v)) is not None}
-        candidates.append(_Candidate(r.number, ref, ident, placed[0], placed[1], text, fields))
+        candidates.append(RowCandidate(r.number, ref, ident, placed[0], placed[1], text, fields))
     return candidates, skipped
 
 
-def _folder_rows(root: Path) -> tuple[list[_Candidate], list[Skipped]]:
-    candidates: list[_Candidate] = []
+def folder_rows(root: Path) -> tuple[list[RowCandidate], list[Skipped]]:
+    candidates: list[RowCandidate] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
@@ -175,13 +175,13 @@ def _folder_rows(root: Path) -> tuple[list[_Candidate], list[Skipped]]:
             full = os.path.join(dirpath, name)
             rel = Path(full).relative_to(root).as_posix()
             ident = rel.rsplit(".", 1)[0]
-            candidates.append(_Candidate(None, rel, ident, full, rel, None, {}))
+            candidates.append(RowCandidate(None, rel, ident, full, rel, None, {}))
     candidates.sort(key=lambda c: c.image_rel)
     if not candidates:
         raise CatalogError(f"{root} has neither a table (csv/jsonl/parquet) nor images ({', '.join(IMAGE_EXTENSIONS)})")
     return candidates, []
 
 
-def _row_has_id(s: Skipped, columns: Columns) -> bool:
+def row_has_id(s: Skipped, columns: Columns) -> bool:
     """A skipped row's ref is its product id when the table has an id column and the row had one."""
-    return columns.id is not None and s.reason not in _UNREADABLE_ROW and s.reason != "missing id"
+    return columns.id is not None and s.reason not in UNREADABLE_ROW and s.reason != "missing id"

@@ -19,13 +19,13 @@ PREFERRED_TABLE_STEMS = ("captions", "catalog", "products", "metadata", "data", 
 _INT_RE = re.compile(r"[+-]?(0|[1-9]\d*)")
 # Leading zeros ("01234") mean a code, not a number: such columns stay strings.
 _FLOAT_RE = re.compile(r"[+-]?((0|[1-9]\d*)(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-_MISSING_TOKENS = frozenset({"", "nan"})
+MISSING_TOKENS = frozenset({"", "nan"})
 
 
 # --------------------------------------------------------------------------- table discovery
 
 
-def _find_table(root: Path) -> Path | None:
+def find_table(root: Path) -> Path | None:
     found = sorted(
         p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in TABLE_EXTENSIONS
     )
@@ -47,14 +47,14 @@ def _find_table(root: Path) -> Path | None:
 
 
 @dataclass(frozen=True)
-class _Row:
+class TableRow:
     number: int  # 1-based data row
     ref: str  # where to look when the row is broken ("line 7")
     values: dict[str, Any] | None  # None when the row itself is unreadable
     error: str | None = None
 
 
-def _read_table(table: Path) -> tuple[list[str], list[_Row]]:
+def read_table(table: Path) -> tuple[list[str], list[TableRow]]:
     suffix = table.suffix.lower()
     try:
         if suffix == ".csv":
@@ -75,11 +75,11 @@ def _is_utf8(values: Iterable[str]) -> bool:
     return True
 
 
-def _read_csv(table: Path) -> tuple[list[str], list[_Row]]:
+def _read_csv(table: Path) -> tuple[list[str], list[TableRow]]:
     with table.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
         header: list[str] | None = None
-        rows: list[_Row] = []
+        rows: list[TableRow] = []
         number = 0
         while True:
             try:
@@ -91,7 +91,7 @@ def _read_csv(table: Path) -> tuple[list[str], list[_Row]]:
                 if header is None:
                     raise CatalogError(f"{table.name}: cannot parse the CSV header") from None
                 number += 1
-                rows.append(_Row(number, f"line {reader.line_num}", None, "malformed row"))
+                rows.append(TableRow(number, f"line {reader.line_num}", None, "malformed row"))
                 continue
             if not record or all(not v.strip() for v in record):
                 continue
@@ -104,11 +104,11 @@ def _read_csv(table: Path) -> tuple[list[str], list[_Row]]:
             number += 1
             ref = f"line {reader.line_num}"
             if not _is_utf8(record):
-                rows.append(_Row(number, ref, None, "not UTF-8"))
+                rows.append(TableRow(number, ref, None, "not UTF-8"))
             elif len(record) != len(header):
-                rows.append(_Row(number, ref, None, "malformed row"))
+                rows.append(TableRow(number, ref, None, "malformed row"))
             else:
-                rows.append(_Row(number, ref, dict(zip(header, record, strict=True))))
+                rows.append(TableRow(number, ref, dict(zip(header, record, strict=True))))
     if header is None:
         raise CatalogError(f"{table.name} is empty")
     return header, rows
@@ -122,11 +122,11 @@ def _check_header(header: list[str], table: Path) -> None:
         seen.add(h.lower())
 
 
-def _type_csv_columns(header: list[str], rows: list[_Row]) -> None:
+def type_csv_columns(header: list[str], rows: list[TableRow]) -> None:
     """CSV has no types: make a column int/float/bool only when every value agrees (year -> int)."""
     good = [r.values for r in rows if r.values is not None]
     for col in header:
-        vals = [v.strip() for v in (row[col] for row in good) if v.strip().lower() not in _MISSING_TOKENS]
+        vals = [v.strip() for v in (row[col] for row in good) if v.strip().lower() not in MISSING_TOKENS]
         if not vals:
             continue
         conv: Callable[[str], Any] | None = None
@@ -140,16 +140,16 @@ def _type_csv_columns(header: list[str], rows: list[_Row]) -> None:
             continue
         for row in good:
             v = row[col].strip()
-            row[col] = None if v.lower() in _MISSING_TOKENS else conv(v)
+            row[col] = None if v.lower() in MISSING_TOKENS else conv(v)
 
 
 def _parse_bool(v: str) -> bool:
     return v.lower() == "true"
 
 
-def _read_jsonl(table: Path) -> tuple[list[str], list[_Row]]:
+def _read_jsonl(table: Path) -> tuple[list[str], list[TableRow]]:
     header: dict[str, None] = {}  # insertion-ordered set of keys
-    rows: list[_Row] = []
+    rows: list[TableRow] = []
     number = 0
     with table.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -160,19 +160,19 @@ def _read_jsonl(table: Path) -> tuple[list[str], list[_Row]]:
             try:
                 text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError:
-                rows.append(_Row(number, ref, None, "not UTF-8"))
+                rows.append(TableRow(number, ref, None, "not UTF-8"))
                 continue
             try:
                 obj = json.loads(text)
             except ValueError:
-                rows.append(_Row(number, ref, None, "malformed JSON"))
+                rows.append(TableRow(number, ref, None, "malformed JSON"))
                 continue
             if not isinstance(obj, dict):
-                rows.append(_Row(number, ref, None, "malformed row"))
+                rows.append(TableRow(number, ref, None, "malformed row"))
                 continue
             obj = {str(k).strip(): v for k, v in obj.items()}
             header.update(dict.fromkeys(obj))
-            rows.append(_Row(number, ref, obj))
+            rows.append(TableRow(number, ref, obj))
     if not header and not rows:
         raise CatalogError(f"{table.name} is empty")
     keys = list(header)
@@ -180,7 +180,7 @@ def _read_jsonl(table: Path) -> tuple[list[str], list[_Row]]:
     return keys, rows
 
 
-def _read_parquet(table: Path) -> tuple[list[str], list[_Row]]:
+def _read_parquet(table: Path) -> tuple[list[str], list[TableRow]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -191,5 +191,5 @@ def _read_parquet(table: Path) -> tuple[list[str], list[_Row]]:
         raise CatalogError(f"cannot read {table.name}: {e}") from e
     header = [str(c) for c in data.column_names]
     _check_header(header, table)
-    rows = [_Row(i, f"row {i}", dict(rec)) for i, rec in enumerate(data.to_pylist(), start=1)]
+    rows = [TableRow(i, f"row {i}", dict(rec)) for i, rec in enumerate(data.to_pylist(), start=1)]
     return header, rows

@@ -68,7 +68,9 @@ class CollectionMeta:
 
 
 def read_meta(store: Store, collection: str) -> CollectionMeta:
-    return CollectionMeta.from_dict(store.info(collection).metadata)
+    """From `describe`, which opens nothing on the embedded store: planning a blue/green run or a rollback
+    must not take the collection a running service holds."""
+    return CollectionMeta.from_dict(store.describe(collection).metadata)
 
 
 def check_compatible(store: Store, collection: str, bundle: Bundle) -> CollectionMeta:

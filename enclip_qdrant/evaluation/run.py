@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 from enclip_qdrant.bundle.manifest import Bundle, seen_product_ids
+from enclip_qdrant.bundle.names import MANIFEST
 from enclip_qdrant.catalog.model import Catalog, Product
 from enclip_qdrant.catalog.open import open_catalog
 from enclip_qdrant.collection.meta import read_meta
@@ -63,11 +64,12 @@ from enclip_qdrant.search.options import (
 )
 from enclip_qdrant.search.query import EncodedQuery, encode_query, hybrid_vectors, text_filters
 from enclip_qdrant.search.routing import route
-from enclip_qdrant.store import EdgeStore, Hit, SearchFilter, Store
+from enclip_qdrant.store import EdgeStore, Hit, SearchFilter, SearchParams, Store
 from enclip_qdrant.training.config import TrainConfig
-from enclip_qdrant.training.run import train
 
 COLLECTION = "enclip-eval"
+# Rankings are scored on the exact neighbours, so a figure measures the model, never an index's approximation.
+EXACT = SearchParams(exact=True)
 # --text-weight values the hybrid rows try (the BM25 list's RRF weight is this x the number of members).
 HYBRID_WEIGHTS = (DEFAULT_TEXT_WEIGHT, 1.0, 4.0)
 
@@ -172,12 +174,13 @@ def _run(store: Store, bundle: Bundle, ranking: _Ranking, q: EncodedQuery, top_k
     flt = SearchFilter(clusters=clusters) if clusters is not None else None
     t0 = time.perf_counter()
     if ranking.member is not None:
-        hits = store.query_each(COLLECTION, {ranking.member: q.vectors[ranking.member]}, limit=top_k)[ranking.member]
+        hits = store.query_each(COLLECTION, {ranking.member: q.vectors[ranking.member]}, limit=top_k,
+                                params=EXACT)[ranking.member]
     else:
         vectors, weights = hybrid_vectors(q.vectors, text, recipe, ranking.text_weight or 0.0, ranking.fusion or "rrf")
         hits = store.query_fused(COLLECTION, vectors, limit=top_k, prefetch_limit=top_k * DEFAULT_OVERSAMPLE,
                                  fusion=ranking.fusion or "rrf", filter=flt, weights=weights,
-                                 vector_filters=text_filters(vectors, q.vectors, flt))
+                                 vector_filters=text_filters(vectors, q.vectors, flt), params=EXACT)
     return hits, clusters, time.perf_counter() - t0
 
 
@@ -237,7 +240,10 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
             train_cat = dataclasses.replace(cat, products=[p for p in cat.products if p.id not in test_set])
             out = _train_dir(Path(workdir) if workdir else tmp, train_cat, config)
             progress.log(f"training on {len(train_ids)} products, holding out {len(test_ids)} for the test")
-            if not (out / "manifest.json").is_file():
+            if not (out / MANIFEST).is_file():
+                # imported here: only training needs torch, so `eval --bundle` runs on the ONNX engine without it
+                from enclip_qdrant.training.run import train
+
                 train(train_cat, out, config, progress)
             b = load_bundle(out, device=device)
             trained, kept = True, str(out) if workdir else None

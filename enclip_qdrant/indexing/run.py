@@ -23,11 +23,14 @@ from enclip_qdrant.collection.text import TextRecipe, compound_tokens
 from enclip_qdrant.errors import BundleError, ConfirmationRequired
 from enclip_qdrant.progress import NullProgress, Progress
 from enclip_qdrant.store import CollectionSpec, PointRecord, Store
-from enclip_qdrant.store.base import CollectionOptions
+from enclip_qdrant.store.base import CollectionOptions, IndexState
 
 # A prune deleting more than this share of the collection needs an explicit confirmation (`--yes`):
 # a catalog read from the wrong folder, or half of it on an unmounted disk, must not empty the index.
 PRUNE_THRESHOLD = 0.2
+# From this many points on, `index` has the embedded store build HNSW (unless --no-hnsw): below it an exact
+# scan answers the fused query fast enough and a build would cost more than it saves (BENCHMARKS.md, "HNSW").
+HNSW_MIN_POINTS = 50_000
 
 
 class IndexInterrupted(KeyboardInterrupt):
@@ -68,6 +71,7 @@ class IndexReport:
     # members, cluster assignment), writing points to the store
     timings: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "encode": 0.0, "upsert": 0.0})
     switched: bool = False  # this run pointed the alias at `physical`
+    index: IndexState | None = None  # HNSW or exact, after this run
 
     @property
     def embedded(self) -> int:
@@ -77,14 +81,17 @@ class IndexReport:
 def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *, batch_size: int = 256,
                   prune: bool = False, progress: Progress | None = None,
                   options: CollectionOptions | None = None, blue_green: bool = False,
-                  prune_threshold: float = PRUNE_THRESHOLD, confirm: bool = False, text: bool = True) -> IndexReport:
+                  prune_threshold: float = PRUNE_THRESHOLD, confirm: bool = False, text: bool = True,
+                  hnsw: bool | None = None) -> IndexReport:
     """`options` shape the collection when this call creates it; an existing collection keeps its own.
     `collection` is an alias; with `blue_green`, another bundle's index is built beside the live one and
     the alias switched only when it is complete, so queries never see a half-built collection.
     `prune` deletes only ids gone from the table; more than `prune_threshold` of the collection needs
     `confirm` (else ConfirmationRequired, raised before anything is written). A collection this call creates
     from a catalog with text also gets a sparse BM25 vector of each product's text (hybrid search), unless
-    `text` is False; an existing collection keeps what it has (with or without one)."""
+    `text` is False; an existing collection keeps what it has (with or without one). `hnsw`: build HNSW for
+    the member vectors (True), or not (False); None: once the collection has HNSW on, or from HNSW_MIN_POINTS
+    points. It is built at the end of the run (before a blue/green switch), and again after each later run."""
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     physical, previous, switch = plan_target(store, collection, bundle, blue_green)
@@ -101,11 +108,20 @@ def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *
     report = IndexReport(collection, store.location, bundle.fingerprint, created,
                          skipped_rows=len(catalog.skipped), physical=physical, previous=previous)
     _fill(catalog, bundle, store, physical, report, batch_size, prune, progress, prune_threshold, confirm, recipe)
+    report.index = build_index(store, physical, hnsw, progress)
     if switch:
         switch_alias(store, collection, physical, previous)
         report.switched = True
     report.seconds = round(time.perf_counter() - t0, 2)
     return report
+
+
+def build_index(store: Store, collection: str, hnsw: bool | None, progress: Progress) -> IndexState:
+    """HNSW as asked, or by size when not asked; a collection that has it keeps it (indexing what was added)."""
+    info = store.info(collection)
+    on = bool(info.index and info.index.hnsw)
+    want = hnsw if hnsw is not None else on or info.points >= HNSW_MIN_POINTS
+    return store.build_index(collection, hnsw=want, progress=progress)
 
 
 def text_recipe(catalog: Any) -> TextRecipe | None:

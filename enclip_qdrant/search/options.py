@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from enclip_qdrant.errors import QueryError
-from enclip_qdrant.store.base import Fusion
+from enclip_qdrant.store.base import Fusion, SearchParams
 
 ClusterMode = Literal["auto", "all"] | Sequence[int]
 
@@ -35,6 +35,8 @@ class SearchOptions:
     oversample: int = DEFAULT_OVERSAMPLE  # each member's prefetch is top_k x this
     explain: bool = False  # also rank with each member alone
     text_weight: float = DEFAULT_TEXT_WEIGHT  # the text list's say vs all members (x members); 0: off
+    hnsw_ef: int | None = None  # HNSW candidates per list (None: Qdrant's default): higher finds more, slower
+    exact: bool = False  # score every vector, no HNSW: evaluation, and the reference for recall
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -49,6 +51,13 @@ class SearchOptions:
             raise QueryError("--text-weight needs RRF fusion: DBSF cannot weight its sources")
         if self.max_clusters < 1 or self.oversample < 1:
             raise QueryError("--max-clusters and --oversample must be at least 1")
+        if self.hnsw_ef is not None and (isinstance(self.hnsw_ef, bool) or not isinstance(self.hnsw_ef, int)
+                                         or self.hnsw_ef < 1):
+            raise QueryError(f"--hnsw-ef must be a whole number >= 1, not {self.hnsw_ef!r}")
+
+    def search_params(self) -> SearchParams:
+        """What the store sends with every list's search."""
+        return SearchParams(hnsw_ef=self.hnsw_ef, exact=self.exact)
 
 
 FILTER_HELP = ("field=value; the value is matched as the type the collection stores for that field (text "

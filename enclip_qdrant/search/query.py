@@ -20,17 +20,9 @@ from enclip_qdrant.catalog.images import DEFAULT_BOUND, ImageRejected, image_bou
 from enclip_qdrant.collection.meta import read_meta
 from enclip_qdrant.collection.text import TextRecipe
 from enclip_qdrant.errors import QueryError
-from enclip_qdrant.search.filters import typed_filters
+from enclip_qdrant.search.filters import FieldKinds, typed_filters
 from enclip_qdrant.search.labels import label_response
-from enclip_qdrant.search.options import (
-    DEFAULT_MAX_CLUSTERS,
-    DEFAULT_OVERSAMPLE,
-    DEFAULT_TEXT_WEIGHT,
-    DEFAULT_THRESHOLD,
-    ClusterMode,
-    SearchOptions,
-    parse_clusters,
-)
+from enclip_qdrant.search.options import SearchOptions, parse_clusters
 from enclip_qdrant.search.routing import choose_clusters
 from enclip_qdrant.store import Fusion, Hit, QueryVector, SearchFilter, Store
 from enclip_qdrant.store.common import dbsf_normalise, rrf_score
@@ -160,19 +152,21 @@ class QueryPlan:
 
 
 def plan_query(bundle: Bundle, store: Store, collection: str, text: str | None, image: Image.Image | None, *,
-               clusters: ClusterMode = "auto", filters: Mapping[str, Sequence[Any]] | None = None,
-               threshold: float = DEFAULT_THRESHOLD, max_clusters: int = DEFAULT_MAX_CLUSTERS,
-               encoder: QueryEncoder | None = None, text_weight: float = DEFAULT_TEXT_WEIGHT,
-               recipe: TextRecipe | None | str = "auto", fusion: Fusion = "rrf") -> QueryPlan:
-    """Encode, route and build the prefetches, the same way for `search` and for /v1/encode."""
+               options: SearchOptions | None = None, filters: Mapping[str, Sequence[Any]] | None = None,
+               encoder: QueryEncoder | None = None, recipe: TextRecipe | None | str = "auto",
+               field_kinds: FieldKinds | None = None) -> QueryPlan:
+    """Encode, route and build the prefetches, the same way for `search` and for /v1/encode.
+    `field_kinds`: the collection's filter field types when the caller keeps them (`FieldKinds`)."""
+    o = options or SearchOptions()
+    typed = typed_filters(store, collection, filters or {}, field_kinds)  # before encoding: a bad filter is cheap
     q = encode_query(bundle, text, image, encoder=encoder)
-    mode = parse_clusters(clusters)
-    chosen = choose_clusters(bundle, q.cluster_probs, mode, threshold, max_clusters)
-    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=typed_filters(store, collection, filters or {}))
+    mode = parse_clusters(o.clusters)
+    chosen = choose_clusters(bundle, q.cluster_probs, mode, o.threshold, o.max_clusters)
+    flt = SearchFilter(clusters=[c for c, _ in chosen] or None, fields=typed)
     if recipe == "auto":
-        recipe = collection_recipe(store, collection) if text and text.strip() and text_weight > 0 else None
+        recipe = collection_recipe(store, collection) if text and text.strip() and o.text_weight > 0 else None
     vectors, weights = hybrid_vectors(q.vectors, text, recipe if isinstance(recipe, TextRecipe) else None,
-                                      text_weight, fusion)
+                                      o.text_weight, o.fusion)
     shared = None if flt.is_empty() else flt
     # clusters named by the caller restrict every list; only routing's guess leaves the words free
     own = text_filters(vectors, q.vectors, shared) if mode == "auto" else {}
@@ -209,35 +203,30 @@ def explain_results(results: Sequence[Result], per: Mapping[str, Sequence[Hit]],
 
 
 def search(bundle: Bundle, store: Store, collection: str, text: str | None = None, *,
-           image: str | Path | Image.Image | None = None, top_k: int = 10, clusters: ClusterMode = "auto",
-           fusion: Fusion = "rrf", filters: Mapping[str, Sequence[Any]] | None = None,
-           threshold: float = DEFAULT_THRESHOLD, max_clusters: int = DEFAULT_MAX_CLUSTERS,
-           oversample: int = DEFAULT_OVERSAMPLE, explain: bool = False,
-           encoder: QueryEncoder | None = None, text_weight: float = DEFAULT_TEXT_WEIGHT,
-           recipe: TextRecipe | None | str = "auto") -> SearchResponse:
-    """`text_weight`: the text list's say against the whole ensemble (`hybrid_vectors`; 0: dense only).
-    `recipe`: the collection's text recipe when the caller has it cached ("auto": read from the collection's
-    metadata when the query has text)."""
-    SearchOptions(top_k=top_k, fusion=fusion, threshold=threshold, max_clusters=max_clusters,  # checks, once
-                  oversample=oversample, text_weight=text_weight)
+           image: str | Path | Image.Image | None = None, options: SearchOptions | None = None,
+           filters: Mapping[str, Sequence[Any]] | None = None, encoder: QueryEncoder | None = None,
+           recipe: TextRecipe | None | str = "auto", field_kinds: FieldKinds | None = None) -> SearchResponse:
+    """`options`: how to search (`SearchOptions`, checked when built). `recipe`: the collection's text recipe
+    when the caller has it cached ("auto": read from the collection's metadata when the query has text).
+    `field_kinds`: the collection's filter field types when the caller keeps them."""
+    o = options or SearchOptions()
     t0 = time.perf_counter()
     pil = load_query_image(image, image_bound(bundle)) if isinstance(image, (str, Path)) else image
-    plan = plan_query(bundle, store, collection, text, pil, clusters=clusters, filters=filters, threshold=threshold,
-                      max_clusters=max_clusters, encoder=encoder, text_weight=text_weight, recipe=recipe,
-                      fusion=fusion)
+    plan = plan_query(bundle, store, collection, text, pil, options=o, filters=filters, encoder=encoder,
+                      recipe=recipe, field_kinds=field_kinds)
     q, chosen, vectors = plan.encoded, plan.chosen, plan.vectors
     t1 = time.perf_counter()
-    hits = store.query_fused(collection, vectors, limit=top_k, prefetch_limit=top_k * oversample,
-                             fusion=fusion, filter=plan.filter, weights=plan.weights,
-                             vector_filters=plan.vector_filters)
+    hits = store.query_fused(collection, vectors, limit=o.top_k, prefetch_limit=o.top_k * o.oversample,
+                             fusion=o.fusion, filter=plan.filter, weights=plan.weights,
+                             vector_filters=plan.vector_filters, params=o.search_params())
     t2 = time.perf_counter()
     results = [Result(i + 1, h.id, h.score, h.payload.get("cluster"), h.payload) for i, h in enumerate(hits)]
-    if explain:
-        per = store.query_each(collection, vectors, limit=top_k * oversample, filter=plan.filter,
-                               vector_filters=plan.vector_filters)
-        explain_results(results, per, fusion, plan.weights)
-    query = {"text": text, "image": str(image) if isinstance(image, (str, Path)) else None, "top_k": top_k,
-             "fusion": fusion, "filters": {k: list(v) for k, v in (filters or {}).items()},
+    if o.explain:
+        per = store.query_each(collection, vectors, limit=o.top_k * o.oversample, filter=plan.filter,
+                               vector_filters=plan.vector_filters, params=o.search_params())
+        explain_results(results, per, o.fusion, plan.weights)
+    query = {"text": text, "image": str(image) if isinstance(image, (str, Path)) else None, "top_k": o.top_k,
+             "fusion": o.fusion, "filters": {k: list(v) for k, v in (filters or {}).items()},
              "text_vector": len(vectors) > len(q.vectors)}
     response = SearchResponse(query, [{"id": c, "p": round(p, 4)} for c, p in chosen], results,
                               {"encode": round((t1 - t0) * 1e3, 2), "search": round((t2 - t1) * 1e3, 2)})

@@ -16,26 +16,29 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclip_qdrant.api import Connection, Searcher
+from enclip_qdrant.bundle.names import MANIFEST
+from enclip_qdrant.catalog.images import decode_bounded, image_bound
 from enclip_qdrant.collection.meta import CollectionMeta
 from enclip_qdrant.errors import BundleError, CatalogError, CollectionNotFound, EnclipError, QueryError, StoreError
+from enclip_qdrant.search.filters import FieldKinds
 from enclip_qdrant.search.options import (
     DEFAULT_MAX_CLUSTERS,
     DEFAULT_OVERSAMPLE,
@@ -47,9 +50,9 @@ from enclip_qdrant.search.options import (
 )
 from enclip_qdrant.search.query import plan_query, search
 from enclip_qdrant.store import ServerOptions, SparseVec, Store
-from enclip_qdrant.store.server import fused_query_request
 
 from .batching import BatchingEncoder, EncodeTimeout, MicroBatcher, Overloaded
+from .limits import BodyDeadline, BodyTimeout, DecodeBudget, server_settings
 
 ENV_KEY = "ENCLIP_API_KEY"
 STATIC = Path(__file__).parent / "static"
@@ -57,6 +60,12 @@ STATIC = Path(__file__).parent / "static"
 _NOT_FIELDS = {"cluster", "product_id", "text", "image", "content_hash", "payload_hash"}
 _FIELD_SCAN = 5000  # points read to list filterable field values (the page's filter menus)
 _MAX_FIELD_VALUES = 50
+_FIELD_TYPES_TTL = 300.0  # seconds a collection's filter field types are kept before they are read again
+# What one request may ask for: each bound keeps a request's CPU cost small whatever its body holds.
+MAX_TEXT = 2000  # characters of query text (the models read far fewer tokens)
+MAX_FILTERS = 32
+MAX_FILTER_CHARS = 512
+MAX_CLUSTER_IDS = 1024
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,15 @@ class ServeOptions:
     max_top_k: int = 100
     engine: str = "auto"  # what encodes queries: onnx, torch, or auto (see load_bundle)
     device: str = "auto"  # where: auto, cpu, cuda (ONNX Runtime's CUDA provider with onnxruntime-gpu), mps
+    header_timeout: float = 10.0  # seconds for a request's head (request line and headers) to arrive
+    body_timeout: float = 20.0  # seconds for its body
+    max_connections: int = 0  # open connections; 0: max(256, 8 x max_queue), always above the work queue
+    max_json_bytes: int = 256 * 1024  # a body that is not a multipart upload
+    decode_budget_bytes: int = 0  # decoded pixels in memory at once; 0: 2 x max_image_pixels x 4 bytes
+    follow_seconds: float = 1.0  # how often the alias is checked for a blue/green switch or rollback; 0: never
+
+    def connection_limit(self) -> int:
+        return self.max_connections or max(256, 8 * self.max_queue)
 
     def connection(self) -> Connection:
         return Connection(home=self.home, url=self.url, api_key=self.api_key, options=self.store_options)  # type: ignore[arg-type] - Connection types it
@@ -116,14 +134,17 @@ class SearchRequest(BaseModel):
     """A search or encode request; GET query parameters and multipart form fields use the same names."""
 
     model_config = ConfigDict(extra="forbid")
-    text: str | None = None
+    text: str | None = Field(None, max_length=MAX_TEXT)
     top_k: int = Field(10, ge=1)
-    clusters: str | list[int] = "auto"  # "auto", "all", "3,7" or [3, 7]
-    filter: list[str] = Field(default_factory=list)  # ["field=value", ...]
+    # "auto", "all", "3,7" or [3, 7]
+    clusters: Annotated[str, StringConstraints(max_length=8 * MAX_CLUSTER_IDS)] | Annotated[
+        list[int], Field(max_length=MAX_CLUSTER_IDS)] = "auto"
+    filter: list[Annotated[str, StringConstraints(max_length=MAX_FILTER_CHARS)]] = Field(  # ["field=value", ...]
+        default_factory=list, max_length=MAX_FILTERS)
     fusion: str = "rrf"
     explain: bool = False
-    like: str | None = None  # "more like this": a point id whose catalog image is the query image
-    collection: str | None = None
+    like: str | None = Field(None, max_length=64)  # "more like this": a point id whose catalog image is the query
+    collection: str | None = Field(None, max_length=255)
     threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, le=1.0)
     max_clusters: int = Field(DEFAULT_MAX_CLUSTERS, ge=1)
     oversample: int = Field(DEFAULT_OVERSAMPLE, ge=1, le=50)
@@ -200,16 +221,20 @@ def concurrent_store(store: Store) -> LockedStore | PerThreadStore:
 class BodyLimit:
     """ASGI middleware: 413 for a body over `limit` bytes, whether or not it declared its length."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, json_limit: int | None = None) -> None:
+        self.app, self.upload_limit = app, limit
+        self.json_limit = limit if json_limit is None else min(limit, json_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"request body too large: the limit is {self.limit:,} bytes"
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
+        headers = dict(scope.get("headers") or [])
+        # only a multipart upload carries an image; anything else is a small JSON request
+        limit = self.upload_limit if headers.get(b"content-type", b"").startswith(b"multipart/") else self.json_limit
+        message = f"request body too large: the limit is {limit:,} bytes"
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
             await _error(413, message)(scope, receive, send)
             return
         seen, tripped, replaced = 0, False, False
@@ -219,7 +244,7 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     tripped = True
                     raise ServiceError(413, message)
             return msg
@@ -316,25 +341,158 @@ def catalog_file(root: Path, rel: str) -> Path:
     return target
 
 
+@dataclass
+class Served:
+    """What answers a request: one physical collection, the bundle that built it and that bundle's batcher,
+    with the caches read from the collection. A request leases one (`Service.lease`) and uses it to the end,
+    so a blue/green switch or a rollback never mixes two collections or two bundles in one answer."""
+
+    physical: str
+    bundle: Any
+    batcher: MicroBatcher
+    encoder: BatchingEncoder
+    recipe: Any
+    catalog_root: Path | None
+    image_bound: int
+    fields: dict[str, list[Any]] | None = None
+    kinds: FieldKinds | None = None
+    users: int = 0
+    retired: bool = False
+
+
 class Service:
-    """The loaded state behind the routes: searcher, its store shared by threads (`concurrent_store`), batcher,
-    options."""
+    """The loaded state behind the routes: the searcher's store shared by threads (`concurrent_store`), the
+    served collection (`Served`, followed through its alias by a watcher thread) and the options."""
 
     def __init__(self, searcher: Searcher, options: ServeOptions) -> None:
         self.searcher, self.options = searcher, options
-        self.bundle = searcher.bundle
         self.store: Any = concurrent_store(searcher.store)
-        self.collection = searcher.collection
-        self.batcher = MicroBatcher(self.bundle.embed_texts, self.bundle.embed_images, max_batch=options.max_batch,
-                                    max_wait_ms=options.max_wait_ms, max_queue=options.max_queue).start()
-        self.encoder = BatchingEncoder(self.batcher, timeout=options.request_timeout)
-        meta = self.store.info(self.collection).metadata
-        self.recipe = CollectionMeta.from_dict(meta).text_recipe()  # read once, like the bundle
-        self.catalog_root = Path(meta["catalog"]) if meta.get("catalog") else None
-        self._fields: dict[str, list[Any]] | None = None
+        self.collection = searcher.collection  # the name clients use: an alias when indexed blue/green
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._failed: tuple[str, str] | None = None  # the last switch that could not be made, said once
+        self.current = self._served(searcher.bundle, self.store.resolve(self.collection))
+        self.decode_budget = DecodeBudget(options.decode_budget_bytes or 8 * options.max_image_pixels,
+                                          options.request_timeout)
+        self._watcher: threading.Thread | None = None
+        if options.follow_seconds > 0:
+            self._watcher = threading.Thread(target=self._follow, name="enclip-follow", daemon=True)
+            self._watcher.start()
+
+    # the served state, for callers that read one value (a request that needs several leases `current`)
+    @property
+    def bundle(self) -> Any:
+        return self.current.bundle
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self.current.batcher
+
+    @property
+    def encoder(self) -> BatchingEncoder:
+        return self.current.encoder
+
+    @property
+    def recipe(self) -> Any:
+        return self.current.recipe
+
+    def _served(self, bundle: Any, physical: str, reuse: Served | None = None) -> Served:
+        """The state for `physical` (built by `bundle`); its shard is opened here, so a collection another
+        process still holds fails now, before any request sees it. `reuse`: the batcher of the same bundle."""
+        meta = self.store.describe(physical).metadata
+        self.store.count(physical)  # opens it (the embedded store) and proves it answers
+        if reuse is not None and reuse.bundle is bundle:
+            batcher, encoder = reuse.batcher, reuse.encoder
+        else:
+            o = self.options
+            batcher = MicroBatcher(bundle.embed_texts, bundle.embed_images, max_batch=o.max_batch,
+                                   max_wait_ms=o.max_wait_ms, max_queue=o.max_queue).start()
+            encoder = BatchingEncoder(batcher, timeout=o.request_timeout)
+        return Served(physical=physical, bundle=bundle, batcher=batcher, encoder=encoder,
+                      recipe=CollectionMeta.from_dict(meta).text_recipe(),
+                      catalog_root=Path(meta["catalog"]) if meta.get("catalog") else None,
+                      image_bound=image_bound(bundle))
+
+    @contextmanager
+    def lease(self) -> Iterator[Served]:
+        """The served state for one request; a state replaced meanwhile is released after its last lease."""
+        with self._lock:
+            cur = self.current
+            cur.users += 1
+        try:
+            yield cur
+        finally:
+            with self._lock:
+                cur.users -= 1
+                done = cur.retired and cur.users == 0
+            if done:
+                self._release(cur)
+
+    def _release(self, old: Served) -> None:
+        """Close what only `old` used: its batcher (another bundle's) and its collection's shard."""
+        cur = self.current
+        if old.batcher is not cur.batcher:
+            old.batcher.close()
+        if old.physical != cur.physical:
+            self.store.release(old.physical)
+
+    def follow(self) -> bool:
+        """Serve what the alias points at now: after `index --blue-green` or `rollback` (in this process or
+        another) the new collection and its bundle are loaded while the old keep answering, then swapped in at
+        once. True when it switched."""
+        target = self.store.resolve(self.collection)
+        cur = self.current
+        if target == cur.physical:
+            return False
+        meta = CollectionMeta.from_dict(self.store.describe(target).metadata)
+        bundle = cur.bundle if meta.bundle_fingerprint == cur.bundle.fingerprint else self._bundle_for(target, meta)
+        new = self._served(bundle, target, reuse=cur)
+        with self._lock:
+            old, self.current = self.current, new
+            old.retired = True
+            idle = old.users == 0
+        if idle:
+            self._release(old)
+        print(f"serving {self.collection!r} from {target} now (bundle {bundle.fingerprint}; was {old.physical})",
+              file=sys.stderr, flush=True)
+        return True
+
+    def _bundle_for(self, physical: str, meta: CollectionMeta) -> Any:
+        """The bundle that built `physical`: the one `serve` was given, the workspace's or the one its metadata
+        names, whichever has its fingerprint."""
+        from enclip_qdrant.bundle.manifest import read_manifest
+        from enclip_qdrant.collection.meta import check_compatible
+        from enclip_qdrant.engine.load import load_bundle
+
+        given = self.options.bundle if isinstance(self.options.bundle, (str, Path)) else None
+        for candidate in (given, self.searcher.conn.workspace.bundle_for(self.collection), meta.bundle_path):
+            if candidate and Path(candidate, MANIFEST).is_file() and \
+                    read_manifest(Path(candidate)).get("fingerprint") == meta.bundle_fingerprint:
+                bundle = load_bundle(Path(candidate), engine=self.options.engine)
+                check_compatible(self.store, physical, bundle)
+                return bundle
+        raise BundleError(f"{physical!r} was built by bundle {meta.bundle_fingerprint or '?'}, which is not on this "
+                          f"machine: still serving {self.current.physical!r}")
+
+    def _follow(self) -> None:
+        """The watcher: checks the alias every `follow_seconds`; a switch that fails (the indexer still holds
+        the new collection, its bundle is missing) is said once and tried again."""
+        while not self._stop.wait(self.options.follow_seconds):
+            try:
+                self.follow()
+                self._failed = None
+            except Exception as e:  # keep serving what works; never let the watcher die
+                line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                key = (self.collection, line)
+                if key != self._failed:
+                    self._failed = key
+                    print(f"not switching {self.collection!r} yet: {line}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        self.batcher.close()
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+        self.current.batcher.close()
         if isinstance(self.store, PerThreadStore):
             self.store.close_threads()
         self.searcher.close()
@@ -347,28 +505,40 @@ class Service:
             raise QueryError(f"this service serves collection {self.collection!r}, not {name!r}: "
                              f"run another `enclip-qdrant serve --collection {name}`")
 
-    def fields(self) -> dict[str, list[Any]]:
+    def fields(self, cur: Served) -> dict[str, list[Any]]:
         """Catalog fields with few distinct values (filter menus), from the first points of the collection."""
-        if self._fields is None:
+        if cur.fields is None:
             values: dict[str, set[Any]] = {}
             with self.store.lock:  # scroll is a generator: hold the lock while it is read, not just made
-                payloads = [p for _, p in itertools.islice(self.searcher.store.scroll(self.collection), _FIELD_SCAN)]
+                payloads = [p for _, p in itertools.islice(self.searcher.store.scroll(cur.physical), _FIELD_SCAN)]
             for payload in payloads:
                 for k, v in payload.items():
                     if k not in _NOT_FIELDS and isinstance(v, (str, int, float)) and not isinstance(v, bool):
                         values.setdefault(k, set()).add(v)
-            self._fields = {k: sorted(v, key=str) for k, v in sorted(values.items())
-                            if 1 < len(v) <= _MAX_FIELD_VALUES}
-        return self._fields
+            cur.fields = {k: sorted(v, key=str) for k, v in sorted(values.items())
+                          if 1 < len(v) <= _MAX_FIELD_VALUES}
+        return cur.fields
 
-    def image_path(self, point_id: str) -> Path:
-        if self.catalog_root is None:
+    def field_kinds(self, cur: Served) -> FieldKinds:
+        """The served collection's filter field types, read once (and again after a while), so a filter costs
+        no store call per field and an unknown one is refused at once."""
+        kinds = cur.kinds
+        if kinds is None or time.monotonic() - kinds.made > _FIELD_TYPES_TTL:
+            with self.store.lock:  # the scan reads a generator: hold the lock while it is read
+                kinds = cur.kinds = FieldKinds(self.searcher.store, cur.physical, _FIELD_SCAN)
+        return kinds
+
+    def image_path(self, point_id: str, cur: Served | None = None) -> Path:
+        if cur is None:
+            with self.lease() as cur:
+                return self.image_path(point_id, cur)
+        if cur.catalog_root is None:
             raise ServiceError(404, "this collection does not record its catalog folder")
-        hits = self.store.retrieve(self.collection, [point_id])
+        hits = self.store.retrieve(cur.physical, [point_id])
         if not hits or not hits[0].payload.get("image"):
             raise ServiceError(404, f"no product {point_id!r} in {self.collection!r}")
         try:
-            path = catalog_file(self.catalog_root, str(hits[0].payload["image"]))
+            path = catalog_file(cur.catalog_root, str(hits[0].payload["image"]))
         except PermissionError:
             raise ServiceError(403, "refused: that image is outside the catalog folder") from None
         if not path.is_file():
@@ -376,14 +546,26 @@ class Service:
         return path
 
     def read_image(self, data: bytes, name: str) -> Image.Image:
-        """Decode an uploaded image; dimensions are checked from the header before any pixel is decoded."""
+        """Decode an uploaded image; dimensions are checked from the header before any pixel is decoded, and
+        the decode waits for its share of the decode budget, at reduced scale for JPEG, shrunk to the bound the
+        library decodes queries to (`image_bound`)."""
+        bound = self.current.image_bound
         try:
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 if w * h > self.options.max_image_pixels:
                     raise QueryError(f"image {name} is too large: {w}x{h} pixels (the limit is "
                                      f"{self.options.max_image_pixels:,})")
-                return im.convert("RGB")
+                if im.format == "JPEG":
+                    im.draft("RGB", (bound, bound))  # the size it decodes to, from here
+                w, h = im.size
+                share = self.decode_budget.acquire(w * h * (1 if im.mode in ("1", "L", "P") else 4))
+                if share is None:
+                    raise Overloaded(what="too many images being decoded")
+                try:
+                    return decode_bounded(im, bound)
+                finally:
+                    self.decode_budget.release(share)
         except Image.DecompressionBombError:
             raise QueryError(f"image {name} is too large to decode safely") from None
         except UnidentifiedImageError:
@@ -392,29 +574,30 @@ class Service:
             raise QueryError(f"cannot read query image {name}: {str(e).splitlines()[0] if str(e) else 'bad data'}"
                              ) from None
 
-    def like_image(self, point_id: str) -> Image.Image:
-        path = self.image_path(point_id)
-        return self.read_image(path.read_bytes(), point_id)
-
-    def _inputs(self, req: SearchRequest, image: Image.Image | None) -> tuple[str | None, Image.Image | None]:
+    def _inputs(self, req: SearchRequest, image: Image.Image | None,
+                cur: Served) -> tuple[str | None, Image.Image | None]:
         self.check_collection(req.collection)
         if req.top_k > self.options.max_top_k:
             raise QueryError(f"--top-k must be at most {self.options.max_top_k}")
         if req.like:
             if image is not None:
                 raise QueryError("give an image or `like`, not both")
-            image = self.like_image(req.like)
+            image = self.read_image(self.image_path(req.like, cur).read_bytes(), req.like)
         return req.text, image
 
-    def _mode(self, req: SearchRequest) -> Any:
-        return parse_clusters(req.clusters) if isinstance(req.clusters, str) else req.clusters
+    def _options(self, req: SearchRequest) -> SearchOptions:
+        """The request's search settings, checked once (a bad value is one 400 line before any encoding)."""
+        clusters = parse_clusters(req.clusters) if isinstance(req.clusters, str) else req.clusters
+        return SearchOptions(top_k=req.top_k, clusters=clusters, fusion=req.fusion,  # type: ignore[arg-type]
+                             threshold=req.threshold, max_clusters=req.max_clusters, oversample=req.oversample,
+                             explain=req.explain, text_weight=req.text_weight)
 
     def search(self, req: SearchRequest, image: Image.Image | None) -> dict[str, Any]:
-        text, image = self._inputs(req, image)
-        resp = search(self.bundle, self.store, self.collection, text, image=image, top_k=req.top_k,
-                      clusters=self._mode(req), fusion=req.fusion, filters=parse_filters(req.filter),
-                      threshold=req.threshold, max_clusters=req.max_clusters, oversample=req.oversample,
-                      explain=req.explain, encoder=self.encoder, text_weight=req.text_weight, recipe=self.recipe)
+        with self.lease() as cur:
+            text, image = self._inputs(req, image, cur)
+            resp = search(cur.bundle, self.store, cur.physical, text, image=image, options=self._options(req),
+                          filters=parse_filters(req.filter), encoder=cur.encoder, recipe=cur.recipe,
+                          field_kinds=self.field_kinds(cur))
         if req.like:
             resp.query["like"] = req.like
         return resp.to_dict(req.explain)
@@ -422,15 +605,18 @@ class Service:
     def encode(self, req: SearchRequest, image: Image.Image | None) -> dict[str, Any]:
         """The query as vectors plus the Qdrant request `search` would send, for applications that query
         their own Qdrant (the collection name is the alias when there is one, so it follows blue/green)."""
-        text, image = self._inputs(req, image)
-        SearchOptions(top_k=req.top_k, fusion=req.fusion, threshold=req.threshold,  # type: ignore[arg-type]
-                      max_clusters=req.max_clusters, oversample=req.oversample, text_weight=req.text_weight)
-        plan = plan_query(self.bundle, self.store, self.collection, text, image, clusters=self._mode(req),
-                          filters=parse_filters(req.filter), threshold=req.threshold, max_clusters=req.max_clusters,
-                          encoder=self.encoder, text_weight=req.text_weight, recipe=self.recipe,
-                          fusion=req.fusion)  # type: ignore[arg-type]
-        body = fused_query_request(plan.vectors, limit=req.top_k, prefetch_limit=req.top_k * req.oversample,
-                                   fusion=req.fusion, filter=plan.filter, weights=plan.weights,  # type: ignore[arg-type]
+        # imported here: the request is qdrant-client's model, and an embedded service never loads that client
+        # unless an application asks for a body to send to its own server
+        from enclip_qdrant.store.server import fused_query_request
+
+        o = self._options(req)
+        with self.lease() as cur:
+            text, image = self._inputs(req, image, cur)
+            plan = plan_query(cur.bundle, self.store, cur.physical, text, image, options=o,
+                              filters=parse_filters(req.filter), encoder=cur.encoder, recipe=cur.recipe,
+                              field_kinds=self.field_kinds(cur))
+        body = fused_query_request(plan.vectors, limit=o.top_k, prefetch_limit=o.top_k * o.oversample,
+                                   fusion=o.fusion, filter=plan.filter, weights=plan.weights,
                                    vector_filters=plan.vector_filters)
         return {
             "vectors": {name: [float(x) for x in v] for name, v in plan.encoded.vectors.items()},
@@ -444,17 +630,30 @@ class Service:
         }
 
     def collections(self) -> dict[str, Any]:
+        with self.lease() as cur:
+            return self._collections(cur)
+
+    def _collections(self, cur: Served) -> dict[str, Any]:
         out = []
         aliases = self.store.aliases()
+        served_name = cur.physical
         for name in self.store.list_collections():
-            ci = self.store.info(name)
+            # only the served collection is read through its open shard: listing opens nothing (embedded)
+            ci = self.store.info(name) if name == served_name else self.store.describe(name)
             served = sorted(a for a, t in aliases.items() if t == name)
             out.append({"name": name, "aliases": served, "points": ci.points, "vectors": ci.vectors,
                         "payload_schema": ci.payload_schema,
                         "bundle_fingerprint": ci.metadata.get("bundle_fingerprint"),
-                        "served": name == self.store.resolve(self.collection)})
-        return {"served": self.collection, "store": self.searcher.store.kind, "clusters": self.bundle.clusters.k,
-                "members": list(self.bundle.vectors), "fields": self.fields(), "collections": out}
+                        "served": name == served_name})
+        return {"served": self.collection, "store": self.searcher.store.kind, "clusters": cur.bundle.clusters.k,
+                "members": list(cur.bundle.vectors), "fields": self.fields(cur), "collections": out}
+
+    def ready(self) -> dict[str, Any]:
+        with self.lease() as cur:
+            points = self.store.count(cur.physical)
+            return {"ready": True, "collection": self.collection, "physical": cur.physical, "points": points,
+                    "bundle": cur.bundle.fingerprint, "engine": cur.bundle.engine, "batches": vars(cur.batcher.stats)}
+
 
 
 def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
@@ -504,7 +703,7 @@ def create_app(options: ServeOptions | None = None, *,
     def service() -> Service:
         svc = app.state.service
         if svc is None:
-            raise ServiceError(503, "the service is starting or stopping")
+            raise ServiceError(503, "the service is starting or stopping", {"Retry-After": "1"})
         return svc
 
     # -- errors: one JSON line each, never a traceback --------------------------------------------
@@ -520,6 +719,10 @@ def create_app(options: ServeOptions | None = None, *,
     @app.exception_handler(Overloaded)
     async def _overloaded(_: Request, e: Overloaded) -> JSONResponse:
         return _error(503, str(e), {"Retry-After": str(e.retry_after)})
+
+    @app.exception_handler(BodyTimeout)
+    async def _body_timeout(_: Request, e: BodyTimeout) -> JSONResponse:
+        return _error(408, str(e), {"Connection": "close"})
 
     @app.exception_handler(EncodeTimeout)
     async def _encode_timeout(_: Request, e: EncodeTimeout) -> JSONResponse:
@@ -623,12 +826,9 @@ def create_app(options: ServeOptions | None = None, *,
         if svc is None:
             return JSONResponse({"ready": False, "error": "bundle not loaded"}, status_code=503)
         try:
-            points = await run_in_threadpool(svc.store.count, svc.collection)
+            return JSONResponse(await run_in_threadpool(svc.ready))
         except EnclipError as e:
             return JSONResponse({"ready": False, "error": str(e).splitlines()[0]}, status_code=503)
-        return JSONResponse({"ready": True, "collection": svc.collection, "points": points,
-                             "bundle": svc.bundle.fingerprint, "engine": svc.bundle.engine,
-                             "batches": vars(svc.batcher.stats)})
 
     @app.get("/images/{point_id}", summary="A product's catalog image (only files inside the catalog folder)")
     async def image(point_id: str) -> FileResponse:
@@ -641,7 +841,9 @@ def create_app(options: ServeOptions | None = None, *,
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, key=key, timeout=opts.request_timeout)
-    app.add_middleware(BodyLimit, limit=opts.max_upload_bytes + 64 * 1024)  # room for the form's other fields
+    app.add_middleware(BodyLimit, limit=opts.max_upload_bytes + 64 * 1024,  # room for the form's other fields
+                       json_limit=opts.max_json_bytes)
+    app.add_middleware(BodyDeadline, timeout=opts.body_timeout)
     return app
 
 
@@ -656,4 +858,4 @@ def serve(options: ServeOptions) -> None:
                         device=options.device)
     app = create_app(options, searcher_factory=lambda: searcher)
     uvicorn.run(app, host=options.host, port=options.port, log_level=os.environ.get("ENCLIP_LOG_LEVEL", "info"),
-                timeout_keep_alive=5, limit_concurrency=max(64, options.max_queue * 4))
+                **server_settings(options.header_timeout, options.connection_limit()))

@@ -29,8 +29,8 @@ _STOP = object()
 class Overloaded(Exception):
     """The encode queue is full: the client should retry after `retry_after` seconds."""
 
-    def __init__(self, retry_after: int = 1) -> None:
-        super().__init__(f"server busy: too many queries waiting to be encoded; retry in {retry_after} s")
+    def __init__(self, retry_after: int = 1, what: str = "too many queries waiting to be encoded") -> None:
+        super().__init__(f"server busy: {what}; retry in {retry_after} s")
         self.retry_after = retry_after
 
 

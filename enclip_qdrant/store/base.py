@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from enclip_qdrant.errors import StoreError
+from enclip_qdrant.progress import Progress
 
 Fusion = Literal["rrf", "dbsf"]
 
@@ -60,6 +61,8 @@ class CollectionOptions:
     quantization: Quantization = "none"  # "int8": scalar quantization kept in RAM, originals rescore
     hnsw_m: int | None = None
     hnsw_ef_construct: int | None = None
+    # Qdrant's optimizer: a segment whose vectors take less than this many KB stays unindexed (searched exactly).
+    indexing_threshold: int | None = None
     shard_number: int | None = None
     replication_factor: int | None = None
     payload_indexes: Mapping[str, str] = field(default_factory=dict)
@@ -68,7 +71,8 @@ class CollectionOptions:
         # Checked here so a bad CLI flag fails before any training or embedding starts.
         if self.quantization not in QUANTIZATIONS:
             raise StoreError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {self.quantization!r}")
-        minimum = {"hnsw_m": 0, "hnsw_ef_construct": 4, "shard_number": 1, "replication_factor": 1}
+        minimum = {"hnsw_m": 0, "hnsw_ef_construct": 4, "indexing_threshold": 0, "shard_number": 1,
+                   "replication_factor": 1}
         for key, low in minimum.items():
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
@@ -88,6 +92,7 @@ class CollectionOptions:
             "quantization": self.quantization,
             "hnsw_m": self.hnsw_m,
             "hnsw_ef_construct": self.hnsw_ef_construct,
+            **({} if self.indexing_threshold is None else {"indexing_threshold": self.indexing_threshold}),
             "shard_number": self.shard_number,
             "replication_factor": self.replication_factor,
             "payload_indexes": {str(k): str(v).lower() for k, v in self.payload_indexes.items()},
@@ -103,12 +108,14 @@ class CollectionOptions:
 class ServerOptions:
     """How to talk to a Qdrant server; the embedded store ignores them.
 
+    `grpc_port` is where `prefer_grpc` connects (the URL's port is the REST one; Qdrant's default 6334).
     `https` only matters for a URL without a scheme (the scheme wins otherwise); `timeout` is per request in
     seconds; a request failing transiently is tried `retries` more times, waiting about `backoff`,
     2x`backoff`, 4x`backoff`... (at most `max_backoff`) with jitter.
     """
 
     prefer_grpc: bool = False
+    grpc_port: int = 6334
     https: bool | None = None
     timeout: float | None = 30
     retries: int = 3
@@ -121,6 +128,8 @@ class ServerOptions:
             raise StoreError(f"retries must be an integer >= 0, not {self.retries!r}")
         if not self.backoff >= 0 or not self.max_backoff >= 0:
             raise StoreError(f"backoff and max_backoff must be >= 0, not {self.backoff!r} and {self.max_backoff!r}")
+        if isinstance(self.grpc_port, bool) or not isinstance(self.grpc_port, int) or not 0 < self.grpc_port < 65536:
+            raise StoreError(f"grpc_port must be a port number (1-65535), not {self.grpc_port!r}")
         if self.timeout is not None and not self.timeout > 0:
             raise StoreError(f"timeout must be > 0 seconds, not {self.timeout!r}")
 
@@ -177,13 +186,42 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class SearchParams:
+    """How each nearest-neighbour list is searched: `hnsw_ef` candidates kept while walking an HNSW graph
+    (None: Qdrant's default), or `exact` (every vector scored, no graph: what evaluation ranks by, and the
+    reference an approximate search is measured against). Both stores send them to Qdrant as they are."""
+
+    hnsw_ef: int | None = None
+    exact: bool = False
+
+    def __post_init__(self) -> None:
+        ef = self.hnsw_ef
+        if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int) or ef < 1):
+            raise StoreError(f"hnsw_ef must be an integer >= 1, not {ef!r}")
+
+    def is_default(self) -> bool:
+        return self.hnsw_ef is None and not self.exact
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """Whether a collection's member vectors are in HNSW graphs or searched exactly, for `info`."""
+
+    hnsw: bool  # on: the embedded store builds HNSW after each `index`; a server's optimizer builds it itself
+    indexed_vectors: int  # member (dense) vectors in an HNSW graph; the rest are scanned exactly
+    vectors: int  # member vectors stored: points x members
+    segments: int | None = None
+
+
+@dataclass(frozen=True)
 class CollectionInfo:
     name: str
-    points: int
+    points: int | None  # None only from `describe` of an embedded collection this store has not opened
     vectors: dict[str, int]
     payload_schema: dict[str, str]  # indexed payload field -> type name ("integer", "keyword", ...)
     metadata: dict[str, Any]
     sparse_vectors: list[str] = field(default_factory=list)
+    index: IndexState | None = None
 
 
 class Store(ABC):
@@ -211,6 +249,10 @@ class Store(ABC):
 
     @abstractmethod
     def info(self, name: str) -> CollectionInfo: ...
+
+    def describe(self, name: str) -> CollectionInfo:
+        """What a listing shows without taking the collection: `info`, where reading it takes nothing."""
+        return self.info(name)
 
     @abstractmethod
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
@@ -255,12 +297,13 @@ class Store(ABC):
         filter: SearchFilter | None = None,
         weights: Mapping[str, float] | None = None,
         vector_filters: Mapping[str, SearchFilter | None] | None = None,
+        params: SearchParams | None = None,
     ) -> list[Hit]:
         """ONE Query API call: a prefetch per named vector, dense or sparse (each carrying `filter`, or its own
         from `vector_filters`: the text list searches every cluster while the members are routed), fused by
         RRF or DBSF. `weights` (RRF only; missing names weigh 1) multiply each list's RRF terms: a point scores
         sum of w / (RRF_K + p) over the lists that hold it at 0-based position p (see RRF_K). Ties in score are
-        broken by point id, so identical queries rank identically."""
+        broken by point id, so identical queries rank identically. `params` go to every list's search."""
 
     @abstractmethod
     def query_each(
@@ -271,12 +314,19 @@ class Store(ABC):
         limit: int,
         filter: SearchFilter | None = None,
         vector_filters: Mapping[str, SearchFilter | None] | None = None,
+        params: SearchParams | None = None,
     ) -> dict[str, list[Hit]]:
         """Each named vector searched on its own (one batch call), with the filters `query_fused` gives it: the
         per-list ranks for `--explain`."""
 
     @abstractmethod
     def count(self, name: str, filter: SearchFilter | None = None) -> int: ...
+
+    @abstractmethod
+    def build_index(self, name: str, *, hnsw: bool = True, progress: Progress | None = None) -> IndexState:
+        """Turn HNSW on (or off) for the collection's member vectors and, when on, index what is stored now,
+        blocking until done; the sparse text index is kept either way. Called by `index` after each run, so
+        the points a later run adds are indexed too."""
 
     @abstractmethod
     def facet_counts(self, name: str, key: str) -> dict[Any, int]:
@@ -302,6 +352,10 @@ class Store(ABC):
     def clone(self) -> Store:
         """Another store on the same place, with a client of its own (only where `thread_clients`)."""
         raise NotImplementedError(f"a {self.kind} store cannot open a second client")
+
+    def release(self, name: str) -> None:  # noqa: B027 - optional hook
+        """Let go of what this store holds open for collection `name` (the embedded store: its shard and the
+        shard's lock, so another process may open it); the next call on it opens it again."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files or connections."""

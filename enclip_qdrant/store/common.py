@@ -31,6 +31,25 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SCHEMA_TYPES = {t.lower(): t for t in ("Keyword", "Integer", "Float", "Bool", "Datetime", "Uuid", "Text")}
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def json_path(key: str) -> str:
+    """A payload key as Qdrant's JSON path: quoted unless plain (a space, `.`, `[`, `$`... would be path syntax),
+    so a catalog column like "base colour" is filtered, indexed and faceted as itself on both stores. Plain keys
+    stay unquoted, so existing collections' indexes keep their names."""
+    if _PLAIN_KEY.fullmatch(key):
+        return key
+    if '"' in key or not key:
+        raise QueryError(f"field {key!r} cannot be filtered on: Qdrant's paths cannot hold a double quote")
+    return f'"{key}"'
+
+
+def payload_key(path: str) -> str:
+    """The payload key a (possibly quoted) path of a store's schema names: json_path's inverse."""
+    return path[1:-1] if len(path) >= 2 and path[0] == path[-1] == '"' else path
+
+
 def check_name(name: str) -> str:
     """Names become folder names (and server collection names), so keep them path-safe everywhere."""
     if not isinstance(name, str) or not NAME.match(name):

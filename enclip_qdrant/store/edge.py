@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from qdrant_edge import (
     CountRequest,
     Distance,
     EdgeConfig,
+    EdgeOptimizersConfig,
     EdgeShard,
     EdgeSparseVectorParams,
     EdgeVectorParams,
@@ -33,6 +35,7 @@ from qdrant_edge import (
     FieldCondition,
     Filter,
     Formula,
+    HasVectorCondition,
     HnswIndexConfig,
     MatchAny,
     MatchValue,
@@ -47,6 +50,7 @@ from qdrant_edge import (
     ScalarQuantizationConfig,
     ScalarType,
     ScrollRequest,
+    SearchParams,
     SparseVector,
     UpdateOperation,
 )
@@ -54,6 +58,7 @@ from qdrant_edge import Fusion as EdgeFusion
 
 from enclip_qdrant.errors import CollectionNotFound, EnclipError, StoreError
 from enclip_qdrant.files import BusyError, atomic_write_json, locked
+from enclip_qdrant.progress import NullProgress, Progress
 from enclip_qdrant.store.base import (
     RRF_K,
     CollectionInfo,
@@ -61,6 +66,7 @@ from enclip_qdrant.store.base import (
     CollectionSpec,
     Fusion,
     Hit,
+    IndexState,
     PointRecord,
     QueryVector,
     SearchFilter,
@@ -68,6 +74,7 @@ from enclip_qdrant.store.base import (
     Store,
     batched,
 )
+from enclip_qdrant.store.base import SearchParams as Params
 from enclip_qdrant.store.common import (
     FORMAT,
     MARKER,
@@ -81,7 +88,9 @@ from enclip_qdrant.store.common import (
     hit,
     indexed_fields,
     json_copy,
+    json_path,
     nonempty,
+    payload_key,
     refuse_drop,
     rrf_weights,
     stable_order,
@@ -120,7 +129,15 @@ def edge_config(vectors: Mapping[str, int], options: CollectionOptions | None,
         )
     quantization = ScalarQuantizationConfig(ScalarType.Int8, always_ram=True) if opts.quantization == "int8" else None
     sparse_params = {k: EdgeSparseVectorParams(modifier=Modifier.Idf) for k in sparse} or None
-    return EdgeConfig(vectors=params, sparse_vectors=sparse_params, hnsw_config=hnsw, quantization_config=quantization)
+    optimizers = None if opts.indexing_threshold is None else EdgeOptimizersConfig(
+        indexing_threshold=opts.indexing_threshold)
+    return EdgeConfig(vectors=params, sparse_vectors=sparse_params, hnsw_config=hnsw, quantization_config=quantization,
+                      optimizers=optimizers)
+
+
+def _edge_params(params: Params | None) -> SearchParams | None:
+    return None if params is None or params.is_default() else SearchParams(hnsw_ef=params.hnsw_ef,
+                                                                            exact=params.exact)
 
 
 def _edge_vector(v: list[float] | SparseVec) -> Any:
@@ -140,7 +157,7 @@ def _edge_filter(flt: SearchFilter | None) -> Filter | None:
     for key, values in flt.fields.items():
         vals = list(values)
         match = MatchValue(vals[0]) if len(vals) == 1 else MatchAny(vals)
-        must.append(FieldCondition(key, match=match))
+        must.append(FieldCondition(json_path(key), match=match))
     return Filter(must=must)
 
 
@@ -215,7 +232,7 @@ class EdgeStore(Store):
                     try:
                         for key, kind in doc["indexed_fields"].items():
                             schema = getattr(PayloadSchemaType, SCHEMA_TYPES[kind])
-                            shard.update(UpdateOperation.create_field_index(key, schema))
+                            shard.update(UpdateOperation.create_field_index(json_path(key), schema))
                         shard.flush()
                     finally:
                         shard.close()
@@ -242,7 +259,8 @@ class EdgeStore(Store):
         with self._errors(name, "info"):
             shard_info = self._shard(name).info()
         # PyO3 enums have no `.name`; their str() is "PayloadSchemaType.Integer"
-        schema = {k: str(v.data_type).rsplit(".", 1)[-1].lower() for k, v in shard_info.payload_schema.items()}
+        schema = {payload_key(k): str(v.data_type).rsplit(".", 1)[-1].lower()
+                  for k, v in shard_info.payload_schema.items()}
         return CollectionInfo(
             name=name,
             points=int(shard_info.points_count),
@@ -250,7 +268,67 @@ class EdgeStore(Store):
             payload_schema=schema,
             metadata=json_copy(spec["metadata"]),
             sparse_vectors=list(spec.get("sparse_vectors", [])),
+            index=self._index_state(name, spec, shard_info),
         )
+
+    def _index_state(self, name: str, spec: Mapping[str, Any], shard_info: Any) -> IndexState:
+        """qdrant-edge counts the sparse vectors in its inverted index as indexed too: those are taken off,
+        so what remains are the member vectors in HNSW graphs."""
+        shard = self._shard(name)
+        with self._errors(name, "info"):
+            sparse = sum(int(shard.count(CountRequest(exact=True, filter=Filter(must=[HasVectorCondition(k)]))))
+                         for k in spec.get("sparse_vectors", []))
+        points = int(shard_info.points_count)
+        return IndexState(hnsw=bool(spec.get("hnsw", False)), vectors=points * len(spec["vectors"]),
+                          indexed_vectors=max(0, int(shard_info.indexed_vectors_count) - sparse),
+                          segments=int(shard_info.segments_count))
+
+    def build_index(self, name: str, *, hnsw: bool = True, progress: Progress | None = None) -> IndexState:
+        """Records the choice in the spec, then runs qdrant-edge's own optimizer, which builds an HNSW graph per
+        named vector for each segment above the indexing threshold (and merges small segments). It holds the
+        GIL until done, so progress is a line before and one after, not a moving bar."""
+        name = self.resolve(name)
+        progress = progress or NullProgress()
+        with locked(self._root / LAYOUT_LOCK, what=f"the embedded store at {self.location}"):
+            self._specs.pop(name, None)
+            doc = dict(self._spec(name))
+            if bool(doc.get("hnsw", False)) != hnsw:
+                doc["hnsw"] = hnsw
+                atomic_write_json(self._root / name / SPEC_FILE, doc, sort_keys=True)
+            self._specs[name] = doc
+        if hnsw:
+            before = self.info(name).index
+            assert before is not None
+            task = progress.task(f"HNSW index of {name} ({before.vectors - before.indexed_vectors:,} member "
+                                 f"vectors not yet indexed)", total=None)
+            t = time.perf_counter()
+            shard = self._shard(name)
+            try:
+                with self._errors(name, "optimize"):
+                    changed = shard.optimize()
+                    shard.flush()
+            finally:
+                task.close()
+            after = self.info(name).index
+            assert after is not None
+            if changed:
+                progress.log(f"HNSW index of {name}: {after.indexed_vectors:,} of {after.vectors:,} member vectors "
+                             f"indexed, {after.segments} segments, in {time.perf_counter() - t:.0f} s")
+            return after
+        state = self.info(name).index
+        assert state is not None
+        return state
+
+    def describe(self, name: str) -> CollectionInfo:
+        """`info` from the spec alone unless the shard is open here already: opening a shard locks it against
+        every other process, so a listing must never open one (points stay None)."""
+        name = self.resolve(name)
+        if name in self._shards:
+            return self.info(name)
+        spec = self._spec(name)
+        return CollectionInfo(name=name, points=None, vectors=dict(spec["vectors"]),
+                              payload_schema=dict(spec.get("indexed_fields", {})),
+                              metadata=json_copy(spec["metadata"]), sparse_vectors=list(spec.get("sparse_vectors", [])))
 
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
         name = self.resolve(name)
@@ -298,7 +376,7 @@ class EdgeStore(Store):
 
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         shard = self._shard(name)
-        with_payload: Any = True if fields is None else (list(fields) or False)
+        with_payload: Any = True if fields is None else ([json_path(f) for f in fields] or False)
         offset: Any = None
         while True:
             with self._errors(name, "scroll"):
@@ -344,12 +422,14 @@ class EdgeStore(Store):
         filter: SearchFilter | None = None,
         weights: Mapping[str, float] | None = None,
         vector_filters: Mapping[str, SearchFilter | None] | None = None,
+        params: Params | None = None,
     ) -> list[Hit]:
         shard = self._shard(name)
         named = nonempty(vectors)
+        how = _edge_params(params)
         lists = [
             Prefetch(limit=prefetch_limit, query=Query.Nearest(_edge_vector(v), using=k),
-                     filter=_edge_filter(filter_for(k, filter, vector_filters)))
+                     filter=_edge_filter(filter_for(k, filter, vector_filters)), params=how)
             for k, v in named.items()
         ]
         w = rrf_weights(list(named), check_fusion(fusion), weights)
@@ -372,12 +452,14 @@ class EdgeStore(Store):
         limit: int,
         filter: SearchFilter | None = None,
         vector_filters: Mapping[str, SearchFilter | None] | None = None,
+        params: Params | None = None,
     ) -> dict[str, list[Hit]]:
         shard = self._shard(name)
         named = nonempty(vectors)
+        how = _edge_params(params)
         requests = [
             QueryRequest(limit=limit, query=Query.Nearest(_edge_vector(v), using=k),
-                         filter=_edge_filter(filter_for(k, filter, vector_filters)), with_payload=True)
+                         filter=_edge_filter(filter_for(k, filter, vector_filters)), with_payload=True, params=how)
             for k, v in named.items()
         ]
         with self._errors(name, "query"):
@@ -393,7 +475,7 @@ class EdgeStore(Store):
         shard = self._shard(name)
         with self._errors(name, "facet"):
             limit = max(1, shard.info().points_count)  # distinct values <= points: never truncated
-            response = shard.facet(FacetRequest(key, limit=limit, exact=True))
+            response = shard.facet(FacetRequest(json_path(key), limit=limit, exact=True))
         return {h.value: int(h.count) for h in response}
 
     # -- aliases -------------------------------------------------------------------------------
@@ -435,6 +517,9 @@ class EdgeStore(Store):
                 raise CollectionNotFound(f"no alias {alias!r} in {self.location}")
             atomic_write_json(self._root / ALIASES_FILE, current, sort_keys=True)
 
+    def release(self, name: str) -> None:
+        self._forget(self.aliases().get(check_name(name), name))
+
     def close(self) -> None:
         for name in list(self._shards):
             self._forget(name)
@@ -474,7 +559,10 @@ class EdgeStore(Store):
             except Exception as e:  # qdrant-edge raises bare Exception
                 if "WouldBlock" in str(e):
                     raise StoreError(
-                        f"collection {name!r} is in use by another process (or another open store) at {path}"
+                        f"collection {name!r} is in use by another process (a running `enclip-qdrant serve`, "
+                        f"another `index`, or another open store) at {path}: stop it to change this collection "
+                        "in place, or index a new bundle beside it with `index --bundle NEW --blue-green` "
+                        "(a running service switches to it)"
                     ) from e
                 raise StoreError(f"cannot open collection {name!r} at {path}: {_line(e)}") from e
             self._shards[name] = shard

@@ -26,6 +26,7 @@ from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from enclip_qdrant.errors import CollectionNotFound, EnclipError, StoreError, redact_url
+from enclip_qdrant.progress import NullProgress, Progress
 from enclip_qdrant.store.base import (
     RRF_K,
     CollectionInfo,
@@ -33,9 +34,11 @@ from enclip_qdrant.store.base import (
     CollectionSpec,
     Fusion,
     Hit,
+    IndexState,
     PointRecord,
     QueryVector,
     SearchFilter,
+    SearchParams,
     ServerOptions,
     SparseVec,
     Store,
@@ -52,7 +55,9 @@ from enclip_qdrant.store.common import (
     hit,
     indexed_fields,
     json_copy,
+    json_path,
     nonempty,
+    payload_key,
     refuse_drop,
     rrf_weights,
     stable_order,
@@ -112,6 +117,8 @@ def _create_kwargs(options: CollectionOptions | None) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     if options.hnsw_m is not None or options.hnsw_ef_construct is not None:
         kw["hnsw_config"] = models.HnswConfigDiff(m=options.hnsw_m, ef_construct=options.hnsw_ef_construct)
+    if options.indexing_threshold is not None:
+        kw["optimizers_config"] = models.OptimizersConfigDiff(indexing_threshold=options.indexing_threshold)
     if options.quantization == "int8":
         kw["quantization_config"] = models.ScalarQuantization(
             scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
@@ -132,7 +139,7 @@ def _filter(flt: SearchFilter | None) -> models.Filter | None:
     for key, values in flt.fields.items():
         vals = list(values)
         match = models.MatchValue(value=vals[0]) if len(vals) == 1 else models.MatchAny(any=vals)
-        must.append(models.FieldCondition(key=key, match=match))
+        must.append(models.FieldCondition(key=json_path(key), match=match))
     return models.Filter(must=must)
 
 
@@ -161,17 +168,26 @@ def _split(vectors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Sparse
     return dense, sparse
 
 
+def search_params(params: SearchParams | None) -> models.SearchParams | None:
+    """`hnsw_ef` and `exact` as Qdrant's own search params (None: the server's defaults)."""
+    if params is None or params.is_default():
+        return None
+    return models.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact)
+
+
 def fused_query_request(vectors: Mapping[str, QueryVector], *, limit: int, prefetch_limit: int,
                         fusion: Fusion = "rrf", filter: SearchFilter | None = None,
                         weights: Mapping[str, float] | None = None,
-                        vector_filters: Mapping[str, SearchFilter | None] | None = None) -> models.QueryRequest:
+                        vector_filters: Mapping[str, SearchFilter | None] | None = None,
+                        params: SearchParams | None = None) -> models.QueryRequest:
     """The one fused Query API request `query_fused` sends: a prefetch per named vector, dense or sparse (each
     filtered), then RRF (k=RRF_K) or DBSF; with weights other than 1, each list is its own RRF prefetch and a
     formula sums w x its score (store/common.py, `weighted_formula_terms`). Public so the query service hands
     applications exactly this body
     (`.model_dump(mode="json", exclude_none=True)` is the REST JSON for POST /collections/NAME/points/query)."""
     named = nonempty(vectors)
-    lists = [models.Prefetch(query=_vector(v), using=k, limit=prefetch_limit,
+    how = search_params(params)
+    lists = [models.Prefetch(query=_vector(v), using=k, limit=prefetch_limit, params=how,
                              filter=_filter(filter_for(k, filter, vector_filters))) for k, v in named.items()]
     w = rrf_weights(list(named), check_fusion(fusion), weights)
     if w is not None:
@@ -220,6 +236,7 @@ class ServerStore(Store):
                     url=url,
                     api_key=api_key,
                     prefer_grpc=options.prefer_grpc,
+                    grpc_port=options.grpc_port,
                     https=options.https,
                     timeout=options.timeout,  # type: ignore[arg-type]  # qdrant-client rounds it up to whole seconds
                     check_compatibility=False,
@@ -298,7 +315,7 @@ class ServerStore(Store):
                         name,
                         self.client.create_payload_index,
                         name,
-                        key,
+                        json_path(key),
                         models.PayloadSchemaType(kind),
                         wait=True,
                     )
@@ -326,7 +343,8 @@ class ServerStore(Store):
         meta = desc.config.metadata or {}
         vectors = desc.config.params.vectors
         dims = {k: int(v.size) for k, v in vectors.items()} if isinstance(vectors, Mapping) else {}
-        schema = {k: str(getattr(v.data_type, "value", v.data_type)) for k, v in (desc.payload_schema or {}).items()}
+        schema = {payload_key(k): str(getattr(v.data_type, "value", v.data_type))
+                  for k, v in (desc.payload_schema or {}).items()}
         if self._local and not schema:
             schema = dict(meta.get(INDEXED_KEY) or {})
         return CollectionInfo(
@@ -336,7 +354,29 @@ class ServerStore(Store):
             payload_schema=schema,
             metadata={k: v for k, v in meta.items() if k not in _RESERVED},
             sparse_vectors=sorted(desc.config.params.sparse_vectors or {}),
+            index=self._index_state(name, desc, len(dims)),
         )
+
+    def _index_state(self, name: str, desc: models.CollectionInfo, members: int) -> IndexState:
+        """The server's own count (approximate, and counting the sparse vectors of the text index too, which
+        are taken off); its optimizer indexes unless its indexing threshold is 0."""
+        points = self.count(name)
+        sparse = sum(self._call("count", name, self.client.count, name, exact=True, count_filter=models.Filter(
+            must=[models.HasVectorCondition(has_vector=k)])).count for k in desc.config.params.sparse_vectors or {})
+        threshold = getattr(desc.config.optimizer_config, "indexing_threshold", None)
+        return IndexState(hnsw=threshold != 0 and not self._local, vectors=points * members,
+                          indexed_vectors=max(0, int(desc.indexed_vectors_count or 0) - int(sparse)),
+                          segments=desc.segments_count)
+
+    def build_index(self, name: str, *, hnsw: bool = True, progress: Progress | None = None) -> IndexState:
+        """Nothing to run: a server's optimizer builds HNSW itself, in the background, for segments above its
+        indexing threshold (`CollectionOptions.indexing_threshold`); this reports where it stands."""
+        state = self.info(name).index
+        assert state is not None
+        if hnsw != state.hnsw and not self._local:
+            (progress or NullProgress()).log(f"{self.location} builds HNSW by its own optimizer: --hnsw/--no-hnsw "
+                                             "only steer the embedded store")
+        return state
 
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
         name = self.resolve(name)
@@ -385,7 +425,7 @@ class ServerStore(Store):
 
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         self._check(name)
-        with_payload: Any = True if fields is None else (list(fields) or False)
+        with_payload: Any = True if fields is None else ([json_path(f) for f in fields] or False)
         offset: Any = None
         while True:
             records, offset = self._call(
@@ -432,11 +472,13 @@ class ServerStore(Store):
         filter: SearchFilter | None = None,
         weights: Mapping[str, float] | None = None,
         vector_filters: Mapping[str, SearchFilter | None] | None = None,
+        params: SearchParams | None = None,
     ) -> list[Hit]:
         self._check(name)
         asked = limit + tie_margin(len(vectors))
         req = fused_query_request(vectors, limit=asked, prefetch_limit=prefetch_limit, fusion=fusion, filter=filter,
-                                  weights=weights, vector_filters=vector_filters)
+                                  weights=weights, vector_filters=vector_filters,
+                                  params=None if self._local else params)  # local mode is always exact
         result = self._call(
             "query", name, self.client.query_points,
             name, prefetch=req.prefetch, query=req.query, limit=asked, with_payload=True, with_vectors=False,
@@ -451,11 +493,13 @@ class ServerStore(Store):
         limit: int,
         filter: SearchFilter | None = None,
         vector_filters: Mapping[str, SearchFilter | None] | None = None,
+        params: SearchParams | None = None,
     ) -> dict[str, list[Hit]]:
         self._check(name)
         named = nonempty(vectors)
+        how = None if self._local else search_params(params)
         requests = [
-            models.QueryRequest(query=_vector(v), using=k, limit=limit, with_payload=True,
+            models.QueryRequest(query=_vector(v), using=k, limit=limit, with_payload=True, params=how,
                                 filter=_filter(filter_for(k, filter, vector_filters)))
             for k, v in named.items()
         ]
@@ -468,7 +512,7 @@ class ServerStore(Store):
 
     def facet_counts(self, name: str, key: str) -> dict[Any, int]:
         limit = max(1, self.count(name))  # distinct values <= points: never truncated
-        response = self._call("facet", name, self.client.facet, name, key=key, limit=limit, exact=True)
+        response = self._call("facet", name, self.client.facet, name, key=json_path(key), limit=limit, exact=True)
         return {h.value: int(h.count) for h in response.hits}
 
     # -- aliases -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from enclip_qdrant.collection.meta import check_compatible
 from enclip_qdrant.errors import BundleError, EnclipError
 from enclip_qdrant.indexing.push import migrate
 from enclip_qdrant.indexing.run import index_catalog
+from enclip_qdrant.search.options import SearchOptions
 from enclip_qdrant.search.query import search
 from enclip_qdrant.store import EdgeStore, ServerStore
 
@@ -38,7 +39,7 @@ def test_blue_green_switches_only_when_complete_and_keeps_the_old(store, bundle,
     real = store.upsert
 
     def upsert_and_query(name, points):  # a reader between batches of the new build
-        hits = search(bundle, store, "shop", "red dress", top_k=5).results
+        hits = search(bundle, store, "shop", "red dress", options=SearchOptions(top_k=5)).results
         seen.append((store.resolve("shop"), store.count("shop"), len(hits)))
         real(name, points)
 
@@ -52,7 +53,7 @@ def test_blue_green_switches_only_when_complete_and_keeps_the_old(store, bundle,
     assert store.count(old) == n and store.info(old).metadata["bundle_fingerprint"] == bundle.fingerprint
     assert store.info("shop").metadata["previous"] == old
     check_compatible(store, "shop", other_bundle)  # the name now answers to the new bundle
-    assert len(search(other_bundle, store, "shop", "red dress", top_k=5).results) == 5
+    assert len(search(other_bundle, store, "shop", "red dress", options=SearchOptions(top_k=5)).results) == 5
 
 
 def test_interrupted_build_is_never_aliased_and_resumes(store, bundle, other_bundle, catalog, monkeypatch):
@@ -119,7 +120,7 @@ def test_push_copies_everything_and_resumes(tmp_path, bundle, catalog):
         assert pushed[some].payload == source[some].payload
         for k, v in source[some].vectors.items():
             assert np.allclose(pushed[some].vectors[k], v, atol=1e-5)
-        assert search(bundle, server, "shop", "red dress", top_k=5).results
+        assert search(bundle, server, "shop", "red dress", options=SearchOptions(top_k=5)).results
 
         with EdgeStore(home) as edge:
             again = migrate(edge, server, "shop")

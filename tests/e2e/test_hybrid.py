@@ -62,7 +62,8 @@ def test_index_stores_a_text_vector_and_its_recipe(indexed: Store, bundle, catal
 
 def test_text_query_adds_one_sparse_prefetch_under_the_same_filter(indexed: Store, bundle, monkeypatch) -> None:
     calls = _spy(indexed, monkeypatch)
-    resp = search(bundle, indexed, "shop", "red dress", top_k=5, filters={"gender": ["Women"]}, explain=True)
+    resp = search(bundle, indexed, "shop", "red dress", filters={"gender": ["Women"]},
+                  options=SearchOptions(top_k=5, explain=True))
     (call,) = calls
     assert set(call["vectors"]) == set(bundle.vectors) | {TEXT_VECTOR}  # one call, members + text
     assert call["filter"].fields == {"gender": ["Women"]} and call["filter"].clusters == [c["id"] for c in
@@ -80,16 +81,17 @@ def test_text_query_adds_one_sparse_prefetch_under_the_same_filter(indexed: Stor
 
 def test_no_text_weights_and_image_only(indexed: Store, bundle, catalog, monkeypatch) -> None:
     calls = _spy(indexed, monkeypatch)
-    search(bundle, indexed, "shop", "red dress", top_k=5, text_weight=0)
-    search(bundle, indexed, "shop", "red dress", top_k=5, text_weight=2.5)
-    search(bundle, indexed, "shop", image=catalog.products[3].image, top_k=5)
+    search(bundle, indexed, "shop", "red dress", options=SearchOptions(top_k=5, text_weight=0))
+    search(bundle, indexed, "shop", "red dress", options=SearchOptions(top_k=5, text_weight=2.5))
+    search(bundle, indexed, "shop", image=catalog.products[3].image, options=SearchOptions(top_k=5))
     off, weighted, image_only = calls
     assert set(off["vectors"]) == set(bundle.vectors) and off["weights"] is None
     assert weighted["weights"] == {TEXT_VECTOR: 2.5 * len(bundle.vectors)}  # against the whole ensemble
     assert set(image_only["vectors"]) == set(bundle.vectors)  # an image-only query has no words to match
     with pytest.raises(QueryError, match="RRF"):
-        search(bundle, indexed, "shop", "red dress", fusion="dbsf", text_weight=3.0)
-    search(bundle, indexed, "shop", "red dress", fusion="dbsf")  # the default weight is not a request to weigh
+        search(bundle, indexed, "shop", "red dress", options=SearchOptions(fusion="dbsf", text_weight=3.0))
+    # the default weight is not a request to weigh
+    search(bundle, indexed, "shop", "red dress", options=SearchOptions(fusion="dbsf"))
     assert calls[-1]["weights"] is None and TEXT_VECTOR in calls[-1]["vectors"]
     for bad in (-1, float("inf"), float("nan")):
         with pytest.raises(QueryError, match="text-weight"):
@@ -97,7 +99,8 @@ def test_no_text_weights_and_image_only(indexed: Store, bundle, catalog, monkeyp
 
 
 def test_heavy_text_weight_ranks_by_the_words(indexed: Store, bundle) -> None:
-    resp = search(bundle, indexed, "shop", "yellow cap", top_k=10, clusters="all", text_weight=50)
+    resp = search(bundle, indexed, "shop", "yellow cap",
+                  options=SearchOptions(top_k=10, clusters="all", text_weight=50))
     hits = [(r.payload["baseColour"], r.payload["articleType"]) for r in resp.results]
     assert sum(h == ("Yellow", "Cap") for h in hits) >= 8, hits
 
@@ -106,7 +109,7 @@ def test_collection_without_text_vector_is_dense_only(store: Store, bundle, cata
     index_catalog(catalog, bundle, store, "dense", text=False)
     assert store.info("dense").sparse_vectors == [] and read_meta(store, "dense").lexical is None
     calls = _spy(store, monkeypatch)
-    resp = search(bundle, store, "dense", "red dress", top_k=5)
+    resp = search(bundle, store, "dense", "red dress", options=SearchOptions(top_k=5))
     assert set(calls[0]["vectors"]) == set(bundle.vectors) and resp.query["text_vector"] is False
     again = index_catalog(catalog, bundle, store, "dense")  # an existing collection keeps what it has
     assert again.embedded == 0 and store.info("dense").sparse_vectors == []
@@ -141,7 +144,8 @@ def test_push_copies_the_text_vector(bundle, catalog, tmp_path: Path) -> None:
         for p in source.scroll_points("shop"):
             assert {k: list(v.indices) for k, v in there[p.id].items()} == {
                 k: list(v.indices) for k, v in p.sparse.items()}
-        assert search(bundle, target, "shop", "blue sneakers", top_k=8).query["text_vector"] is True
+        found = search(bundle, target, "shop", "blue sneakers", options=SearchOptions(top_k=8))
+        assert found.query["text_vector"] is True
         assert migrate(source, target, "shop").copied == 0  # resumable: nothing left to copy
 
 

@@ -20,6 +20,7 @@ from enclip_qdrant.catalog.load import load_catalog
 from enclip_qdrant.collection.points import point_id
 from enclip_qdrant.errors import BundleError, QueryError
 from enclip_qdrant.indexing.run import index_catalog
+from enclip_qdrant.search.options import SearchOptions
 from enclip_qdrant.search.query import search
 
 QUERY_NOUN = {"Dress": "dress", "Handbag": "handbag", "Sneakers": "sneakers", "Cap": "cap"}
@@ -50,7 +51,8 @@ def test_results_match_colour_and_type_far_above_chance(indexed, bundle):
     store, _ = indexed
     colour_hits, type_hits = [], []
     for article, colour in itertools.product(ARTICLES, COLOURS):
-        resp = search(bundle, store, "shop", f"{colour.lower()} {QUERY_NOUN[article]}", top_k=10)
+        resp = search(bundle, store, "shop", f"{colour.lower()} {QUERY_NOUN[article]}",
+                      options=SearchOptions(top_k=10))
         assert len(resp.results) == 10
         colour_hits += [r.payload["baseColour"] == colour for r in resp.results]
         type_hits += [r.payload["articleType"] == article for r in resp.results]
@@ -62,12 +64,12 @@ def test_results_match_colour_and_type_far_above_chance(indexed, bundle):
 
 def test_query_routes_to_clusters_and_explains_every_member(indexed, bundle):
     store, _ = indexed
-    resp = search(bundle, store, "shop", "red dress", top_k=5, explain=True)
+    resp = search(bundle, store, "shop", "red dress", options=SearchOptions(top_k=5, explain=True))
     assert resp.clusters and sum(c["p"] for c in resp.clusters) > 0
     # routing restricts what the members propose; the text list searches every cluster (search.text_filters)
     routed = {c["id"] for c in resp.clusters}
     assert all(r.cluster in routed or (r.member_ranks or {}).get("text_bm25") for r in resp.results)
-    dense = search(bundle, store, "shop", "red dress", top_k=5, text_weight=0)
+    dense = search(bundle, store, "shop", "red dress", options=SearchOptions(top_k=5, text_weight=0))
     assert all(r.cluster in {c["id"] for c in dense.clusters} for r in dense.results)
     d = resp.to_dict(explain=True)
     assert set(d) == {"query", "clusters", "results"}
@@ -92,24 +94,25 @@ def test_query_routes_to_clusters_and_explains_every_member(indexed, bundle):
 
 def test_cluster_modes_and_field_filters(indexed, bundle):
     store, _ = indexed
-    everything = search(bundle, store, "shop", "blue cap", top_k=10, clusters="all")
+    everything = search(bundle, store, "shop", "blue cap", options=SearchOptions(top_k=10, clusters="all"))
     assert everything.clusters == []
-    only = search(bundle, store, "shop", "blue cap", top_k=10, clusters=[0])
+    only = search(bundle, store, "shop", "blue cap", options=SearchOptions(top_k=10, clusters=[0]))
     assert all(r.cluster == 0 for r in only.results)
-    red = search(bundle, store, "shop", "bag", top_k=10, clusters="all", filters={"baseColour": ["Red"]})
+    red = search(bundle, store, "shop", "bag", filters={"baseColour": ["Red"]},
+                 options=SearchOptions(top_k=10, clusters="all"))
     assert red.results and all(r.payload["baseColour"] == "Red" for r in red.results)
-    dbsf = search(bundle, store, "shop", "bag", top_k=7, fusion="dbsf")
+    dbsf = search(bundle, store, "shop", "bag", options=SearchOptions(top_k=7, fusion="dbsf"))
     assert len(dbsf.results) == 7
     with pytest.raises(QueryError, match="no cluster"):
-        search(bundle, store, "shop", "bag", clusters=[bundle.clusters.k + 5])
+        search(bundle, store, "shop", "bag", options=SearchOptions(clusters=[bundle.clusters.k + 5]))
 
 
 def test_image_query_finds_the_same_product(indexed, bundle, catalog):
     store, _ = indexed
     product = catalog.products[7]
-    resp = search(bundle, store, "shop", image=product.image, top_k=5, clusters="all")
+    resp = search(bundle, store, "shop", image=product.image, options=SearchOptions(top_k=5, clusters="all"))
     assert resp.results[0].payload["product_id"] == product.id
-    both = search(bundle, store, "shop", "yellow", image=product.image, top_k=5)
+    both = search(bundle, store, "shop", "yellow", image=product.image, options=SearchOptions(top_k=5))
     assert len(both.results) == 5
 
 

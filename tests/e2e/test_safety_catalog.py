@@ -26,7 +26,7 @@ from enclip_qdrant.collection.points import point_id
 from enclip_qdrant.errors import BundleError, CatalogError, ConfirmationRequired, QueryError, redact_url
 from enclip_qdrant.indexing.run import IndexInterrupted, index_catalog
 from enclip_qdrant.progress import NullProgress
-from enclip_qdrant.search.options import parse_clusters, parse_filters
+from enclip_qdrant.search.options import SearchOptions, parse_clusters, parse_filters
 from enclip_qdrant.search.query import load_query_image, search
 from enclip_qdrant.store import EdgeStore, ServerOptions, ServerStore
 
@@ -352,9 +352,11 @@ def test_filters_keep_the_stored_type(tmp_path: Path, edge, bundle) -> None:
     _write_rows(cat, rows)
     loaded = load_catalog(cat)
     index_catalog(loaded, bundle, edge, "shop")
-    by_code = search(bundle, edge, "shop", "dress", top_k=12, clusters="all", filters=parse_filters(["code=001"]))
+    by_code = search(bundle, edge, "shop", "dress", filters=parse_filters(["code=001"]),
+                     options=SearchOptions(top_k=12, clusters="all"))
     assert by_code.results and {r.payload["code"] for r in by_code.results} == {"001"}
-    by_year = search(bundle, edge, "shop", "dress", top_k=12, clusters="all", filters=parse_filters(["year=2012"]))
+    by_year = search(bundle, edge, "shop", "dress", filters=parse_filters(["year=2012"]),
+                     options=SearchOptions(top_k=12, clusters="all"))
     assert by_year.results and {r.payload["year"] for r in by_year.results} == {2012}
     with pytest.raises(QueryError, match="decimal") as e:
         search(bundle, edge, "shop", "dress", filters=parse_filters(["price=1.5"]))
@@ -363,8 +365,13 @@ def test_filters_keep_the_stored_type(tmp_path: Path, edge, bundle) -> None:
         search(bundle, edge, "shop", "dress", filters={"x": [1.5]})
     with pytest.raises(QueryError, match="whole numbers"):
         search(bundle, edge, "shop", "dress", filters=parse_filters(["year=soon"]))
+    for too_big in (parse_filters(["year=99999999999999999999999"]), {"year": [-2**63 - 1]}, {"year": [2**63]}):
+        with pytest.raises(QueryError, match="out of range") as e:  # Qdrant's integers are 64-bit
+            search(bundle, edge, "shop", "dress", filters=too_big)
+        assert "\n" not in str(e.value)
+    assert not search(bundle, edge, "shop", "dress", filters={"year": [2**63 - 1]}).results  # the edge is fine
     with pytest.raises(QueryError, match="--clusters"):
-        search(bundle, edge, "shop", "dress", clusters=",")  # type: ignore[arg-type]
+        search(bundle, edge, "shop", "dress", options=SearchOptions(clusters=","))  # type: ignore[arg-type]
     assert edge.count("shop") == 12 and point_id("10001") in {pid for pid, _ in edge.scroll("shop", [])}
 
 

@@ -3,7 +3,6 @@ test and the service both see, and a real uvicorn on a free loopback port."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from paths import free_port
 
 from enclip_qdrant.api import Connection, Searcher
 from enclip_qdrant.store import ServerStore, Store
@@ -34,18 +34,13 @@ def searcher_factory(client: Any, bundle: Any, collection: str = "shop"):
     return lambda: Searcher(collection, bundle=bundle, conn=SharedConnection(client=client))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
-def live_server(app: FastAPI) -> Iterator[str]:
-    """uvicorn in a thread on 127.0.0.1; yields the base URL once /healthz answers."""
+def live_server(app: FastAPI, **settings: Any) -> Iterator[str]:
+    """uvicorn in a thread on 127.0.0.1 (`settings`: more uvicorn.Config settings, such as the service's own
+    `server_settings`); yields the base URL once /readyz answers."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
+                                           lifespan="on", **settings))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

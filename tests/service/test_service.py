@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from enclip_qdrant.cli.app import app as cli_app
 from enclip_qdrant.errors import EnclipError, StoreError
 from enclip_qdrant.indexing.run import index_catalog
+from enclip_qdrant.search.options import SearchOptions
 from enclip_qdrant.search.query import Result, search
 from enclip_qdrant.service import MicroBatcher, Overloaded, ServeOptions, create_app, startup_warnings
 from enclip_qdrant.service.app import LockedStore, PerThreadStore, catalog_file, concurrent_store
@@ -57,7 +58,8 @@ def test_search_matches_the_library(client, qdrant, bundle):
     r = client.post("/v1/search", json={"text": "red dress", "top_k": 5, "explain": True})
     assert r.status_code == 200, r.text
     got = r.json()
-    want = search(bundle, ServerStore(client=qdrant), "shop", "red dress", top_k=5, explain=True).to_dict(True)
+    want = search(bundle, ServerStore(client=qdrant), "shop", "red dress",
+                  options=SearchOptions(top_k=5, explain=True)).to_dict(True)
     assert got == json.loads(json.dumps(want))
     assert [x["rank"] for x in got["results"]] == [1, 2, 3, 4, 5]
     # the members' ranks and the BM25 text prefetch's own (the catalog has text: hybrid by default)
@@ -386,7 +388,7 @@ def test_concurrent_queries_share_forward_passes(qdrant, bundle, monkeypatch):
     monkeypatch.undo()
     store = ServerStore(client=qdrant)
     for t, r in zip(texts, answers, strict=True):  # batching changes nothing in the answers
-        want = [h.id for h in search(bundle, store, "shop", t, top_k=3).results]
+        want = [h.id for h in search(bundle, store, "shop", t, options=SearchOptions(top_k=3)).results]
         assert [x["point_id"] for x in r.json()["results"]] == want
 
 
@@ -511,21 +513,20 @@ def test_server_store_gives_each_thread_its_own_client():
 
 
 @pytest.mark.server
-def test_service_on_a_real_server(bundle, catalog):
-    """`serve --url` against a real Qdrant (QDRANT_URL): concurrent searches each on a thread's own client
-    answer what the library answers on that server. Skips without a server, like the storage contract suite."""
-    import os
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_service_on_a_real_server(bundle, catalog, qdrant_node, transport: str):
+    """`serve --url` against a real Qdrant (the qdrant_node fixture: QDRANT_URL or a binary started here), over
+    REST and gRPC: concurrent searches each on a thread's own client answer what the library answers on that
+    server. Skips without a server, like the storage contract suite."""
     import uuid
 
-    url = os.environ.get("QDRANT_URL")
-    if not url:
-        pytest.skip("QDRANT_URL is not set: no real Qdrant server to test against")
-    api_key = os.environ.get("QDRANT_API_KEY")
+    url, api_key = qdrant_node.url, qdrant_node.api_key
     name = f"enclip-test-{uuid.uuid4().hex[:10]}"
-    store = ServerStore(url, api_key)
+    store = qdrant_node.store(transport)
     try:
         index_catalog(catalog, bundle, store, name)
-        app = create_app(ServeOptions(url=url, api_key=api_key, collection=name, bundle=bundle.path))
+        app = create_app(ServeOptions(url=url, api_key=api_key, collection=name, bundle=bundle.path,
+                                      store_options=store.options))
         texts = ["red dress", "blue cap", "green sneakers", "black handbag", "white dress", "yellow cap"]
         with live_server(app) as base:
             assert isinstance(app.state.service.store, PerThreadStore)
@@ -534,7 +535,7 @@ def test_service_on_a_real_server(bundle, catalog):
         assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
         assert opened > 1  # the request threads had clients of their own
         for t, r in zip(texts, answers, strict=True):
-            want = [h.id for h in search(bundle, store, name, t, top_k=3).results]
+            want = [h.id for h in search(bundle, store, name, t, options=SearchOptions(top_k=3)).results]
             assert [x["point_id"] for x in r.json()["results"]] == want
     finally:
         with contextlib.suppress(StoreError):  # an unreachable server: keep the test's own error

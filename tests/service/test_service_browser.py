@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from paths import free_port
 from qdrant_client import QdrantClient
-from service_helpers import free_port, live_server, searcher_factory
+from service_helpers import live_server, searcher_factory
 
 from enclip_qdrant.indexing.run import index_catalog
 from enclip_qdrant.service import ServeOptions, create_app

@@ -12,12 +12,12 @@ exact cosine ranking, so the reference does not lean on the code under test.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
+from qdrant_server import SERVER_VARIANTS, server_store
 
 from enclip_qdrant.search.query import hybrid_vectors
 from enclip_qdrant.store import (
@@ -26,7 +26,6 @@ from enclip_qdrant.store import (
     Hit,
     PointRecord,
     SearchFilter,
-    ServerOptions,
     ServerStore,
     SparseVec,
     Store,
@@ -87,15 +86,14 @@ def _queries(n: int = 2, seed: int = 1) -> list[dict]:
 QUERIES = _queries()
 
 
-@pytest.fixture(scope="module", params=["edge", "memory", "server"])
+@pytest.fixture(scope="module", params=["edge", "memory", *SERVER_VARIANTS])
 def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, str]]:
     if request.param == "edge":
         store: Store = EdgeStore(tmp_path_factory.mktemp("fusion") / "home")
     elif request.param == "memory":
         store = ServerStore(":memory:")
     else:
-        url = request.getfixturevalue("qdrant_url")
-        store = ServerStore(url, os.environ.get("QDRANT_API_KEY"), options=ServerOptions(timeout=30))
+        store = server_store(request, request.param, timeout=30)
     name = f"enclip-fusion-{uuid.uuid4().hex[:8]}"
     store.create(name, SPEC)
     for i in range(0, N, 500):

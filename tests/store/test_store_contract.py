@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import threading
 import time
 import uuid
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qdrant_server import SERVER_VARIANTS, server_store
 
 from enclip_qdrant.errors import CollectionNotFound, QueryError, StoreError
 from enclip_qdrant.store import (
@@ -21,6 +21,7 @@ from enclip_qdrant.store import (
     EdgeStore,
     PointRecord,
     SearchFilter,
+    SearchParams,
     ServerOptions,
     ServerStore,
     SparseVec,
@@ -54,15 +55,14 @@ def make_points(n: int = N, seed: int = 0) -> list[PointRecord]:
 POINTS = make_points()
 
 
-@pytest.fixture(params=["edge", "memory", "server"])
+@pytest.fixture(params=["edge", "memory", *SERVER_VARIANTS])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "edge":
         s: Store = EdgeStore(tmp_path / "home")
     elif request.param == "memory":
         s = ServerStore(":memory:")
     else:
-        url = request.getfixturevalue("qdrant_url")
-        s = ServerStore(url, os.environ.get("QDRANT_API_KEY"), options=ServerOptions(timeout=10))
+        s = server_store(request, request.param, timeout=10)
     created: list[str] = []
     s.test_names = created  # type: ignore[attr-defined]
     yield s
@@ -145,6 +145,17 @@ def test_set_metadata_replaces(filled: tuple[Store, str]) -> None:
 
 
 # -- points ------------------------------------------------------------------------------------
+
+
+def test_release_lets_go_and_the_next_call_opens_it_again(filled: tuple[Store, str]) -> None:
+    """What a service does after a blue/green switch: the old collection is released (on the embedded store
+    another store can open it then) and still answers when asked again."""
+    store, name = filled
+    store.release(name)
+    if isinstance(store, EdgeStore):
+        with EdgeStore(store.home) as other:  # another holder, as another process would be
+            assert other.count(name) == N
+    assert store.count(name) == N and store.describe(name).metadata == store.info(name).metadata
 
 
 def test_upsert_then_count(filled: tuple[Store, str]) -> None:
@@ -269,6 +280,32 @@ def test_facet_counts(filled: tuple[Store, str]) -> None:
     assert store.facet_counts(name, "colour") == dict(Counter(p.payload["colour"] for p in POINTS))
 
 
+ODD_KEYS = ("base colour", "size[eu]", "a..b", "$price", "a.b")  # catalog column names that are path syntax
+
+
+def test_field_names_with_path_syntax_filter_index_and_facet_as_themselves(store: Store) -> None:
+    """A column named "base colour" (or with `[`, `..`, `$`, `.`) is indexed, filtered, faceted and scrolled as
+    that one flat key, on every backend; plain keys keep their names in the schema."""
+    name = new_name(store)
+    fields = {"cluster": "integer", "colour": "keyword"} | {k: "keyword" for k in ODD_KEYS}
+    store.create(name, CollectionSpec(vectors=NAMES, indexed_fields=fields))
+    points = [PointRecord(id=p.id, vectors=p.vectors,
+                          payload=p.payload | {k: p.payload["colour"] for k in ODD_KEYS} | {"a": {"b": "nested"}})
+              for p in POINTS]
+    store.upsert(name, points)
+    assert set(fields) <= set(store.info(name).payload_schema)
+    blue = sum(p.payload["colour"] == "blue" for p in POINTS)
+    for key in ODD_KEYS:
+        assert store.count(name, SearchFilter(fields={key: ["blue"]})) == blue, key
+        hits = store.query_fused(name, POINTS[1].vectors, limit=N, prefetch_limit=N,
+                                 filter=SearchFilter(fields={key: ["red", "green"]}))
+        assert len(hits) == N - blue and all(h.payload[key] != "blue" for h in hits), key
+        assert store.facet_counts(name, key) == dict(Counter(p.payload["colour"] for p in POINTS)), key
+    assert {pl["base colour"] for _, pl in store.scroll(name, ["base colour"])} == set(COLOURS)
+    with pytest.raises(QueryError, match="double quote"):
+        store.count(name, SearchFilter(fields={'say "hi"': ["x"]}))
+
+
 def test_missing_collection(store: Store) -> None:
     name = new_name(store)
     q = POINTS[0].vectors
@@ -377,6 +414,39 @@ def test_server_auth_error_is_clear() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+@pytest.mark.parametrize("key", [None, "not-the-key"])
+def test_a_real_server_with_a_key_refuses_a_missing_or_wrong_one(qdrant_key_node, transport: str,
+                                                                  key: str | None) -> None:
+    """The server's own 401 (REST) / UNAUTHENTICATED (gRPC) becomes one line, not retried; the right key works."""
+    from qdrant_server import Node
+
+    wrong = Node(qdrant_key_node.url, qdrant_key_node.grpc_port, key)
+    with wrong.store(transport, timeout=5) as store, pytest.raises(StoreError, match="check the API key") as err:
+        store.list_collections()
+    assert "\n" not in str(err.value) and store.retried == 0
+    with qdrant_key_node.store(transport, timeout=5) as store:
+        assert isinstance(store.list_collections(), list)
+
+
+@pytest.mark.server
+def test_prefer_grpc_talks_to_the_grpc_port(qdrant_node) -> None:
+    """With prefer_grpc the requests go to `grpc_port`, not the URL's REST port: a wrong one cannot be reached."""
+    options = ServerOptions(prefer_grpc=True, grpc_port=1, timeout=2, retries=0)
+    with ServerStore(qdrant_node.url, qdrant_node.api_key, options=options) as store, pytest.raises(
+            StoreError, match="cannot reach Qdrant"):
+        store.list_collections()
+    with qdrant_node.store("grpc", timeout=5) as store:
+        assert isinstance(store.list_collections(), list)
+
+
+def test_grpc_port_is_checked() -> None:
+    for bad in (0, 70000, True, "6334"):
+        with pytest.raises(StoreError, match="grpc_port must be a port number"):
+            ServerOptions(grpc_port=bad)  # type: ignore[arg-type]
 
 
 # -- collection options ------------------------------------------------------------------------
@@ -825,3 +895,95 @@ def test_set_sparse_rewrites_only_the_text_vector(hybrid: tuple[Store, str, list
     store.set_sparse(name, p.id, "text_bm25", None)  # no words left: no text vector
     assert not {q.id: q for q in store.scroll_points(name)}[p.id].sparse
     assert store.query_each(name, {"text_bm25": _query("velvet")}, limit=5)["text_bm25"] == []
+
+
+# -- HNSW and search params: the same answers, and the index state `info` shows --------------------------
+
+# 1 KB: every segment of these small collections is big enough for the optimizer to index
+HNSW_SPEC = CollectionSpec(vectors=NAMES, metadata={"k": 5}, indexed_fields={"cluster": "integer"},
+                           sparse_vectors=("text_bm25",), options=CollectionOptions(indexing_threshold=1))
+
+
+def _cosine_top(points: list[PointRecord], name: str, query: np.ndarray, k: int,
+                cluster: int | None = None) -> list[str]:
+    """The reference: cosine similarity computed here, ties broken by id, no engine involved."""
+    pool = [p for p in points if cluster is None or p.payload["cluster"] == cluster]
+    m = np.stack([np.asarray(p.vectors[name], dtype=np.float64) for p in pool])
+    scores = m @ query / (np.linalg.norm(m, axis=1) * np.linalg.norm(query))
+    order = sorted(range(len(pool)), key=lambda i: (-round(float(scores[i]), 6), pool[i].id))
+    return [pool[i].id for i in order[:k]]
+
+
+def _wait_indexed(store: Store, name: str, want: int, timeout: float = 30.0) -> None:
+    """A server's optimizer indexes in the background; the embedded store has done it when build_index returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = store.info(name).index
+        assert state is not None
+        if state.indexed_vectors >= want or time.monotonic() > deadline:
+            assert state.indexed_vectors == want, state
+            return
+        time.sleep(0.2)
+
+
+def test_exact_search_params_match_the_cosine_reference(hybrid: tuple[Store, str, list[PointRecord]]) -> None:
+    store, name, points = hybrid
+    rng = np.random.default_rng(9)
+    query = {k: rng.normal(size=d) for k, d in NAMES.items()}
+    for flt, cluster in ((None, None), (SearchFilter(clusters=[2]), 2)):
+        per = store.query_each(name, query, limit=7, filter=flt, params=SearchParams(exact=True))
+        for k, q in query.items():
+            assert [h.id for h in per[k]] == _cosine_top(points, k, q, 7, cluster)
+    fused = store.query_fused(name, query, limit=5, prefetch_limit=20, params=SearchParams(exact=True))
+    assert [h.id for h in fused] == [h.id for h in store.query_fused(name, query, limit=5, prefetch_limit=20)]
+    ef = store.query_each(name, query, limit=7, params=SearchParams(hnsw_ef=64))
+    assert all(len(hits) == 7 for hits in ef.values())
+    with pytest.raises(StoreError, match="hnsw_ef"):
+        SearchParams(hnsw_ef=0)
+
+
+def test_build_index_indexes_every_member_vector_and_keeps_answers(store: Store) -> None:
+    name = new_name(store)
+    local = isinstance(store, ServerStore) and store._local  # type: ignore[attr-defined]
+    store.create(name, HNSW_SPEC)
+    points = hybrid_points(120)
+    store.upsert(name, points[:80])
+    before = store.info(name).index
+    assert before is not None and before.vectors == 80 * len(NAMES)
+    state = store.build_index(name, progress=None)
+    if local:  # qdrant-client's stand-in has no index at all: it says so, and searches exactly
+        assert not state.hnsw and state.indexed_vectors == 0
+    else:
+        assert state.hnsw
+        _wait_indexed(store, name, 80 * len(NAMES))  # members only: the text vectors are not counted
+    store.upsert(name, points[80:])  # a later run: its points are indexed by the next build
+    store.build_index(name)
+    if not local:
+        _wait_indexed(store, name, 120 * len(NAMES))
+    assert store.info(name).index.vectors == 120 * len(NAMES)  # type: ignore[union-attr]
+    for p in (points[0], points[100]):
+        assert store.query_fused(name, p.vectors, limit=3, prefetch_limit=10,
+                                 params=SearchParams(hnsw_ef=32))[0].id == p.id
+        per = store.query_each(name, p.vectors, limit=3)
+        assert all(res[0].id == p.id for res in per.values())
+    rng = np.random.default_rng(4)
+    q = rng.normal(size=NAMES["clip_a"])
+    got = store.query_each(name, {"clip_a": q}, limit=5, filter=SearchFilter(clusters=[1]),
+                           params=SearchParams(exact=True))["clip_a"]
+    assert [h.id for h in got] == _cosine_top(points, "clip_a", q, 5, cluster=1)
+
+
+def test_edge_hnsw_choice_persists_and_can_be_turned_off(tmp_path: Path) -> None:
+    with EdgeStore(tmp_path / "home") as store:
+        store.create("shop", HNSW_SPEC)
+        store.upsert("shop", hybrid_points(60))
+        off = store.info("shop").index
+        assert off is not None and not off.hnsw and off.indexed_vectors == 0  # nothing built until asked
+        assert store.build_index("shop", hnsw=False).indexed_vectors == 0
+        on = store.build_index("shop")
+        assert on.hnsw and on.indexed_vectors == on.vectors == 60 * len(NAMES)
+    with EdgeStore(tmp_path / "home") as again:
+        assert again.info("shop").index == on  # recorded beside the shard
+        assert not again.build_index("shop", hnsw=False).hnsw
+    spec = json.loads((tmp_path / "home" / "collections" / "shop" / "enclip.json").read_text())
+    assert spec["hnsw"] is False

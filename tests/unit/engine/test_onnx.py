@@ -22,6 +22,7 @@ from enclip_qdrant.api import Connection, Searcher, export, index
 from enclip_qdrant.bundle.manifest import read_manifest
 from enclip_qdrant.engine.load import load_bundle
 from enclip_qdrant.errors import BundleError
+from enclip_qdrant.search.options import SearchOptions
 from enclip_qdrant.search.query import search
 
 pytest.importorskip("onnxruntime")
@@ -66,8 +67,8 @@ def test_same_top10_on_both_engines(bundle, catalog, tmp_path) -> None:
         assert s.bundle.engine == "onnx"
         texts = [q for q in QUERIES if q.strip()] + [p.text for p in catalog.products[:30]]
         for q in texts:
-            a = search(s.bundle, s.store, "shop", q, top_k=10).results
-            b = search(torch_b, s.store, "shop", q, top_k=10).results
+            a = search(s.bundle, s.store, "shop", q, options=SearchOptions(top_k=10)).results
+            b = search(torch_b, s.store, "shop", q, options=SearchOptions(top_k=10)).results
             assert [h.id for h in a] == [h.id for h in b], q
             assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-4)
 
