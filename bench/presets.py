@@ -8,10 +8,13 @@ This is how the presets were sized: `small` must train 5 members over ~10k pairs
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
+from enclip_qdrant.catalog.images import bound_for
 from enclip_qdrant.catalog.load import load_catalog
 from enclip_qdrant.engine.torch.members import Ensemble
 from enclip_qdrant.progress import NullProgress
@@ -30,7 +33,9 @@ def main() -> None:
     args = ap.parse_args()
     cat = load_catalog(args.catalog, require_text=True)
     products = [p for p in cat.products if p.text][: args.pairs + 256]
-    pairs = load_pairs(products, NullProgress())
+    cache = tempfile.TemporaryDirectory(prefix="presets-cache-")
+    sizes = [get_preset(n).preprocess_cfg()["size"] for n in args.presets]
+    pairs = load_pairs(products, Path(cache.name), bound_for(sizes), NullProgress())
     train_idx, val_idx = np.arange(args.pairs), np.arange(args.pairs, len(products))
     print("| preset | params (M) | train pairs/s | encode images/s | encode texts/s | 5 members x 1 epoch of 10k |")
     print("|---|---|---|---|---|---|")

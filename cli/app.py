@@ -28,6 +28,7 @@ from .options import (
     ApiKey,
     Batch,
     Clusters,
+    Device,
     Diversity,
     EngineOpt,
     Epochs,
@@ -67,7 +68,7 @@ def train(
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
     parallel: Parallel = None, precision: Precision = "auto", text_encoder: TextEncoder = None,
-    field_cols: FieldCols = None, towers: Towers = None,
+    field_cols: FieldCols = None, towers: Towers = None, device: Device = "auto",
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
@@ -75,7 +76,7 @@ def train(
 ) -> None:
     """Train an ensemble of CLIP members and fit the clusters; resumes an interrupted run."""
     config = train_config(members, preset, epochs, batch_size, seed, clusters, diversity, model, pretrained, parallel,
-                          precision, text_encoder, field_cols, towers)
+                          precision, text_encoder, field_cols, towers, device)
     with RichProgress() as progress:
         bundle = api.train(catalog, out=out_dir, config=config, conn=conn_for(home, None, None), overwrite=overwrite,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col},
@@ -100,7 +101,7 @@ def index(
     members: Members = 5, preset: Preset = "small", epochs: Epochs = None, batch_size: Batch = None, seed: Seed = 0,
     clusters: Clusters = "auto", diversity: Diversity = "seed", model: Model = None, pretrained: Pretrained = None,
     parallel: Parallel = None, precision: Precision = "auto", text_encoder: TextEncoder = None,
-    field_cols: FieldCols = None, towers: Towers = None,
+    field_cols: FieldCols = None, towers: Towers = None, device: Device = "auto",
     image_col: ImageCol = None, text_col: TextCol = None, id_col: IdCol = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     home: Home = None, url: Url = None, api_key: ApiKey = None, prefer_grpc: PreferGrpc = False,
@@ -136,7 +137,7 @@ def index(
         conn = conn_for(home, url, api_key, prefer_grpc, timeout, grpc_port)
         report = api.index(catalog, bundle=bundle, collection=collection, conn=conn, config=config, prune=prune,
                            progress=progress, options=options, blue_green=blue_green, confirm=yes, engine=engine,
-                           hnsw=hnsw,
+                           hnsw=hnsw, device=device,
                            columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
     if options is not None and not report.created:
         err.print(f"[yellow]note:[/] collection {report.collection!r} already existed, so its layout options "

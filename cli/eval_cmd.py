@@ -80,7 +80,7 @@ def eval_command(
     clusters: opt.Clusters = "auto", diversity: opt.Diversity = "seed", model: opt.Model = None,
     pretrained: opt.Pretrained = None,
     parallel: opt.Parallel = None, precision: opt.Precision = "auto", text_encoder: opt.TextEncoder = None,
-    field_cols: opt.FieldCols = None, towers: opt.Towers = None,
+    field_cols: opt.FieldCols = None, towers: opt.Towers = None, device: opt.Device = "auto",
     image_col: opt.ImageCol = None, text_col: opt.TextCol = None, id_col: opt.IdCol = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print markdown tables.")] = False,
@@ -90,12 +90,13 @@ def eval_command(
     if json_out and markdown:
         raise EnclipError("--json and --markdown are exclusive: choose one")
     config = None if bundle else train_config(members, preset, epochs, batch_size, seed, clusters, diversity, model,
-                                         pretrained, parallel, precision, text_encoder, field_cols, towers)
+                                         pretrained, parallel, precision, text_encoder, field_cols, towers,
+                                         device)
     workdir = api.eval_workdir(catalog, api.Connection(home))  # kept: an interrupted evaluation resumes
     with RichProgress() as progress:
         report = api.evaluate(catalog, bundle=bundle, config=config, test_fraction=test_fraction, seed=seed,
                               queries_file=queries, top_k=top_k, workdir=workdir, progress=progress,
-                              protocol=protocol,
+                              protocol=protocol, device=device,
                               columns={"image_col": image_col, "text_col": text_col, "id_col": id_col})
     if json_out:
         render.print_json(out, report.to_dict())

@@ -51,6 +51,11 @@ Precision = Annotated[str, typer.Option("--precision", help="Training arithmetic
 EngineOpt = Annotated[str, typer.Option("--engine", envvar="ENCLIP_ENGINE",
                                         help="What encodes: onnx (ONNX Runtime, no torch), torch, or auto (onnx "
                                              "when the bundle has ONNX towers).")]
+Device = Annotated[str, typer.Option("--device", envvar="ENCLIP_DEVICE",
+                                     help="Where models run: auto (a CUDA GPU, else Apple MPS, else the CPU), cpu, "
+                                          "cuda or mps. Training on CUDA uses mixed precision (bf16, or fp16 with "
+                                          "a gradient scaler); ONNX Runtime uses its CUDA provider when "
+                                          "onnxruntime-gpu is installed.")]
 TextEncoder = Annotated[str | None, typer.Option("--text-encoder", help="Text tower recipe: minilm (members share a "
                                                  "frozen pretrained MiniLM, each learns an image tower + linear "
                                                  "head) or none (open_clip text towers from scratch); default: "
@@ -99,7 +104,7 @@ def collection_options(on_disk: bool, quantization: str, shards: int | None, rep
 def train_config(members: int, preset: str, epochs: int | None, batch_size: int | None, seed: int, clusters: str,
             diversity: str, model: str | None, pretrained: str | None, parallel: int | None = None,
             precision: str = "auto", text_encoder: str | None = None, field_cols: str | None = None,
-            towers: str | None = None) -> TrainConfig:
+            towers: str | None = None, device: str = "auto") -> TrainConfig:
     """The training flags as a checked TrainConfig (importing it loads torch: only commands that train call this)."""
     from enclip_qdrant import TrainConfig
 
@@ -111,4 +116,4 @@ def train_config(members: int, preset: str, epochs: int | None, batch_size: int 
                        clusters=None if clusters == "auto" else int(clusters), diversity=diversity,  # type: ignore[arg-type]
                        base_model=model, pretrained=pretrained, parallel=parallel,
                        precision=precision, text_encoder=text_encoder,  # type: ignore[arg-type]
-                       field_cols=field_cols, towers=towers)
+                       field_cols=field_cols, towers=towers, device=device)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .options import ApiKey, EngineOpt, GrpcPort, Home, PreferGrpc, Timeout, Url, conn_for
+from .options import ApiKey, Device, EngineOpt, GrpcPort, Home, PreferGrpc, Timeout, Url, conn_for
 
 
 def serve_command(
@@ -36,6 +36,7 @@ def serve_command(
     header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.1, help="Seconds for a request's "
                                                   "head to arrive before the connection is closed.")] = 10.0,
     engine: EngineOpt = "auto",
+    device: Device = "auto",
 ) -> None:
     """Serve search over HTTP: JSON API under /v1, a search page at /, API docs at /docs."""
     from enclip_qdrant import ServeOptions, serve
@@ -45,4 +46,5 @@ def serve_command(
                        store_options=conn.options, host=host, port=port, key=key, max_batch=max_batch,
                        max_wait_ms=max_wait_ms, max_queue=max_queue,
                        max_upload_bytes=int(max_upload_mb * 1024 * 1024), request_timeout=request_timeout,
-                       engine=engine, max_connections=max_connections, header_timeout=header_timeout))
+                       engine=engine, max_connections=max_connections, header_timeout=header_timeout,
+                       device=device))

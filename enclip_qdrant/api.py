@@ -90,7 +90,7 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
           columns: Mapping[str, str | None] | None = None, prune: bool = False, batch_size: int = 256,
           progress: Progress | None = None, options: CollectionOptions | None = None,
           blue_green: bool = False, prune_threshold: float | None = None, confirm: bool = False,
-          engine: str = "auto", hnsw: bool | None = None) -> IndexReport:
+          engine: str = "auto", hnsw: bool | None = None, device: str = "auto") -> IndexReport:
     """Embed a catalog into a collection; with no bundle, reuse (or train) the workspace's own.
 
     `collection`: the name (default: the catalog folder's); `config`: training settings when a bundle must be
@@ -99,8 +99,9 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
     shards...) apply when the collection is created; `blue_green`: a collection built by another bundle is
     rebuilt beside it and switched when complete. The default collection and bundle (named after the
     catalog's folder) refuse another folder of that name. `engine`: what embeds the images ("auto": ONNX
-    Runtime when the bundle has ONNX towers, else torch; see `load_bundle`). `hnsw`: build HNSW for the
-    member vectors (True/False; None: by the collection's size, see `index_catalog`)."""
+    Runtime when the bundle has ONNX towers, else torch; see `load_bundle`); `device`: where it runs (auto,
+    cpu, cuda, mps), and where a bundle trained here trains. `hnsw`: build HNSW for the member vectors
+    (True/False; None: by the collection's size, see `index_catalog`)."""
     from enclip_qdrant.bundle.manifest import Bundle
     from enclip_qdrant.engine.load import load_bundle
     from enclip_qdrant.indexing.run import PRUNE_THRESHOLD, check_catalog, index_catalog
@@ -117,10 +118,10 @@ def index(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | None =
     if isinstance(bundle, Bundle):
         b = bundle
     elif bundle is not None:
-        b = load_bundle(bundle, engine=engine)
+        b = load_bundle(bundle, engine=engine, device=device)
     else:
         b = _own_bundle(cat, conn.workspace.default_bundle_dir(collection_name_for(cat.root)), config, progress,
-                        engine)
+                        engine, device)
     with conn.open() as store:
         report = index_catalog(cat, b, store, name, prune=prune, batch_size=batch_size, progress=progress,
                                options=options, blue_green=blue_green, prune_threshold=prune_threshold,
@@ -143,7 +144,7 @@ def rollback(collection: str | None = None, *, conn: Connection | None = None) -
 
 
 def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: Progress,
-                engine: str = "auto") -> Bundle:
+                engine: str = "auto", device: str = "auto") -> Bundle:
     """The catalog's default bundle: reused when complete (retraining is an explicit `train`), else trained."""
     from enclip_qdrant.bundle.manifest import read_manifest
     from enclip_qdrant.engine.load import load_bundle
@@ -160,18 +161,24 @@ def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: 
             raise BundleError(f"{path} holds an ensemble trained with other settings; retrain it explicitly with "
                               f"`enclip-qdrant train {cat.root} --overwrite ...`, or pass --bundle")
         progress.log(f"using the trained ensemble in {path} (run `enclip-qdrant train` to retrain)")
-        return load_bundle(path, engine=engine)
+        return load_bundle(path, engine=engine, device=device)
     progress.log(f"no trained ensemble for this catalog yet: training one into {path}")
-    return train_bundle(cat, path, config, progress=progress)
+    from dataclasses import replace
+
+    from enclip_qdrant.training.config import TrainConfig as _TrainConfig
+
+    trained = train_bundle(cat, path, replace(config or _TrainConfig(), device=device), progress=progress)
+    return trained if engine == "auto" and device == "auto" else load_bundle(path, engine=engine, device=device)
 
 
 class Searcher:
     """A collection opened with its bundle, for many queries in one process (the bundle loads once)."""
 
     def __init__(self, collection: str | None = None, *, bundle: str | Path | Bundle | None = None,
-                 conn: Connection | None = None, engine: str = "auto"):
+                 conn: Connection | None = None, engine: str = "auto", device: str = "auto"):
         """`collection`: default the workspace's; `bundle`: default the one that built the collection;
-        `engine`: "onnx", "torch" or "auto" (ONNX when the bundle has it), see `load_bundle`."""
+        `engine`: "onnx", "torch" or "auto" (ONNX when the bundle has it), see `load_bundle`; `device`: where
+        queries are encoded (auto, cpu, cuda, mps)."""
         from enclip_qdrant.bundle.manifest import Bundle
         from enclip_qdrant.collection.meta import check_compatible
         from enclip_qdrant.engine.load import load_bundle
@@ -182,7 +189,7 @@ class Searcher:
         try:
             self.meta = read_meta(self.store, self.collection)
             self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(self._bundle_path(bundle),
-                                                                                  engine=engine)
+                                                                                  engine=engine, device=device)
             check_compatible(self.store, self.collection, self.bundle)
         except BaseException:
             self.store.close()
@@ -320,14 +327,15 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
              config: TrainConfig | None = None, test_fraction: float | None = None, seed: int = 0,
              queries_file: str | Path | None = None, top_k: int = 10, workdir: str | Path | None = None,
              columns: Mapping[str, str | None] | None = None, progress: Progress | None = None,
-             protocol: str | Path | None = None) -> EvalReport:
+             protocol: str | Path | None = None, device: str = "auto") -> EvalReport:
     """Held-out check of ENCLIP on a catalog: train on a seeded split (or check `bundle` never saw it), score
     each member alone, the ensemble and routing on the rest. `test_fraction`: share held out (default 0.2; with
     `bundle`, the whole catalog: a new catalog the bundle never saw); `queries_file`:
     JSONL of extra queries; `workdir`: keeps the trained bundle (see `eval_workdir`), else a temporary folder;
-    `protocol`: a folder of public ground truth (Marqo's KAGL files) scored over the held-out products."""
+    `protocol`: a folder of public ground truth (Marqo's KAGL files) scored over the held-out products;
+    `device`: where the bundle encodes (auto, cpu, cuda, mps)."""
     from enclip_qdrant.evaluation.run import evaluate as run
 
     return run(catalog, bundle=bundle, config=config, test_fraction=test_fraction, seed=seed,
                queries_file=queries_file, top_k=top_k, workdir=workdir, columns=columns, progress=progress,
-               protocol=protocol)
+               protocol=protocol, device=device)

@@ -10,6 +10,8 @@ so their embeddings are exactly what a full decode gives.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import stat
 import warnings
@@ -101,4 +103,27 @@ def load_image(path: str | Path, bound: int | None = DEFAULT_BOUND, *, max_bytes
     except FileNotFoundError:
         raise ImageRejected("missing image") from None
     except Exception as e:  # any decoder failure (OSError, SyntaxError, struct.error...) = unusable file
+        raise ImageRejected("corrupt image", str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+def read_image(path: str | Path, bound: int | None, *, max_bytes: int = MAX_IMAGE_BYTES) -> tuple[Image.Image, str]:
+    """`load_image` that also returns the sha256 of the bytes it decoded, so a cache keyed by the catalog's content
+    hash can tell a file that changed since the catalog was read. Callers wrap their pool in `bombs_as_errors`."""
+    check_file(path, max_bytes)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise ImageRejected("missing image") from None
+    except OSError as e:
+        raise ImageRejected("unreadable image", e.strerror or "") from None
+    if len(data) > max_bytes:
+        raise ImageRejected("image too large", f"over {max_bytes:,} bytes")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return decode_bounded(im, bound), digest
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected("image too large", str(e).splitlines()[0]) from None
+    except Exception as e:  # any decoder failure = unusable file
         raise ImageRejected("corrupt image", str(e).splitlines()[0] if str(e) else type(e).__name__) from None

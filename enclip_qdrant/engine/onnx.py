@@ -33,7 +33,7 @@ ENGINES = ("auto", "onnx", "torch")
 SIDE_BY_SIDE_ROWS = 16  # up to this many rows, members run concurrently (one per core); beyond, one by one
 
 
-def _session(path: Path, threads: int) -> Any:
+def _session(path: Path, threads: int, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -42,7 +42,7 @@ def _session(path: Path, threads: int) -> Any:
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), so, providers=list(providers))
     except Exception as e:  # onnxruntime raises its own exception types, with multi-line texts
         line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise BundleError(f"cannot load the ONNX model {path}: {line}") from None
@@ -87,12 +87,13 @@ class _OnnxMember:
 class _SharedText:
     """The exported shared sentence encoder (text-encoder recipe) with its tokenizer."""
 
-    def __init__(self, model: Path, tokenizer: Path, max_length: int, dim: int, threads: int):
+    def __init__(self, model: Path, tokenizer: Path, max_length: int, dim: int, threads: int,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)):
         from enclip_qdrant.engine.tokenizers import HFTextTokenizer
 
         self.dim = dim
         self.tokenizer = HFTextTokenizer(tokenizer, max_length)
-        self.session = _session(model, threads)
+        self.session = _session(model, threads, providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.calls = 0  # forward passes (tests prove a text query runs the encoder once for all members)
 
@@ -113,7 +114,7 @@ class OnnxEnsemble:
     engine = "onnx"
 
     def __init__(self, path: Path, manifest: Mapping[str, Any], folders: Sequence[Path], *, verify: bool = True,
-                 threads: int | None = None):
+                 threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)):
         from enclip_qdrant.engine.tokenizers import ClipTokenizer
 
         record = manifest.get("onnx")
@@ -127,6 +128,7 @@ class OnnxEnsemble:
                               f"{path} --force` to seal them (a new fingerprint: re-index its collections), or use "
                               "--engine torch")
         cores = threads or available_cores()
+        self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
         n = len(manifest["members"])
         self.workers = max(1, min(n, cores))
         per = cores  # each session may use every core: a big batch runs the members one after another
@@ -176,9 +178,9 @@ class OnnxEnsemble:
                     if got != want:
                         raise BundleError(f"{path}: {what} ({p.relative_to(path)}) does not match the manifest "
                                           "(file changed?); refusing to load it")
-            jobs = [pool.submit(_session, p, per) for _, _, p in loads]
+            jobs = [pool.submit(_session, p, per, providers) for _, _, p in loads]
             tok_jobs = {k: pool.submit(ClipTokenizer, p, n) for k, (p, n) in tokenizers.items()}
-            shared_job = pool.submit(_SharedText, *shared, cores) if shared else None
+            shared_job = pool.submit(_SharedText, *shared, cores, providers) if shared else None
             for (om, part, _), job in zip(loads, jobs, strict=True):
                 setattr(om, part, job.result())
             self._tokenizers = {k: j.result() for k, j in tok_jobs.items()}

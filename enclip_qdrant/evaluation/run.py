@@ -186,7 +186,10 @@ def _run(store: Store, bundle: Bundle, ranking: _Ranking, q: EncodedQuery, top_k
 
 def _train_dir(workdir: Path, train_catalog: Catalog, config: TrainConfig) -> Path:
     """One folder per (training products, settings): re-running an interrupted evaluation resumes its training."""
-    key = json.dumps([train_catalog.fingerprint(), config.resolved().to_dict()], sort_keys=True, default=str)
+    settings = config.resolved().to_dict()
+    for k in ("device", "loader_workers"):  # where it runs, not what it learns: older folders keep their key
+        settings.pop(k, None)
+    key = json.dumps([train_catalog.fingerprint(), settings], sort_keys=True, default=str)
     return workdir / f"bundle-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -194,12 +197,13 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
              config: TrainConfig | None = None, test_fraction: float | None = None, seed: int = 0,
              queries_file: str | Path | None = None, top_k: int = 10, workdir: str | Path | None = None,
              columns: Mapping[str, str | None] | None = None, progress: Progress | None = None,
-             protocol: str | Path | None = None) -> EvalReport:
+             protocol: str | Path | None = None, device: str = "auto") -> EvalReport:
     """Train on a seeded split (or check `bundle` never saw it), then score every ranking on the held-out rest.
 
     `test_fraction`: share held out; None: 0.2 when training, the whole catalog (1) with a given `bundle`
     (a new catalog the bundle never saw). `workdir` keeps the trained bundle (re-running resumes it); without
     one it lives in a temporary folder. `protocol`: a folder of public ground truth (protocol.py) scored too.
+    `device`: where the bundle encodes (and, without `config`, where it trains).
     """
     if test_fraction is None:
         test_fraction = 1.0 if bundle is not None else 0.2
@@ -221,7 +225,7 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
         n_train: int | None = None
         t0 = time.perf_counter()
         if bundle is not None:
-            b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+            b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, device=device)
             seen = seen_product_ids(b.path) & test_set
             if seen:
                 raise BundleError(
@@ -232,14 +236,16 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
                     f"catalog)")
             trained, kept = False, str(b.path)
         else:
-            config = config or TrainConfig()
+            config = config or TrainConfig(device=device)
             train_cat = dataclasses.replace(cat, products=[p for p in cat.products if p.id not in test_set])
             out = _train_dir(Path(workdir) if workdir else tmp, train_cat, config)
             progress.log(f"training on {len(train_ids)} products, holding out {len(test_ids)} for the test")
-            # imported here: only training needs torch, so `eval --bundle` runs on the ONNX engine without it
-            from enclip_qdrant.training.run import train
+            if not (out / MANIFEST).is_file():
+                # imported here: only training needs torch, so `eval --bundle` runs on the ONNX engine without it
+                from enclip_qdrant.training.run import train
 
-            b = load_bundle(out) if (out / MANIFEST).is_file() else train(train_cat, out, config, progress)
+                train(train_cat, out, config, progress)
+            b = load_bundle(out, device=device)
             trained, kept = True, str(out) if workdir else None
             n_train = len(train_ids)
         seconds["train"] = round(time.perf_counter() - t0, 2)

@@ -89,6 +89,7 @@ class ServeOptions:
     request_timeout: float = 30.0
     max_top_k: int = 100
     engine: str = "auto"  # what encodes queries: onnx, torch, or auto (see load_bundle)
+    device: str = "auto"  # where: auto, cpu, cuda (ONNX Runtime's CUDA provider with onnxruntime-gpu), mps
     header_timeout: float = 10.0  # seconds for a request's head (request line and headers) to arrive
     body_timeout: float = 20.0  # seconds for its body
     max_connections: int = 0  # open connections; 0: max(256, 8 x max_queue), always above the work queue
@@ -677,7 +678,7 @@ def create_app(options: ServeOptions | None = None, *,
     opts = options or ServeOptions()
     key = opts.key
     factory = searcher_factory or (lambda: Searcher(opts.collection, bundle=opts.bundle, conn=opts.connection(),
-                                                         engine=opts.engine))
+                                                         engine=opts.engine, device=opts.device))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -853,7 +854,8 @@ def serve(options: ServeOptions) -> None:
     for line in startup_warnings(options):
         print(line, file=sys.stderr)
     Image.MAX_IMAGE_PIXELS = options.max_image_pixels  # Pillow's own bomb check, as a second line of defence
-    searcher = Searcher(options.collection, bundle=options.bundle, conn=options.connection(), engine=options.engine)
+    searcher = Searcher(options.collection, bundle=options.bundle, conn=options.connection(), engine=options.engine,
+                        device=options.device)
     app = create_app(options, searcher_factory=lambda: searcher)
     uvicorn.run(app, host=options.host, port=options.port, log_level=os.environ.get("ENCLIP_LOG_LEVEL", "info"),
                 **server_settings(options.header_timeout, options.connection_limit()))

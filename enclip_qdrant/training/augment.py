@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,15 +40,30 @@ class LowQuality:
         return im
 
 
-def train_transform(preprocess_cfg: Mapping[str, Any], seed: int) -> Callable[[Image.Image], torch.Tensor]:
-    size = preprocess_cfg["size"]
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    return v2.Compose([
-        LowQuality(rng=random.Random(seed)),
-        # Mild reframing around the portrait aspect of catalog photos, then squash to the model's square.
-        v2.RandomResizedCrop(size, scale=(0.75, 1.0), ratio=(0.6, 0.9), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.PILToTensor(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(preprocess_cfg["mean"]), std=list(preprocess_cfg["std"])),
-    ])
+class TrainTransform:
+    """The augmentation, drawn from a seed per sample: the same sample gets the same pixels in any process,
+    so results do not depend on how many data-loader workers a machine runs."""
+
+    def __init__(self, preprocess_cfg: Mapping[str, Any]):
+        size = preprocess_cfg["size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        self.low = LowQuality(rng=random.Random(0))
+        self.tf = v2.Compose([
+            self.low,
+            # Mild reframing around the portrait aspect of catalog photos, then squash to the model's square.
+            v2.RandomResizedCrop(size, scale=(0.75, 1.0), ratio=(0.6, 0.9), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(preprocess_cfg["mean"]), std=list(preprocess_cfg["std"])),
+        ])
+
+    def __call__(self, im: Image.Image, seed: int) -> torch.Tensor:
+        self.low.rng.seed(seed)
+        with torch.random.fork_rng(devices=[]):  # torchvision draws crops and flips from torch's global generator
+            torch.manual_seed(seed)
+            return self.tf(im)
+
+
+def train_transform(preprocess_cfg: Mapping[str, Any]) -> TrainTransform:
+    return TrainTransform(preprocess_cfg)

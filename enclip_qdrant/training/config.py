@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from enclip_qdrant.catalog.fields import parse_field_cols
+from enclip_qdrant.engine.devices import check_device
 from enclip_qdrant.engine.text_encoders import TEXT_ENCODERS
 from enclip_qdrant.errors import BundleError
 from enclip_qdrant.training.presets import FINETUNE_LR, TOWER_MODES, get_preset
@@ -44,6 +45,8 @@ class TrainConfig:
     onnx: bool = True  # export the towers to ONNX (torch-free queries); off only to save seconds in tests
     field_cols: str | None = None  # field-aware training: "auto", "none" or "a,b,c"; None: the preset's
     towers: str | None = None  # image towers: "same", "mixed", "resnet" (presets.member_tower); None: the preset's
+    loader_workers: int | None = None  # data-loader processes per member; None: sized to the cores (loader.py)
+    device: str = "auto"  # auto (CUDA, else MPS, else CPU), cpu, cuda or mps
 
     def __post_init__(self) -> None:  # fail before any catalog is read or member trained
         if self.precision not in PRECISIONS:
@@ -53,6 +56,9 @@ class TrainConfig:
             raise BundleError(f"--text-encoder must be one of {', '.join(TEXT_ENCODERS)}, not {self.text_encoder!r}")
         if self.text_encoder not in (None, "none") and (self.pretrained or self.base_model):
             raise BundleError("--text-encoder applies to members trained from a preset, not to --model/--pretrained")
+        check_device(self.device)
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise BundleError(f"loader_workers must be 0 or more, not {self.loader_workers}")
         if self.parallel is not None and self.parallel < 1:
             raise BundleError(f"--parallel must be at least 1, not {self.parallel}")
         parse_field_cols(self.field_cols)
@@ -67,12 +73,14 @@ class TrainConfig:
         """The settings members really train with: the preset's defaults filled in, precision decided."""
         preset = get_preset(self.preset)
         finetune = self.pretrained is not None or self.base_model is not None
+        device = resolved_device(self.device)
         return ResolvedConfig(**(asdict(self) | {
             "epochs": self.epochs or preset.epochs,
             "batch_size": self.batch_size or preset.batch_size,
             "lr": self.lr or (FINETUNE_LR if finetune else preset.lr),
             "weight_decay": preset.weight_decay,
-            "precision": resolve_precision(self.precision),
+            "precision": resolve_precision(self.precision, device),
+            "device": device,
             "text_encoder": "none" if finetune else (self.text_encoder or preset.text_encoder),
             "towers": "same" if finetune else (self.towers or preset.default_towers),
             "field_cols": parse_field_cols(self.field_cols) if self.field_cols is not None else preset.field_cols,
@@ -85,8 +93,24 @@ class TrainConfig:
         return [k for k in (*_PLAN_KEYS, "members", "clusters") if trained.get(k) != mine[k]]
 
 
-def resolve_precision(precision: str) -> str:
-    """`auto` becomes what this CPU should use; TrainConfig has checked the name already."""
+def resolved_device(name: str) -> str:
+    """The device type members train on ("cpu", "cuda", "mps"); a missing one is one clear line."""
+    from enclip_qdrant.engine.torch.device import resolve_device  # torch, only once training starts
+
+    return resolve_device(name).type
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """`auto` becomes what this device should use: on CUDA bf16 where the GPU has it, else fp16 (with a gradient
+    scaler); on the CPU bf16 where it is native, else fp32. TrainConfig has checked the name already."""
+    if device == "cuda":
+        if precision == "fp32":
+            return "fp32"
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "mps":
+        return "fp32"
     if precision == "auto":
         return "bf16" if native_bf16() else "fp32"
     return precision
@@ -120,12 +144,14 @@ class ResolvedConfig:
     warmup_fraction: float
     threads: int | None
     parallel: int | None
-    precision: Literal["bf16", "fp32"]
+    precision: Literal["bf16", "fp16", "fp32"]  # fp16 only on a CUDA GPU without bf16
     weight_decay: float
     text_encoder: str = "none"  # "none": open_clip text towers; else a shared frozen encoder (recipes.py)
     onnx: bool = True  # export ONNX towers when the bundle is complete (not a training setting: not in the plan key)
     field_cols: str = "none"  # field-aware training (fields.py): "none", "auto" or "a,b,c"
     towers: str = "same"  # "mixed": members cycle through the preset's image towers
+    loader_workers: int | None = None  # not a training setting: samples are seeded, any count trains the same
+    device: str = "cpu"  # the device type members trained on (recorded in the manifest and each member's report)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, for the manifest, the training plan and worker job files."""

@@ -20,15 +20,16 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
-from PIL import Image
 
 from enclip_qdrant.bundle.names import WEIGHTS_NAME
-from enclip_qdrant.catalog.images import load_image
+from enclip_qdrant.engine.torch.device import autocast, grad_scaler, resolve_device
 from enclip_qdrant.engine.torch.members import Ensemble, Member
 from enclip_qdrant.files import atomic_write_json, file_sha256, read_json
 from enclip_qdrant.progress import Progress
 from enclip_qdrant.training.augment import train_transform
 from enclip_qdrant.training.config import ResolvedConfig
+from enclip_qdrant.training.image_cache import ImageCache
+from enclip_qdrant.training.loader import member_loader
 from enclip_qdrant.training.loss import TITLE_SHARE, MultiPositiveClipLoss, batch_positives
 from enclip_qdrant.training.members import new_member
 from enclip_qdrant.training.presets import get_preset, with_tower
@@ -39,10 +40,10 @@ _REPORT_KEYS = {"val": dict, "sha256": str, "seconds": (int, float), "pairs_per_
 
 @dataclass
 class Pairs:
-    """Decoded images and their captions, held in memory once for all members."""
+    """The products' cached images (on disk, memory-mapped: image_cache) and their captions, for all members."""
 
     ids: list[str]
-    images: list[Image.Image]
+    images: ImageCache
     texts: list[str]
     field_texts: list[tuple[str, ...]] = field(default_factory=list)  # per product; empty: titles only
     index: dict[str, int] = field(default_factory=dict)
@@ -53,10 +54,6 @@ class Pairs:
     def encoder_texts(self) -> list[str]:
         """Every text a member is trained on (titles, then field texts), for the shared encoder's cache."""
         return self.texts + [t for ts in self.field_texts for t in ts]
-
-
-def decode_image(path: str | Path) -> Image.Image:
-    return load_image(path)  # bounded (draft + thumbnail to 512 px): 64 12-MP photos no longer take 7 GB
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,11 +97,12 @@ def train_member(member: Member, pairs: Pairs, train_idx: np.ndarray, val_idx: n
     beside others gets its share of the cores, and all of them once the others have finished.
     """
     torch.manual_seed(seed)
-    bf16 = cfg.precision == "bf16"
+    device = resolve_device(cfg.device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    scaler = grad_scaler(device, dtype)
     rng = np.random.default_rng(seed)
-    model = member.model
-    tf = train_transform(member.preprocess_cfg, seed)
-    tokens = member.tokenizer(pairs.texts)
+    model = member.model.to(device)
+    tokens = member.tokenizer(pairs.texts).to(device)
     bs = min(cfg.batch_size, len(train_idx))
     steps_per_epoch = max(1, len(train_idx) // bs)
     total = steps_per_epoch * cfg.epochs
@@ -115,7 +113,12 @@ def train_member(member: Member, pairs: Pairs, train_idx: np.ndarray, val_idx: n
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = open_clip.ClipLoss()
-    fields = FieldSampler(member, pairs, seed) if any(pairs.field_texts) else None
+    fields = FieldSampler(member, pairs, seed, device) if any(pairs.field_texts) else None
+    cuda = device.type == "cuda"
+    loader, batches = member_loader(pairs.images, train_transform(member.preprocess_cfg), bs, cfg.loader_workers,
+                                    threads() if threads is not None else torch.get_num_threads(),
+                                    pin_memory=cuda, cuda=cuda)
+    augment = np.random.default_rng([seed, 2])  # one augmentation seed per sample (augment.TrainTransform)
     task = progress.task(f"{label} training", total=total)
     best: dict[str, Any] = {"score": -1.0}
     history = []
@@ -123,25 +126,31 @@ def train_member(member: Member, pairs: Pairs, train_idx: np.ndarray, val_idx: n
     for epoch in range(cfg.epochs):
         model.train()
         order = rng.permutation(train_idx)
+        batches.set_epoch(order[:steps_per_epoch * bs], augment.integers(0, 2**63 - 1, size=steps_per_epoch * bs))
         losses = []
-        for b in range(steps_per_epoch):
+        for b, images in enumerate(loader):
             wanted = threads() if threads is not None else None
             if wanted is not None and wanted != torch.get_num_threads():
                 torch.set_num_threads(wanted)
             batch = order[b * bs:(b + 1) * bs]
-            images = torch.stack([tf(pairs.images[i]) for i in batch])
+            images = images.to(device, non_blocking=True)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, warmup, cfg.lr)
             text_in, positives = (tokens[batch], None) if fields is None else fields.batch(batch, tokens)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with autocast(device, dtype):
                 img_f, txt_f, scale = model(images, text_in)[:3]
             if positives is None:
                 loss = loss_fn(img_f.float(), txt_f.float(), scale.float())
             else:
-                loss = fields.loss(img_f.float(), txt_f.float(), scale.float(), positives)
+                loss = fields.loss(img_f.float(), txt_f.float(), scale.float(), positives.to(device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:  # fp16: gradients scaled against underflow; a step with inf/nan gradients is skipped
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             with torch.no_grad():  # CLIP's clamp: a logit scale above 100 destabilises training
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
@@ -156,21 +165,22 @@ def train_member(member: Member, pairs: Pairs, train_idx: np.ndarray, val_idx: n
             best = {"score": score, "state": copy.deepcopy(model.state_dict()), "metrics": metrics}
     task.close()
     model.load_state_dict(best["state"])
-    model.eval()
+    model.to("cpu").eval()  # saved, exported and reloaded from the CPU
     elapsed = time.perf_counter() - t0
     return {"val": best["metrics"], "history": history, "seconds": round(elapsed, 1),
-            "pairs_per_second": round(total * bs / elapsed, 1), "precision": cfg.precision}
+            "pairs_per_second": round(total * bs / elapsed, 1), "precision": cfg.precision,
+            "device": device.type, "loader_workers": loader.num_workers}
 
 
 class FieldSampler:
     """Field-aware batches: each product's title plus one of its field texts (drawn from its own generator, so
     the data order and augmentation stay those of plain training with the same seed)."""
 
-    def __init__(self, member: Member, pairs: Pairs, seed: int):
+    def __init__(self, member: Member, pairs: Pairs, seed: int, device: torch.device | None = None):
         self.pairs = pairs
         self.vocab = sorted({t for ts in pairs.field_texts for t in ts})
         self.slot = {t: i for i, t in enumerate(self.vocab)}
-        self.tokens = member.tokenizer(self.vocab)
+        self.tokens = member.tokenizer(self.vocab).to(device or "cpu")
         self.rng = np.random.default_rng([seed, 1])
         self.loss = MultiPositiveClipLoss()
 
@@ -184,7 +194,7 @@ class FieldSampler:
 
 def evaluate_member(member: Member, pairs: Pairs, val_idx: np.ndarray) -> dict[str, float]:
     ens = Ensemble([member])
-    img = ens.encode_images([pairs.images[i] for i in val_idx])[member.name]
+    img = ens.encode_images(pairs.images.subset(val_idx))[member.name]
     txt = ens.encode_texts([pairs.texts[i] for i in val_idx])[member.name]
     return retrieval_recall(img, txt, [pairs.texts[i] for i in val_idx])
 

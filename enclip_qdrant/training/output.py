@@ -15,7 +15,8 @@ from enclip_qdrant.progress import Progress
 from enclip_qdrant.training.config import _LEGACY
 
 # What a training run writes in its folder: the only entries `--overwrite` ever removes.
-_OURS = (PLAN, MANIFEST, CLUSTERS, "members", "text_features.safetensors")  # the last: recipes.TEXT_CACHE
+# "text_features.safetensors" is text_cache.TEXT_CACHE; the last two are image_cache's CACHE_DATA and CACHE_INDEX.
+_OURS = (PLAN, MANIFEST, CLUSTERS, "members", "text_features.safetensors", "image_cache.u8", "image_cache.safetensors")
 
 # A second run training into the same folder gets a clear "busy" error at once rather than waiting for a
 # training that can take an hour; it is never allowed to write beside the first.

@@ -9,7 +9,7 @@ Why `python -m` subprocesses and not multiprocessing: a spawned multiprocessing 
 caller's script unless it is guarded by `if __name__ == "__main__"`, and fork is unsafe once torch
 has started its thread pool. A worker here is a fresh interpreter that imports only this package.
 
-Protocol: the parent writes a job file; the worker re-decodes the images (seconds), trains, saves the
+Protocol: the parent writes a job file; the worker maps the run's image cache (image_cache), trains, saves the
 member with its report.json (the completion marker, so a re-run resumes), and exits 0. It prints
 progress events on stdout as JSON lines; the parent writes "threads N" lines on its stdin whenever the
 number of running members changes, so the last member gets every core. A worker whose stdin closes
@@ -18,6 +18,7 @@ number of running members changes, so the last member gets every core. A worker 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -25,9 +26,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -35,7 +35,8 @@ from enclip_qdrant.errors import EnclipError
 from enclip_qdrant.files import atomic_write_json
 from enclip_qdrant.progress import Progress, ProgressRelay, QueueProgress
 from enclip_qdrant.training.config import ResolvedConfig
-from enclip_qdrant.training.jobs import MemberJob, Pairs, decode_image, log_member, read_report, train_and_save
+from enclip_qdrant.training.image_cache import ImageCache
+from enclip_qdrant.training.jobs import MemberJob, Pairs, log_member, read_report, train_and_save
 
 EVENT_PREFIX = "@enclip "
 JOB_FILE = "job.json"
@@ -95,16 +96,16 @@ class _Worker:
         self.log.close()
 
 
-def train_members_parallel(jobs: Sequence[MemberJob], products: Sequence[Any], val_idx: np.ndarray, cfg: ResolvedConfig,
-                           workers: int, budget: int, progress: Progress,
-                           field_texts: Sequence[Sequence[str]] = ()) -> None:
+def train_members_parallel(jobs: Sequence[MemberJob], pairs: Pairs, val_idx: np.ndarray, cfg: ResolvedConfig,
+                           workers: int, budget: int, progress: Progress) -> None:
     """Train `jobs` in up to `workers` processes sharing `budget` threads.
 
     A member that fails does not take the others down: the running ones finish and are kept (a re-run
     resumes), no new one starts, and then the first failure is raised. Ctrl-C stops every worker.
     """
-    common = {"images": [str(p.image) for p in products], "texts": [p.text for p in products],
-              "field_texts": [list(ts) for ts in field_texts],
+    common = {"image_cache": str(pairs.images.data), "image_offsets": pairs.images.offsets.tolist(),
+              "image_shapes": pairs.images.shapes.tolist(), "texts": list(pairs.texts),
+              "field_texts": [list(ts) for ts in pairs.field_texts],
               "val_idx": val_idx.tolist(), "cfg": cfg.to_dict()}
     events: queue.Queue = queue.Queue()
     relay = ProgressRelay(events, progress)
@@ -160,8 +161,18 @@ class _StdoutSink:
             sys.stdout.flush()
 
 
+def _stdin_lines() -> Iterator[str]:
+    """stdin's lines, read from fd 0 with os.read, not through sys.stdin: a buffered reader holds its lock while
+    it waits, and a process forked meanwhile (a data-loader worker) would hang for ever closing its copy of
+    stdin (multiprocessing does that first thing in every child)."""
+    buf = b""
+    while chunk := os.read(0, 4096):
+        *lines, buf = (buf + chunk).split(b"\n")
+        yield from (line.decode(errors="replace") for line in lines)
+
+
 def _watch_stdin(state: dict[str, int]) -> None:
-    for line in sys.stdin:
+    for line in _stdin_lines():
         parts = line.split()
         if len(parts) == 2 and parts[0] == "threads" and parts[1].isdigit():
             state["threads"] = max(1, int(parts[1]))
@@ -175,13 +186,17 @@ def _worker_main(job_file: str) -> None:
     state = {"threads": int(os.environ.get("OMP_NUM_THREADS", "1"))}
     torch.set_num_threads(state["threads"])
     threading.Thread(target=_watch_stdin, args=(state,), daemon=True).start()
-    images = [decode_image(p) for p in spec["images"]]
+    images = ImageCache(Path(spec["image_cache"]), np.asarray(spec["image_offsets"], dtype=np.int64),
+                        np.asarray(spec["image_shapes"], dtype=np.int32).reshape(-1, 2))
     pairs = Pairs([str(i) for i in range(len(images))], images, spec["texts"],
                   [tuple(ts) for ts in spec.get("field_texts", [])])
     job = MemberJob(spec["name"], spec["label"], spec["seed"], Path(spec["folder"]), np.asarray(spec["idx"]),
                     spec.get("tower", ""))
     progress = QueueProgress(_StdoutSink(), spec["name"])
-    train_and_save(job, pairs, np.asarray(spec["val_idx"]), ResolvedConfig.from_dict(spec["cfg"]), progress,
+    cfg = ResolvedConfig.from_dict(spec["cfg"])
+    if cfg.loader_workers is None:  # the members already share the cores: each augments in its own main thread
+        cfg = dataclasses.replace(cfg, loader_workers=0)
+    train_and_save(job, pairs, np.asarray(spec["val_idx"]), cfg, progress,
                    threads=lambda: state["threads"])
 
 

@@ -26,6 +26,7 @@ from enclip_qdrant.bundle.manifest import Bundle, build_manifest, sealed_fingerp
 from enclip_qdrant.bundle.names import CLUSTERS, MANIFEST, PLAN
 from enclip_qdrant.bundle.vectors import joint_embedding
 from enclip_qdrant.catalog.fields import field_texts, resolve_field_cols
+from enclip_qdrant.catalog.images import bound_for
 from enclip_qdrant.engine.load import load_bundle
 from enclip_qdrant.engine.torch.load import load_member
 from enclip_qdrant.engine.torch.members import Ensemble, Member
@@ -35,10 +36,10 @@ from enclip_qdrant.progress import NullProgress, Progress
 from enclip_qdrant.system import available_cores
 from enclip_qdrant.training.clustering import fit_clusters
 from enclip_qdrant.training.config import _PLAN_KEYS, MIN_PAIRS, ResolvedConfig, TrainConfig
+from enclip_qdrant.training.image_cache import build_cache
 from enclip_qdrant.training.jobs import (
     MemberJob,
     Pairs,
-    decode_image,
     log_member,
     read_report,
     retrieval_recall,
@@ -46,17 +47,25 @@ from enclip_qdrant.training.jobs import (
 )
 from enclip_qdrant.training.labels import cluster_labels
 from enclip_qdrant.training.output import TRAIN_LOCK_TIMEOUT, _prepare, _refuse_protected
-from enclip_qdrant.training.presets import get_preset, member_tower
+from enclip_qdrant.training.presets import get_preset, member_tower, with_tower
 
 
-def load_pairs(products: Sequence[Any], progress: Progress, field_cols: Sequence[str] = ()) -> Pairs:
-    task = progress.task("decoding images", total=len(products))
-    images = []
-    for p in products:
-        images.append(decode_image(p.image))
-        task.advance()
-    task.close()
+def load_pairs(products: Sequence[Any], folder: Path, bound: int, progress: Progress,
+               field_cols: Sequence[str] = ()) -> Pairs:
+    """The products' pairs, their images decoded into (or found in) the image cache in `folder`."""
+    images = build_cache(Path(folder), products, bound, progress)
     return Pairs([p.id for p in products], images, [p.text for p in products], field_texts(products, field_cols))
+
+
+def _input_sizes(cfg: ResolvedConfig, n_members: int) -> list[Any]:
+    """Every member's image input size, known before any member is built: the decode bound follows the largest."""
+    if cfg.base_model is None and cfg.pretrained is None:
+        preset = get_preset(cfg.preset)
+        return [with_tower(preset, member_tower(preset, cfg.towers, i)).preprocess_cfg()["size"]
+                for i in range(n_members)]
+    from enclip_qdrant.engine.torch.members import load_pretrained
+
+    return [load_pretrained(cfg.base_model or "ViT-B-32", cfg.pretrained)[2]["size"]]
 
 
 def split_ids(ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -105,7 +114,7 @@ def _train_members(out: Path, catalog: Any, fingerprint: str, products: Sequence
                    progress: Progress) -> Bundle:
     if field_cols:
         progress.log(f"field-aware training on {', '.join(field_cols)} (--field-cols none: titles only)")
-    pairs = load_pairs(products, progress, field_cols)
+    pairs = load_pairs(products, out, bound_for(_input_sizes(cfg, n_members)), progress, field_cols)
     train_idx = np.array([pairs.index[i] for i in train_ids])
     val_idx = np.array([pairs.index[i] for i in val_ids])
     if cfg.text_encoder != "none":  # frozen shared encoder: every caption encoded once per run
@@ -134,7 +143,7 @@ def _train_members(out: Path, catalog: Any, fingerprint: str, products: Sequence
         progress.log(f"training {len(todo)} members, {workers} at a time on {budget} threads ({cfg.precision})")
         from enclip_qdrant.training.parallel import train_members_parallel
 
-        train_members_parallel(todo, products, val_idx, cfg, workers, budget, progress, pairs.field_texts)
+        train_members_parallel(todo, pairs, val_idx, cfg, workers, budget, progress)
     else:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)

@@ -5,6 +5,7 @@ store holds afterwards."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import shutil
 import threading
@@ -375,7 +376,8 @@ def test_filters_keep_the_stored_type(tmp_path: Path, edge, bundle) -> None:
 
 
 def test_training_decodes_to_the_bound_too(tmp_path: Path) -> None:
-    from enclip_qdrant.training.jobs import decode_image
+    from enclip_qdrant.catalog.images import read_image
 
     big = _noise_jpeg(tmp_path / "big.jpg", (4000, 3000))
-    assert max(decode_image(big).size) <= 512
+    im, digest = read_image(big, 256)
+    assert max(im.size) <= 256 and digest == hashlib.sha256(big.read_bytes()).hexdigest()

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from enclip_qdrant.bundle.names import CONFIG_NAME, WEIGHTS_NAME
 from enclip_qdrant.engine.text_encoders import TextEncoderSpec, check_record
+from enclip_qdrant.engine.torch.device import module_device
 from enclip_qdrant.engine.torch.members import Member, eval_transform
 from enclip_qdrant.engine.torch.text_encoder import SharedTextEncoder, get_encoder
 from enclip_qdrant.errors import BundleError
@@ -85,7 +86,8 @@ class HeadMember(Member):
     def encode_texts(self, texts: Sequence[str], tokens: torch.Tensor | None = None) -> np.ndarray:
         self.model.eval()
         feats = self._features(texts) if tokens is None else tokens
-        return self.model.encode_text(feats, normalize=True).float().numpy()
+        feats = feats.to(module_device(self.model), non_blocking=True)
+        return self.model.encode_text(feats, normalize=True).float().cpu().numpy()
 
     def save(self, folder: Path) -> str:
         folder.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from safetensors.torch import save as save_tensors
 
 from enclip_qdrant.bundle.names import CONFIG_NAME, WEIGHTS_NAME
 from enclip_qdrant.bundle.vectors import concat_rows
+from enclip_qdrant.engine.torch.device import module_device
 from enclip_qdrant.errors import BundleError, EnclipError
 from enclip_qdrant.files import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256, read_json
 
@@ -138,8 +139,8 @@ class Member:
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         self.model.eval()
-        feats = self.model.encode_image(pixels, normalize=True)
-        return feats.float().numpy()
+        feats = self.model.encode_image(pixels.to(module_device(self.model), non_blocking=True), normalize=True)
+        return feats.float().cpu().numpy()
 
     @property
     def tokenizer_key(self) -> str:
@@ -152,9 +153,10 @@ class Member:
     def encode_texts(self, texts: Sequence[str], tokens: torch.Tensor | None = None) -> np.ndarray:
         self.model.eval()
         tokens = self.tokenizer(list(texts)) if tokens is None else tokens
+        tokens = tokens.to(module_device(self.model), non_blocking=True)
         if _causal_argmax_tower(self.model):
-            return _encode_by_length(self.model, tokens).float().numpy()
-        return self.model.encode_text(tokens, normalize=True).float().numpy()
+            return _encode_by_length(self.model, tokens).float().cpu().numpy()
+        return self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
 
     def save(self, folder: Path) -> str:
         """Write an open_clip local-dir folder; returns the weights' sha256 (for the bundle fingerprint).
@@ -285,6 +287,15 @@ class Ensemble:
             raise EnclipError("an ensemble needs at least one member")
         self.members = list(members)
 
+    def to(self, device: torch.device) -> Ensemble:
+        """Every member on `device` (inputs follow each model; results come back as CPU arrays)."""
+        for m in self.members:
+            m.model.to(device)
+        self.device = str(device)
+        return self
+
+    device = "cpu"
+
     @property
     def names(self) -> list[str]:
         return [m.name for m in self.members]
@@ -300,7 +311,8 @@ class Ensemble:
             pixels: dict[str, torch.Tensor] = {}
             for m in self.members:
                 if m.preprocess_key not in pixels:
-                    pixels[m.preprocess_key] = torch.stack([m.preprocess(im) for im in chunk])
+                    batch = torch.stack([m.preprocess(im) for im in chunk])
+                    pixels[m.preprocess_key] = batch.pin_memory() if self.device.startswith("cuda") else batch
                 out[m.name].append(m.encode_pixels(pixels[m.preprocess_key]))
         return {k: concat_rows(v, self.dims[k]) for k, v in out.items()}
 

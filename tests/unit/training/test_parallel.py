@@ -129,3 +129,37 @@ def test_queue_progress_replays_in_order():
     assert rec.tasks["m0 training"] == {"total": 3, "done": 3, "closed": True,
                                         "fields": {"loss": "0.5", "val": "R@10 0.5"}}
     assert rec.logs == ["hello"]
+
+
+_FORK_BESIDE_STDIN_WATCHER = """
+import multiprocessing, sys, threading, time
+from enclip_qdrant.training.parallel import _stdin_lines
+seen = []
+threading.Thread(target=lambda: seen.extend(_stdin_lines()), daemon=True).start()
+time.sleep(0.3)  # the watcher is waiting on stdin
+child = multiprocessing.get_context("fork").Process(target=sys.exit, args=(0,))
+child.start()
+child.join(20)
+sys.stdout.write(("hung" if child.is_alive() else "ok " + ",".join(seen)) + "\\n")
+sys.stdout.flush()
+"""
+
+
+def test_a_data_loader_worker_forked_in_a_member_process_does_not_hang_on_stdin():
+    # A member process reads "threads N" on stdin in a thread; a child forked meanwhile (a DataLoader worker)
+    # closes its copy of sys.stdin first thing, which hung for ever when the watcher held sys.stdin's lock.
+    import select
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _FORK_BESIDE_STDIN_WATCHER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write("threads 2\n")
+        proc.stdin.flush()  # stdin stays open until the answer: the watcher is still waiting when the child forks
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        out = proc.stdout.readline() if ready else "no answer"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out == "ok threads 2\n"

@@ -170,3 +170,32 @@ def test_towers_flag_is_checked_before_any_work(small_catalog, tmp_path):
     # not given: the preset's choice, and a fine-tuned member keeps its checkpoint's own tower
     assert TrainConfig(pretrained="laion2b_s34b_b79k").resolved().towers == "same"
     assert TrainConfig(preset="tiny").resolved().towers == get_preset("tiny").default_towers
+
+
+@pytest.mark.slow
+def test_the_same_seed_trains_the_same_weights_with_any_number_of_loader_workers(small_catalog, tmp_path):
+    """Every sample carries its own augmentation seed: a machine with more cores must not train another model."""
+    shas = []
+    for workers in (0, 2):
+        bundle = train(small_catalog, tmp_path / f"w{workers}",
+                       TrainConfig(onnx=False, members=1, loader_workers=workers, **QUICK))
+        shas.append(bundle.manifest["members"][0]["sha256"])
+    assert shas[0] == shas[1]
+    assert (tmp_path / "w0" / "image_cache.u8").is_file()  # the images were read from the run's cache
+
+
+@pytest.mark.slow
+def test_the_device_is_recorded_and_a_missing_gpu_is_refused_before_any_work(small_catalog, tmp_path):
+    from enclip_qdrant.engine.load import load_bundle
+
+    bundle = train(small_catalog, tmp_path / "b", TrainConfig(onnx=False, members=1, device="cpu", **QUICK))
+    report = json.loads((tmp_path / "b" / "members" / "m0" / "report.json").read_text())
+    assert report["device"] == "cpu" and bundle.manifest["training"]["config"]["device"] == "cpu"
+    on_cpu = load_bundle(tmp_path / "b", engine="torch", device="cpu")
+    assert on_cpu.ensemble.device == "cpu" and on_cpu.embed_texts(["red dress"])[1].shape[0] == 1
+    if not torch.cuda.is_available():
+        with pytest.raises(EnclipError, match="--device cuda") as e:
+            train(small_catalog, tmp_path / "c", TrainConfig(onnx=False, members=1, device="cuda", **QUICK))
+        assert "\n" not in str(e.value) and not (tmp_path / "c").exists()
+        with pytest.raises(EnclipError, match="--device cuda"):
+            load_bundle(tmp_path / "b", engine="torch", device="cuda")
