@@ -21,6 +21,10 @@ class StoreError(EnclipError):
     """The vector store refused an operation or cannot be reached."""
 
 
+class InvalidName(StoreError):
+    """A collection name no store could hold (path characters, too long): the caller's mistake, not the store's."""
+
+
 class CollectionNotFound(StoreError):
     """The named collection does not exist in the store."""
 
@@ -33,8 +37,14 @@ class ConfirmationRequired(EnclipError):
     """A destructive step (a large prune) needs an explicit yes; nothing was changed."""
 
 
+_SECRET_PARAM = re.compile(r"([?&;](?:api[-_]?key|key|token|access[-_]?token|password|passwd|secret)=)[^&;#]*",
+                           re.IGNORECASE)
+
+
 def redact_url(url: str | None) -> str | None:
-    """The URL with its credentials (`user:password@`) replaced by `***@`, for messages and logs."""
+    """The URL with its credentials (`user:password@`) replaced by `***@` and the values of secret-looking
+    query parameters (`?api-key=...`, `token`, `password`) by `***`, for messages and logs."""
     if not url:
         return url
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)?[^/?#]*@", lambda m: f"{m.group(1) or ''}***@", url, count=1)
+    url = re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)?[^/?#]*@", lambda m: f"{m.group(1) or ''}***@", url, count=1)
+    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}***", url)

@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -37,7 +38,16 @@ from enclip_qdrant.api import Connection, Searcher
 from enclip_qdrant.bundle.names import MANIFEST
 from enclip_qdrant.catalog.images import decode_bounded, image_bound
 from enclip_qdrant.collection.meta import CollectionMeta
-from enclip_qdrant.errors import BundleError, CatalogError, CollectionNotFound, EnclipError, QueryError, StoreError
+from enclip_qdrant.errors import (
+    BundleError,
+    CatalogError,
+    CollectionNotFound,
+    EnclipError,
+    InvalidName,
+    QueryError,
+    StoreError,
+)
+from enclip_qdrant.files import file_sha256
 from enclip_qdrant.search.filters import FieldKinds
 from enclip_qdrant.search.options import (
     DEFAULT_MAX_CLUSTERS,
@@ -97,6 +107,11 @@ class ServeOptions:
     decode_budget_bytes: int = 0  # decoded pixels in memory at once; 0: 2 x max_image_pixels x 4 bytes
     follow_seconds: float = 1.0  # how often the alias is checked for a blue/green switch or rollback; 0: never
 
+    def __post_init__(self) -> None:
+        if self.key is not None and not self.key.strip():
+            raise QueryError(f"the service's API key (--key or {ENV_KEY}) is empty: an empty key would let anyone "
+                             "in; give a real key, or unset it to serve without one on loopback")
+
     def connection_limit(self) -> int:
         return self.max_connections or max(256, 8 * self.max_queue)
 
@@ -116,6 +131,8 @@ def status_for(e: EnclipError) -> int:
     """Library errors to HTTP: the caller's fault is 4xx, an unreachable store is 503."""
     if isinstance(e, CollectionNotFound):
         return 404
+    if isinstance(e, InvalidName):
+        return 400
     if isinstance(e, StoreError):
         return 503
     if isinstance(e, BundleError):
@@ -149,6 +166,9 @@ class SearchRequest(BaseModel):
     max_clusters: int = Field(DEFAULT_MAX_CLUSTERS, ge=1)
     oversample: int = Field(DEFAULT_OVERSAMPLE, ge=1, le=50)
     text_weight: float = Field(DEFAULT_TEXT_WEIGHT, ge=0.0, le=100.0)  # the text prefetch's RRF weight; 0: off
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 def _validation_line(e: ValidationError | RequestValidationError) -> str:
@@ -534,6 +554,10 @@ class Service:
                 return self.image_path(point_id, cur)
         if cur.catalog_root is None:
             raise ServiceError(404, "this collection does not record its catalog folder")
+        try:
+            uuid.UUID(point_id)
+        except ValueError:
+            raise ServiceError(404, "no such product: a point id is a UUID, as search results give it") from None
         hits = self.store.retrieve(cur.physical, [point_id])
         if not hits or not hits[0].payload.get("image"):
             raise ServiceError(404, f"no product {point_id!r} in {self.collection!r}")
@@ -543,6 +567,10 @@ class Service:
             raise ServiceError(403, "refused: that image is outside the catalog folder") from None
         if not path.is_file():
             raise ServiceError(404, f"image of {point_id!r} is missing from the catalog folder")
+        want = hits[0].payload.get("content_hash")
+        if not want or file_sha256(path) != want:  # only the very file indexed, never another under its name
+            raise ServiceError(404, f"image of {point_id!r} is not the file that was indexed (changed since?): "
+                                    "re-index the catalog")
         return path
 
     def read_image(self, data: bytes, name: str) -> Image.Image:
@@ -637,7 +665,10 @@ class Service:
         out = []
         aliases = self.store.aliases()
         served_name = cur.physical
-        for name in self.store.list_collections():
+        # beyond loopback the service shows only what it serves: the workspace's other collections are not the
+        # business of whoever can reach the port
+        names = self.store.list_collections() if is_loopback(self.options.host) else [served_name]
+        for name in names:
             # only the served collection is read through its open shard: listing opens nothing (embedded)
             ci = self.store.info(name) if name == served_name else self.store.describe(name)
             served = sorted(a for a, t in aliases.items() if t == name)
@@ -668,7 +699,9 @@ def _key_ok(request: Request, key: str, allow_cookie: bool = False) -> bool:
     given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
     if given is None and allow_cookie:
         given = request.cookies.get("enclip_key")
-    return given is not None and hmac.compare_digest(given.encode(), key.encode())
+    # HTTP carries header bytes, which Starlette hands over as latin-1 text: the key matches when the client
+    # sends the key's UTF-8 bytes (what curl and every HTTP library send for a non-ASCII string)
+    return given is not None and hmac.compare_digest(given.encode("latin-1", "replace"), key.encode("utf-8"))
 
 
 def create_app(options: ServeOptions | None = None, *,
@@ -700,6 +733,16 @@ def create_app(options: ServeOptions | None = None, *,
     app.state.service = None
     app.state.options = opts
 
+    def private(message: str) -> str:
+        """Beyond loopback, local paths (the store's folder, the catalog's, the bundle's) stay out of answers."""
+        svc = app.state.service
+        if is_loopback(opts.host) or svc is None:
+            return message
+        places = [svc.store.location, svc.current.catalog_root, svc.current.bundle.path, opts.home]
+        for place in sorted({str(p) for p in places if p}, key=len, reverse=True):
+            message = message.replace(place, "<server path>")
+        return message
+
     def service() -> Service:
         svc = app.state.service
         if svc is None:
@@ -710,7 +753,7 @@ def create_app(options: ServeOptions | None = None, *,
 
     @app.exception_handler(EnclipError)
     async def _enclip(_: Request, e: EnclipError) -> JSONResponse:
-        return _error(status_for(e), str(e))
+        return _error(status_for(e), private(str(e)))
 
     @app.exception_handler(ServiceError)
     async def _service(_: Request, e: ServiceError) -> JSONResponse:
@@ -752,12 +795,19 @@ def create_app(options: ServeOptions | None = None, *,
         svc = service()
         image: Image.Image | None = None
         ctype = request.headers.get("content-type", "")
+        strict = False
         if request.method == "GET":
             raw: dict[str, Any] = {k: v for k, v in request.query_params.items() if k != "filter"}
             raw["filter"] = request.query_params.getlist("filter")
+            keys = [k for k, _ in request.query_params.multi_items() if k != "filter"]
+            repeated = sorted({k for k in keys if keys.count(k) > 1})
+            if repeated:
+                raise QueryError(f"query parameter {repeated[0]!r} is given more than once (only `filter` repeats)")
         elif ctype.startswith("multipart/form-data"):
             form = await request.form(max_files=1, max_fields=64)
             raw = {k: v for k, v in form.items() if k not in ("filter", "image")}
+            if any(not isinstance(v, str) for k, v in form.multi_items() if k != "image"):
+                raise QueryError("only `image` may be a file; every other form field is text")
             raw["filter"] = [str(v) for v in form.getlist("filter")]
             upload = form.get("image")
             if isinstance(upload, UploadFile):
@@ -773,17 +823,24 @@ def create_app(options: ServeOptions | None = None, *,
                 raw = await request.json()
             except ValueError:
                 raise QueryError("request body is not valid JSON") from None
+            except RecursionError:
+                raise QueryError("request body is nested too deeply") from None
             if not isinstance(raw, dict):
                 raise QueryError("request body must be a JSON object")
+            strict = True  # JSON has types: `top_k: true` or `explain: "maybe"` is an error, not 1 or false
         else:
             raise ServiceError(415, f"unsupported content type {ctype.split(';')[0]!r}: send JSON or a "
                                     "multipart form")
-        if "explain" in raw and isinstance(raw["explain"], str):
-            raw["explain"] = raw["explain"].lower() in ("1", "true", "yes", "on")
+        if not strict and isinstance(raw.get("explain"), str):
+            word = raw["explain"].strip().lower()
+            if word not in _TRUE + _FALSE:
+                raise QueryError(f"invalid explain: {raw['explain'][:20]!r} is not true or false")
+            raw["explain"] = word in _TRUE
         try:
-            return SearchRequest.model_validate(raw), image
+            req = SearchRequest.model_validate(raw, strict=strict)
         except ValidationError as e:
             raise QueryError(_validation_line(e)) from None
+        return req, image  # pydantic refuses lone surrogates ("\\ud800") in any string: a 400 like the rest
 
     body_doc = {"requestBody": {"content": {
         "application/json": {"schema": SearchRequest.model_json_schema()},
@@ -821,14 +878,16 @@ def create_app(options: ServeOptions | None = None, *,
         return {"status": "ok"}
 
     @app.get("/readyz", summary="Bundle loaded and store reachable")
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         svc = app.state.service
         if svc is None:
             return JSONResponse({"ready": False, "error": "bundle not loaded"}, status_code=503)
         try:
-            return JSONResponse(await run_in_threadpool(svc.ready))
+            ready = await run_in_threadpool(svc.ready)
         except EnclipError as e:
-            return JSONResponse({"ready": False, "error": str(e).splitlines()[0]}, status_code=503)
+            return JSONResponse({"ready": False, "error": private(str(e).splitlines()[0])}, status_code=503)
+        # open to probes, but what is served (names, counts, fingerprints) only with the key when there is one
+        return JSONResponse(ready if not key or _key_ok(request, key) else {"ready": True})
 
     @app.get("/images/{point_id}", summary="A product's catalog image (only files inside the catalog folder)")
     async def image(point_id: str) -> FileResponse:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from enclip_qdrant.errors import QueryError, StoreError
+from enclip_qdrant.errors import InvalidName, QueryError, StoreError
 from enclip_qdrant.store.base import (
     RRF_K,
     CollectionSpec,
@@ -53,7 +53,7 @@ def payload_key(path: str) -> str:
 def check_name(name: str) -> str:
     """Names become folder names (and server collection names), so keep them path-safe everywhere."""
     if not isinstance(name, str) or not NAME.match(name):
-        raise StoreError(
+        raise InvalidName(
             f"invalid collection name {name!r}: use 1-128 letters, digits, '-', '_' or '.', "
             "starting with a letter or digit"
         )

@@ -60,7 +60,7 @@ def _ownership(out: Path) -> str:
     return "foreign"
 
 
-def _refuse_protected(out: Path, protected: Sequence[tuple[str, Path]]) -> None:
+def refuse_protected(out: Path, protected: Sequence[tuple[str, Path]]) -> None:
     """--out may never be (or contain) the catalog or the workspace: training writes there and
     --overwrite deletes there."""
     real = out.resolve()
@@ -81,12 +81,19 @@ def _remove_ours(out: Path) -> None:
                 entry.unlink()
 
 
-def _prepare(out: Path, fingerprint: str, wanted: dict[str, Any], overwrite: bool, progress: Progress) -> None:
-    """Resume a matching run, restart one of ours with --overwrite, or refuse; foreign folders are never touched."""
+def refuse_foreign(out: Path) -> str:
+    """`out`'s ownership, refusing a folder enclip did not make. Called before the run's lock is taken too, so
+    a refused `--out` leaves nothing behind (no `out.lock` beside someone else's folder)."""
     state = _ownership(out)
     if state == "foreign":
         raise BundleError(f"{out} exists and is not an enclip bundle or training run (it holds other files); "
                           "pick another --out: enclip only deletes folders it made")
+    return state
+
+
+def prepare_output(out: Path, fingerprint: str, wanted: dict[str, Any], overwrite: bool, progress: Progress) -> None:
+    """Resume a matching run, restart one of ours with --overwrite, or refuse; foreign folders are never touched."""
+    state = refuse_foreign(out)
     if state == "run" and not overwrite:
         plan = read_json(out / PLAN)
         if plan["catalog_fingerprint"] != fingerprint or _LEGACY | plan["config"] != wanted:

@@ -46,7 +46,7 @@ from enclip_qdrant.training.jobs import (
     train_and_save,
 )
 from enclip_qdrant.training.labels import cluster_labels
-from enclip_qdrant.training.output import TRAIN_LOCK_TIMEOUT, _prepare, _refuse_protected
+from enclip_qdrant.training.output import TRAIN_LOCK_TIMEOUT, prepare_output, refuse_foreign, refuse_protected
 from enclip_qdrant.training.presets import get_preset, member_tower, with_tower
 
 
@@ -94,12 +94,13 @@ def train(catalog: Any, out: str | Path, config: TrainConfig | None = None,
     if len(products) < MIN_PAIRS:
         raise CatalogError(f"training needs captions: {len(products)} products have text "
                            f"(at least {MIN_PAIRS} needed; set the text column with --text-col)")
-    _refuse_protected(out, [("catalog folder", Path(catalog.root)), *protected])
+    refuse_protected(out, [("catalog folder", Path(catalog.root)), *protected])
+    refuse_foreign(out)  # again under the lock below; here so that a refusal creates no lock file
     field_cols = resolve_field_cols(cfg.field_cols, products)  # an unknown column fails before any work
     fingerprint = catalog.fingerprint()
     wanted = {k: getattr(cfg, k) for k in _PLAN_KEYS}
     with locked(out, timeout=TRAIN_LOCK_TIMEOUT, what=f"the bundle folder {out}"):
-        _prepare(out, fingerprint, wanted, overwrite, progress)
+        prepare_output(out, fingerprint, wanted, overwrite, progress)
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST).unlink(missing_ok=True)  # the bundle is incomplete until the end
         train_ids, val_ids = split_ids([p.id for p in products], cfg.val_fraction, cfg.seed)

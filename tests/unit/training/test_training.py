@@ -69,6 +69,12 @@ def test_not_a_bundle_folder_is_never_deleted(small_catalog, tmp_path):
     with pytest.raises(BundleError, match="not an enclip bundle or training run"):
         train(small_catalog, out, TrainConfig(onnx=False, members=1, **QUICK))
     assert (out / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]  # no precious.lock left beside it
+    images = Path(small_catalog.root) / "images"  # --out inside the catalog: refused, nothing written there
+    before = sorted(p.name for p in images.parent.iterdir())
+    with pytest.raises(BundleError):
+        train(small_catalog, images, TrainConfig(onnx=False, members=1, **QUICK))
+    assert sorted(p.name for p in images.parent.iterdir()) == before
 
 
 def test_bootstrap_diversity_and_fixed_clusters(small_catalog, tmp_path):
