@@ -22,8 +22,9 @@ class FieldKinds:
     points. A long-running caller (the service) keeps one, so a filter costs no store call per field and a
     field no product has is refused without reading the store again (when the scan saw every point)."""
 
-    def __init__(self, store: Store, collection: str, scan: int = 5000) -> None:
-        self.collection, self.made = collection, time.monotonic()
+    def __init__(self, store: Store, collection: str, scan: int = 5000, shown_as: str | None = None) -> None:
+        """`shown_as`: the name messages use (the alias a client asked for, not the physical collection)."""
+        self.collection, self.made = shown_as or collection, time.monotonic()
         schema = store.info(collection).payload_schema
         self.schema = {k: _SCHEMA_KINDS.get(v.lower(), v.lower()) for k, v in schema.items()}
         self.seen: dict[str, str] = {}

@@ -545,7 +545,7 @@ class Service:
         kinds = cur.kinds
         if kinds is None or time.monotonic() - kinds.made > _FIELD_TYPES_TTL:
             with self.store.lock:  # the scan reads a generator: hold the lock while it is read
-                kinds = cur.kinds = FieldKinds(self.searcher.store, cur.physical, _FIELD_SCAN)
+                kinds = cur.kinds = FieldKinds(self.searcher.store, cur.physical, _FIELD_SCAN, shown_as=self.collection)
         return kinds
 
     def image_path(self, point_id: str, cur: Served | None = None) -> Path:

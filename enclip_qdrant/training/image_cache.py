@@ -116,6 +116,13 @@ def _write_index(folder: Path, entries: dict[str, tuple[int, int, int]], end: in
     atomic_write_bytes(folder / CACHE_INDEX, blob)
 
 
+def remove_cache(folder: Path) -> None:
+    """Once the bundle is complete the cache has done its work: it is training data (gigabytes for a big
+    catalog), not part of the model, so it leaves the bundle."""
+    for name in (CACHE_INDEX, CACHE_DATA):
+        (Path(folder) / name).unlink(missing_ok=True)
+
+
 def _decode(product: Any, bound: int) -> np.ndarray:
     im, digest = read_image(product.image, bound)
     if digest != product.content_hash:

@@ -36,7 +36,7 @@ from enclip_qdrant.progress import NullProgress, Progress
 from enclip_qdrant.system import available_cores
 from enclip_qdrant.training.clustering import fit_clusters
 from enclip_qdrant.training.config import _PLAN_KEYS, MIN_PAIRS, ResolvedConfig, TrainConfig
-from enclip_qdrant.training.image_cache import build_cache
+from enclip_qdrant.training.image_cache import build_cache, remove_cache
 from enclip_qdrant.training.jobs import (
     MemberJob,
     Pairs,
@@ -212,6 +212,7 @@ def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: S
         manifest["onnx"] = onnx
         manifest["fingerprint"] = sealed_fingerprint(manifest["fingerprint"], onnx)
     write_manifest(out, manifest)
+    remove_cache(out)  # after the manifest: a crash in between leaves a complete bundle and a stray cache of ours
     progress.log(f"ensemble val R@10 {ens_val['r@10']:.3f} (best member "
                  f"{max(r['val']['r@10'] for r in reports):.3f}); {clusters.k} clusters, "
                  f"router accuracy {router_acc:.2f}")
