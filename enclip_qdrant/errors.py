@@ -41,6 +41,13 @@ _SECRET_PARAM = re.compile(r"([?&;](?:api[-_]?key|key|token|access[-_]?token|pas
                            re.IGNORECASE)
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none: what a one-line error
+    quotes of a library's (often multi-line) exception."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def redact_url(url: str | None) -> str | None:
     """The URL with its credentials (`user:password@`) replaced by `***@` and the values of secret-looking
     query parameters (`?api-key=...`, `token`, `password`) by `***`, for messages and logs."""

@@ -9,9 +9,8 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from enclip_qdrant.bundle.manifest import _first_line
 from enclip_qdrant.bundle.routers import ClusterModel, LinearRouter
-from enclip_qdrant.errors import BundleError
+from enclip_qdrant.errors import BundleError, first_line
 from enclip_qdrant.files import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -41,4 +40,4 @@ def load_clusters(path: Path, criterion: str) -> ClusterModel:
 
         return ClusterModel(a["centroids"], router("text"), router("image"), criterion)
     except Exception as e:  # safetensors raises its own error type; a missing array is a KeyError
-        raise BundleError(f"{path} is corrupt: {_first_line(e)}") from e
+        raise BundleError(f"{path} is corrupt: {first_line(e)}") from e

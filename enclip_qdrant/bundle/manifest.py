@@ -353,8 +353,3 @@ def _verify(path: Path, manifest: dict[str, Any], folders: list[Path], cpath: Pa
     if actual != manifest["fingerprint"]:
         raise BundleError(f"{path} does not match its fingerprint {manifest['fingerprint']} (its files hash to "
                           f"{actual}: changed or tampered with); refusing to load it")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

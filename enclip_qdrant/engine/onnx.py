@@ -25,7 +25,7 @@ from PIL import Image
 
 from enclip_qdrant.bundle.names import CONFIG_NAME
 from enclip_qdrant.bundle.vectors import concat_rows
-from enclip_qdrant.errors import BundleError
+from enclip_qdrant.errors import BundleError, first_line
 from enclip_qdrant.files import file_sha256, read_json
 from enclip_qdrant.system import available_cores
 
@@ -44,8 +44,7 @@ def _session(path: Path, threads: int, providers: Sequence[str] = ("CPUExecution
     try:
         return ort.InferenceSession(str(path), so, providers=list(providers))
     except Exception as e:  # onnxruntime raises its own exception types, with multi-line texts
-        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise BundleError(f"cannot load the ONNX model {path}: {line}") from None
+        raise BundleError(f"cannot load the ONNX model {path}: {first_line(e)[:200]}") from None
 
 
 def run_clip_text(session: Any, tokens: np.ndarray, cut_at_eot: bool, chunk: int = 128) -> np.ndarray:

@@ -46,6 +46,7 @@ from enclip_qdrant.errors import (
     InvalidName,
     QueryError,
     StoreError,
+    first_line,
 )
 from enclip_qdrant.files import file_sha256
 from enclip_qdrant.search.filters import FieldKinds
@@ -399,23 +400,6 @@ class Service:
             self._watcher = threading.Thread(target=self._follow, name="enclip-follow", daemon=True)
             self._watcher.start()
 
-    # the served state, for callers that read one value (a request that needs several leases `current`)
-    @property
-    def bundle(self) -> Any:
-        return self.current.bundle
-
-    @property
-    def batcher(self) -> MicroBatcher:
-        return self.current.batcher
-
-    @property
-    def encoder(self) -> BatchingEncoder:
-        return self.current.encoder
-
-    @property
-    def recipe(self) -> Any:
-        return self.current.recipe
-
     def _served(self, bundle: Any, physical: str, reuse: Served | None = None) -> Served:
         """The state for `physical` (built by `bundle`); its shard is opened here, so a collection another
         process still holds fails now, before any request sees it. `reuse`: the batcher of the same bundle."""
@@ -502,7 +486,7 @@ class Service:
                 self.follow()
                 self._failed = None
             except Exception as e:  # keep serving what works; never let the watcher die
-                line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                line = first_line(e)
                 key = (self.collection, line)
                 if key != self._failed:
                     self._failed = key

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +33,18 @@ class SharedConnection(Connection):
 
 def searcher_factory(client: Any, bundle: Any, collection: str = "shop"):
     return lambda: Searcher(collection, bundle=bundle, conn=SharedConnection(client=client))
+
+
+def two_collections(bundle: Any, catalog: Any, home: Path) -> Path:
+    """An embedded store at `home` with two collections of the catalog built by enclip: `shop` (the one the
+    tests serve) and `other` (one the service must leave alone)."""
+    from enclip_qdrant.indexing.run import index_catalog
+    from enclip_qdrant.store import EdgeStore
+
+    with EdgeStore(home) as store:
+        index_catalog(catalog, bundle, store, "shop")
+        index_catalog(catalog, bundle, store, "other")
+    return home
 
 
 @contextmanager

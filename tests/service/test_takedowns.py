@@ -12,10 +12,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_helpers import live_server
+from service_helpers import live_server, two_collections
 
 from enclip_qdrant.catalog.images import image_bound
-from enclip_qdrant.indexing.run import index_catalog
 from enclip_qdrant.search.options import SearchOptions
 from enclip_qdrant.search.query import search
 from enclip_qdrant.service import ServeOptions, create_app
@@ -26,11 +25,7 @@ from enclip_qdrant.store import EdgeStore
 @pytest.fixture(scope="module")
 def home(bundle, catalog, tmp_path_factory):
     """An embedded store with two collections built by enclip: the service serves `shop`, never `other`."""
-    home = tmp_path_factory.mktemp("edge") / "home"
-    with EdgeStore(home) as store:
-        index_catalog(catalog, bundle, store, "shop")
-        index_catalog(catalog, bundle, store, "other")
-    return home
+    return two_collections(bundle, catalog, tmp_path_factory.mktemp("edge") / "home")
 
 
 def edge_app(home, bundle, **opts):

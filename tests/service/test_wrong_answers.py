@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_helpers import live_server
+from service_helpers import live_server, two_collections
 
 from enclip_qdrant.errors import QueryError, redact_url
 from enclip_qdrant.indexing.run import index_catalog
@@ -21,11 +21,7 @@ KEY = "clé-secrète"  # not ASCII: compared as its UTF-8 bytes
 
 @pytest.fixture(scope="module")
 def home(bundle, catalog, tmp_path_factory):
-    home = tmp_path_factory.mktemp("wrong") / "home"
-    with EdgeStore(home) as store:
-        index_catalog(catalog, bundle, store, "shop")
-        index_catalog(catalog, bundle, store, "other")
-    return home
+    return two_collections(bundle, catalog, tmp_path_factory.mktemp("wrong") / "home")
 
 
 @pytest.fixture
