@@ -9,23 +9,22 @@ Every read-modify-write of shared state runs under `locked()` so two processes n
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
-
-from filelock import FileLock, Timeout
 
 from .errors import EnclipError
 
 DEFAULT_LOCK_TIMEOUT = 600.0  # a second writer waits this long, then gets a clear "busy" error
-_LOCKS: dict[str, FileLock] = {}  # one FileLock per path and process: flock on a second fd would self-deadlock
-_LOCKS_GUARD = threading.Lock()
+_POLL = 0.05  # seconds between tries of a held lock
 
 
 class BusyError(EnclipError):
@@ -98,23 +97,84 @@ def read_json(path: str | Path) -> Any | None:
         return None
 
 
+class _RemovedOnRelease:
+    """An flock on `<name>.lock` whose file is deleted when the last holder lets go, so no run leaves one behind.
+
+    Deleting a lock file is safe only with a check: a waiter may have opened the old file before it went, so
+    whoever wins the flock makes sure the path still names the file it locked, else tries again on the new one.
+    One per path and process: re-entrant in the thread that holds it; other threads wait like processes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._fd = -1
+
+    def acquire(self, timeout: float) -> bool:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        if not self._mutex.acquire(timeout=max(timeout, 0.0)):
+            return False
+        if self._depth:
+            self._depth += 1
+            return True
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    self._mutex.release()
+                    return False
+                time.sleep(_POLL)
+                continue
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:  # the holder before us removed it after we opened it
+                same = False
+            if same:
+                self._fd, self._depth = fd, 1
+                return True
+            os.close(fd)
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            with suppress(FileNotFoundError):  # unlinked while still held: a waiter then finds it gone, retries
+                os.unlink(self.path)
+            os.close(self._fd)
+            self._fd = -1
+        self._mutex.release()
+
+
+_LOCKS: dict[str, _RemovedOnRelease] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
 @contextmanager
 def locked(path: str | Path, *, timeout: float = DEFAULT_LOCK_TIMEOUT, what: str | None = None) -> Iterator[None]:
-    """Hold an exclusive cross-process lock on `path` (a `<name>.lock` file beside it).
+    """Hold an exclusive cross-process lock on `path` (a `<name>.lock` file beside it, removed on release).
 
-    Re-entrant within a process. A second process waits up to `timeout` seconds, then gets `BusyError`
-    naming what is busy, instead of writing over the first one's files."""
+    Re-entrant within a thread. A second process (or thread) waits up to `timeout` seconds, then gets
+    `BusyError` naming what is busy, instead of writing over the first one's files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = str(path.resolve().with_name(path.name + ".lock"))
     with _LOCKS_GUARD:
-        lock = _LOCKS.setdefault(key, FileLock(key))
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout as e:
+        lock = _LOCKS.setdefault(key, _RemovedOnRelease(key))
+    if not lock.acquire(timeout):
         raise BusyError(f"{what or path} is busy: another enclip-qdrant process is using it; wait for it to "
-                        "finish and run again") from e
+                        "finish and run again")
     try:
         yield
     finally:
         lock.release()
+
+
+def is_locked(path: str | Path) -> bool:
+    """Whether another process (or thread) holds `locked(path)` now; takes and lets go of it when free."""
+    try:
+        with locked(path, timeout=0):
+            return False
+    except BusyError:
+        return True

@@ -37,7 +37,7 @@ from enclip_qdrant.bundle.names import CLUSTERS, CONFIG_NAME, MANIFEST, PLAN, WE
 from enclip_qdrant.bundle.routers import ClusterModel
 from enclip_qdrant.bundle.vectors import joint_embedding
 from enclip_qdrant.errors import BundleError
-from enclip_qdrant.files import atomic_write_json, file_sha256, read_json
+from enclip_qdrant.files import atomic_write_json, file_sha256, is_locked, read_json
 
 FORMAT = "enclip-bundle"
 FORMAT_VERSION = 3  # 2: the fingerprint also covers each member's open_clip_config.json; 3: and the ONNX section
@@ -185,6 +185,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
     path = Path(path)
     mpath = path / MANIFEST
     if not mpath.is_file():
+        if (path / PLAN).is_file() and is_locked(path):  # a run's folder whose run still holds its lock
+            raise BundleError(f"{path} is not an enclip bundle yet: `enclip-qdrant train` is writing it now; "
+                              "wait for it to finish")
         hint = " (training did not finish: run `enclip-qdrant train` again to resume)" \
             if (path / PLAN).is_file() else ""
         raise BundleError(f"{path} is not an enclip bundle: no {MANIFEST}{hint}")

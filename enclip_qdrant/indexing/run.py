@@ -20,7 +20,8 @@ from enclip_qdrant.collection.aliases import plan_target, switch_alias
 from enclip_qdrant.collection.meta import CollectionMeta, check_compatible, read_meta
 from enclip_qdrant.collection.points import RESERVED, point_id, product_payload
 from enclip_qdrant.collection.text import TextRecipe, compound_tokens
-from enclip_qdrant.errors import BundleError, ConfirmationRequired
+from enclip_qdrant.errors import BundleError, ConfirmationRequired, StoreError
+from enclip_qdrant.files import BusyError
 from enclip_qdrant.progress import NullProgress, Progress
 from enclip_qdrant.store import CollectionSpec, PointRecord, Store
 from enclip_qdrant.store.base import CollectionOptions, IndexState
@@ -101,8 +102,16 @@ def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *
         meta = CollectionMeta.for_bundle(bundle, catalog.root)
         if recipe is not None:
             meta = replace(meta, lexical=recipe.to_dict())
-        store.create(physical, CollectionSpec(vectors=bundle.vectors, metadata=meta.to_dict(), options=options,
-                                              sparse_vectors=(recipe.vector,) if recipe else ()))
+        try:
+            store.create(physical, CollectionSpec(vectors=bundle.vectors, metadata=meta.to_dict(), options=options,
+                                                  sparse_vectors=(recipe.vector,) if recipe else ()))
+        except StoreError:
+            if not store.exists(physical):
+                raise
+            # it was not there a moment ago: another run made it first and is filling it now
+            raise BusyError(f"collection {collection!r} is busy: another `enclip-qdrant index` created it just now "
+                            "and is filling it; wait for that run to finish, then run again to add what it "
+                            "lacks") from None
     else:  # ours from an interrupted run, or the live one: incremental indexing fills in the rest
         recipe = check_compatible(store, physical, bundle).text_recipe()
     report = IndexReport(collection, store.location, bundle.fingerprint, created,

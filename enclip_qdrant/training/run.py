@@ -101,6 +101,11 @@ def train(catalog: Any, out: str | Path, config: TrainConfig | None = None,
     wanted = {k: getattr(cfg, k) for k in _PLAN_KEYS}
     with locked(out, timeout=TRAIN_LOCK_TIMEOUT, what=f"the bundle folder {out}"):
         prepare_output(out, fingerprint, wanted, overwrite, progress)
+        done = None if overwrite else _already_trained(out, fingerprint, config)
+        if done is not None:
+            progress.log(f"{out} is already trained on this catalog with these settings: kept "
+                         "(--overwrite trains it again)")
+            return done
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST).unlink(missing_ok=True)  # the bundle is incomplete until the end
         train_ids, val_ids = split_ids([p.id for p in products], cfg.val_fraction, cfg.seed)
@@ -108,6 +113,23 @@ def train(catalog: Any, out: str | Path, config: TrainConfig | None = None,
                                        "train_ids": train_ids, "val_ids": val_ids}, indent=1)
         return _train_members(out, catalog, fingerprint, products, train_ids, val_ids, config.members, cfg,
                               field_cols, progress)
+
+
+def _already_trained(out: Path, fingerprint: str, config: TrainConfig) -> Bundle | None:
+    """The bundle a previous run finished with this catalog and these settings, verified; else None (retrain:
+    a torn or tampered one too). A rerun of a finished `train` then costs a hash check, not an ONNX export."""
+    if not (out / MANIFEST).is_file():
+        return None
+    try:
+        bundle = load_bundle(out)
+    except BundleError:
+        return None
+    manifest, trained = bundle.manifest, bundle.manifest["training"]
+    if (trained.get("catalog_fingerprint") != fingerprint or config.differs_from(trained.get("config", {}))
+            or (config.onnx and not manifest.get("onnx"))
+            or any(read_report(out / m["path"]) is None for m in manifest["members"])):  # torn: that one retrains
+        return None
+    return bundle
 
 
 def _train_members(out: Path, catalog: Any, fingerprint: str, products: Sequence[Any], train_ids: list[str],

@@ -14,6 +14,7 @@ from enclip_qdrant.catalog.load import load_catalog
 from enclip_qdrant.catalog.synthetic import make_catalog
 from enclip_qdrant.engine.torch.members import load_pretrained
 from enclip_qdrant.errors import BundleError, CatalogError, EnclipError
+from enclip_qdrant.progress import NullProgress
 from enclip_qdrant.training import jobs as member_job
 from enclip_qdrant.training.presets import get_preset
 
@@ -60,6 +61,31 @@ def test_other_settings_do_not_silently_mix_with_a_run(small_catalog, tmp_path):
         train(small_catalog, out, TrainConfig(onnx=False, members=1, seed=4, **QUICK))
     again = train(small_catalog, out, TrainConfig(onnx=False, members=1, seed=4, **QUICK), overwrite=True)
     assert again.manifest["members"][0]["seed"] == 4000
+
+
+def test_a_finished_run_rerun_is_kept_not_redone(small_catalog, tmp_path, monkeypatch):
+    """Rerunning a finished `train` with the same catalog and settings rewrites nothing; other settings train."""
+    out = tmp_path / "b"
+    train(small_catalog, out, TrainConfig(onnx=False, members=1, **QUICK))
+    manifest = (out / "manifest.json").read_bytes()
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    calls: list[str] = []
+    real = member_job.train_member
+    monkeypatch.setattr(member_job, "train_member", lambda member, *a, **k: calls.append(member.name) or real(
+        member, *a, **k))
+    logs: list[str] = []
+
+    class Log(NullProgress):
+        def log(self, message: str) -> None:
+            logs.append(message)
+
+    again = train(small_catalog, out, TrainConfig(onnx=False, members=1, **QUICK), progress=Log())
+    assert calls == [] and (out / "manifest.json").stat().st_mtime_ns == stamp
+    assert (out / "manifest.json").read_bytes() == manifest and again.manifest == json.loads(manifest)
+    assert any("already trained on this catalog with these settings: kept" in m for m in logs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # and no b.lock beside it
+    bigger = train(small_catalog, out, TrainConfig(onnx=False, members=2, **QUICK))  # members differ: trained
+    assert calls == ["m1"] and len(bigger.manifest["members"]) == 2
 
 
 def test_not_a_bundle_folder_is_never_deleted(small_catalog, tmp_path):
