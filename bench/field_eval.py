@@ -31,12 +31,12 @@ def _reuse(src: Path, catalog: str, seed: int, config, workdir: Path) -> None:
     import dataclasses
 
     from enclip_qdrant.evaluation.queries import split_test
-    from enclip_qdrant.evaluation.run import _train_dir
+    from enclip_qdrant.evaluation.run import train_dir
 
     cat = api.open_catalog(catalog, None, True, NullProgress())
     _, test_ids = split_test(cat.products, 0.2, seed)
     train_cat = dataclasses.replace(cat, products=[p for p in cat.products if p.id not in set(test_ids)])
-    dst = _train_dir(workdir, train_cat, config)
+    dst = train_dir(workdir, train_cat, config)
     if dst.exists():
         return
     (dst / "members").mkdir(parents=True)

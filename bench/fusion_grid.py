@@ -164,7 +164,7 @@ def _latency(store: EdgeStore, bundle, recipe, texts: list[str], rounds: int = 3
 
     from qdrant_edge import Expression, Formula, Fusion, Prefetch, Query, QueryRequest
 
-    from enclip_qdrant.store.edge import _edge_filter, _edge_vector
+    from enclip_qdrant.store.edge import edge_filter, edge_vector
 
     plans = []
     for text in texts:
@@ -180,8 +180,8 @@ def _latency(store: EdgeStore, bundle, recipe, texts: list[str], rounds: int = 3
         for vectors, weights, flt, own in plans:
             names = list(vectors)
             w = [float((weights or {}).get(n, 1.0)) for n in names]
-            lists = [Prefetch(limit=40, query=Query.Nearest(_edge_vector(v), using=n),
-                              filter=_edge_filter(own.get(n, flt))) for n, v in vectors.items()]
+            lists = [Prefetch(limit=40, query=Query.Nearest(edge_vector(v), using=n),
+                              filter=edge_filter(own.get(n, flt))) for n, v in vectors.items()]
             now = QueryRequest(limit=TOP, prefetches=[Prefetch(limit=40, query=Fusion.Rrf(k=RRF_K), prefetches=[p])
                                                       for p in lists],
                                query=Formula(Expression.Sum([Expression.Mult([Expression.Constant(x),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enclip_qdrant.bundle.labels import bundle_labels
+from enclip_qdrant.bundle.names import MANIFEST
 from enclip_qdrant.catalog.model import Catalog
 from enclip_qdrant.catalog.open import open_catalog
 from enclip_qdrant.collection.aliases import RollbackReport, switch_back
@@ -150,7 +151,7 @@ def _own_bundle(cat: Catalog, path: Path, config: TrainConfig | None, progress: 
     from enclip_qdrant.engine.load import load_bundle
     from enclip_qdrant.training.run import train as train_bundle
 
-    if (path / "manifest.json").is_file():
+    if (path / MANIFEST).is_file():
         training = read_manifest(path).get("training", {})
         trained_on = training.get("catalog")
         if trained_on and str(trained_on) != str(cat.root):
@@ -199,7 +200,7 @@ class Searcher:
         if given is not None:
             return Path(given)
         for candidate in (self.conn.workspace.bundle_for(self.collection), self.meta.bundle_path):
-            if candidate and Path(candidate, "manifest.json").is_file():
+            if candidate and Path(candidate, MANIFEST).is_file():
                 return Path(candidate)
         raise BundleError(f"collection {self.collection!r} was built by bundle "
                           f"{self.meta.bundle_fingerprint or '?'}, which is not on this machine: pass --bundle")

@@ -41,11 +41,13 @@ _SECRET_PARAM = re.compile(r"([?&;](?:api[-_]?key|key|token|access[-_]?token|pas
                            re.IGNORECASE)
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message, or its type's name when it has none: what a one-line error
-    quotes of a library's (often multi-line) exception."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+def first_line(value: BaseException | str) -> str:
+    """The first line of a (often multi-line) library message: what a one-line error quotes. An exception
+    without a message gives its type's name, an empty text ""."""
+    text = str(value).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(value).__name__ if isinstance(value, BaseException) else ""
 
 
 def redact_url(url: str | None) -> str | None:

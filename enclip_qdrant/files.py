@@ -89,6 +89,12 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def json_copy(value: Any) -> Any:
+    """A detached copy made of JSON's own types (dicts, lists, str, numbers): what a file or server gives back.
+    TypeError/ValueError for what JSON cannot hold."""
+    return json.loads(json.dumps(value))
+
+
 def read_json(path: str | Path) -> Any | None:
     """The JSON in `path`, or None when it is missing or unreadable (a torn write counts as not written)."""
     try:

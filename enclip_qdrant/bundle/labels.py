@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from enclip_qdrant.bundle.names import MANIFEST
 from enclip_qdrant.files import read_json
 
 
@@ -36,7 +37,7 @@ def bundle_labels(bundle_path: str | Path | None, fingerprint: str | None = None
     (a folder retrained since would label other clusters)."""
     if not bundle_path:
         return {}
-    manifest = read_json(Path(bundle_path) / "manifest.json")
+    manifest = read_json(Path(bundle_path) / MANIFEST)
     if not isinstance(manifest, dict) or (fingerprint and manifest.get("fingerprint") != fingerprint):
         return {}
     return manifest_labels(manifest)

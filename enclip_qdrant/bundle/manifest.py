@@ -298,7 +298,7 @@ def inside(root: Path, rel: str, what: str) -> Path:
     return full
 
 
-def _check_folder_inside(root: Path, folder: Path, what: str) -> None:
+def check_folder_inside(root: Path, folder: Path, what: str) -> None:
     """Every file of a member folder must really be in the bundle: a symlink to elsewhere is refused."""
     real_root = root.resolve()
     if not folder.is_dir():
@@ -321,7 +321,7 @@ def seen_product_ids(path: str | Path) -> set[str]:
     return {str(i) for x in ids for i in x}
 
 
-def _verify(path: Path, manifest: dict[str, Any], folders: list[Path], cpath: Path, weights: bool = True,
+def verify_files(path: Path, manifest: dict[str, Any], folders: list[Path], cpath: Path, weights: bool = True,
             onnx: bool = True) -> None:
     """Recompute the fingerprint. Without `weights` (the ONNX engine, which never reads them) the weights'
     recorded hashes stand in for theirs, and the engine checks the ONNX files against theirs as it reads them;

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from enclip_qdrant.bundle.clusters import load_clusters
-from enclip_qdrant.bundle.manifest import Bundle, EnsembleEngine, _check_folder_inside, _verify, inside, read_manifest
+from enclip_qdrant.bundle.manifest import (
+    Bundle,
+    EnsembleEngine,
+    check_folder_inside,
+    inside,
+    read_manifest,
+    verify_files,
+)
 from enclip_qdrant.bundle.names import CLUSTERS
 from enclip_qdrant.errors import BundleError
 
@@ -30,14 +37,14 @@ def load_bundle(path: str | Path, verify: bool = True, engine: str = "auto", che
     folders = []
     for m in manifest["members"]:
         folder = inside(path, m["path"], f"member {m['name']!r}")
-        _check_folder_inside(path, folder, f"member {m['name']!r}")
+        check_folder_inside(path, folder, f"member {m['name']!r}")
         folders.append(folder)
     cpath = inside(path, CLUSTERS, "clusters")
     if not cpath.is_file():
         raise BundleError(f"{path} has no {CLUSTERS}")
     engine = choose_engine(manifest, engine)
     if verify:
-        _verify(path, manifest, folders, cpath, weights=engine == "torch", onnx=check_onnx)
+        verify_files(path, manifest, folders, cpath, weights=engine == "torch", onnx=check_onnx)
     ensemble: EnsembleEngine
     if engine == "onnx":
         from enclip_qdrant.engine.onnx import OnnxEnsemble

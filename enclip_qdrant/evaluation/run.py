@@ -184,7 +184,7 @@ def _run(store: Store, bundle: Bundle, ranking: _Ranking, q: EncodedQuery, top_k
     return hits, clusters, time.perf_counter() - t0
 
 
-def _train_dir(workdir: Path, train_catalog: Catalog, config: TrainConfig) -> Path:
+def train_dir(workdir: Path, train_catalog: Catalog, config: TrainConfig) -> Path:
     """One folder per (training products, settings): re-running an interrupted evaluation resumes its training."""
     settings = config.resolved().to_dict()
     for k in ("device", "loader_workers"):  # where it runs, not what it learns: older folders keep their key
@@ -238,7 +238,7 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
         else:
             config = config or TrainConfig(device=device)
             train_cat = dataclasses.replace(cat, products=[p for p in cat.products if p.id not in test_set])
-            out = _train_dir(Path(workdir) if workdir else tmp, train_cat, config)
+            out = train_dir(Path(workdir) if workdir else tmp, train_cat, config)
             progress.log(f"training on {len(train_ids)} products, holding out {len(test_ids)} for the test")
             if not (out / MANIFEST).is_file():
                 # imported here: only training needs torch, so `eval --bundle` runs on the ONNX engine without it

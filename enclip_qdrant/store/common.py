@@ -4,7 +4,6 @@ hits and fusion checks. No qdrant-edge or qdrant-client import here, so either b
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from enclip_qdrant.errors import InvalidName, QueryError, StoreError
+from enclip_qdrant.files import json_copy
 from enclip_qdrant.store.base import (
     RRF_K,
     CollectionSpec,
@@ -148,10 +148,10 @@ def stable_order(hits: list[Hit], limit: int) -> list[Hit]:
     return sorted(hits, key=lambda h: (-h.score, h.id))[:limit]
 
 
-def json_copy(metadata: Mapping[str, Any]) -> dict[str, Any]:
+def metadata_copy(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """A detached, JSON-checked copy: metadata must survive a trip through a file or a server."""
     try:
-        return json.loads(json.dumps(dict(metadata)))
+        return json_copy(dict(metadata))
     except (TypeError, ValueError) as e:
         raise StoreError(f"collection metadata must be JSON-able: {e}") from e
 
@@ -159,11 +159,6 @@ def json_copy(metadata: Mapping[str, Any]) -> dict[str, Any]:
 def hit(point: Any) -> Hit:
     """A backend's scored or retrieved point (both clients name the fields alike) as our Hit."""
     return Hit(id=str(point.id), score=float(getattr(point, "score", 0.0)), payload=dict(point.payload or {}))
-
-
-def first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def refuse_drop(aliases: Mapping[str, str], name: str, location: str) -> None:

@@ -56,7 +56,7 @@ from qdrant_edge import (
 )
 from qdrant_edge import Fusion as EdgeFusion
 
-from enclip_qdrant.errors import CollectionNotFound, EnclipError, StoreError
+from enclip_qdrant.errors import CollectionNotFound, EnclipError, StoreError, first_line
 from enclip_qdrant.files import BusyError, atomic_write_json, locked
 from enclip_qdrant.progress import NullProgress, Progress
 from enclip_qdrant.store.base import (
@@ -84,11 +84,10 @@ from enclip_qdrant.store.common import (
     check_fusion,
     check_name,
     filter_for,
-    first_line,
     hit,
     indexed_fields,
-    json_copy,
     json_path,
+    metadata_copy,
     nonempty,
     payload_key,
     refuse_drop,
@@ -140,7 +139,7 @@ def _edge_params(params: Params | None) -> SearchParams | None:
                                                                             exact=params.exact)
 
 
-def _edge_vector(v: list[float] | SparseVec) -> Any:
+def edge_vector(v: list[float] | SparseVec) -> Any:
     return SparseVector(list(v.indices), list(v.values)) if isinstance(v, SparseVec) else v
 
 
@@ -148,7 +147,7 @@ def _edge_vector(v: list[float] | SparseVec) -> Any:
 
 
 
-def _edge_filter(flt: SearchFilter | None) -> Filter | None:
+def edge_filter(flt: SearchFilter | None) -> Filter | None:
     if flt is None or flt.is_empty():
         return None
     must: list[Any] = []
@@ -207,7 +206,7 @@ class EdgeStore(Store):
             MARKER: FORMAT,
             "vectors": {str(k): int(v) for k, v in spec.vectors.items()},
             "indexed_fields": indexed_fields(spec),
-            "metadata": json_copy(spec.metadata),
+            "metadata": metadata_copy(spec.metadata),
         }
         if spec.sparse_vectors:  # only written when there are some: older specs stay byte-identical
             doc["sparse_vectors"] = [str(k) for k in spec.sparse_vectors]
@@ -266,7 +265,7 @@ class EdgeStore(Store):
             points=int(shard_info.points_count),
             vectors=dict(spec["vectors"]),
             payload_schema=schema,
-            metadata=json_copy(spec["metadata"]),
+            metadata=metadata_copy(spec["metadata"]),
             sparse_vectors=list(spec.get("sparse_vectors", [])),
             index=self._index_state(name, spec, shard_info),
         )
@@ -328,14 +327,15 @@ class EdgeStore(Store):
         spec = self._spec(name)
         return CollectionInfo(name=name, points=None, vectors=dict(spec["vectors"]),
                               payload_schema=dict(spec.get("indexed_fields", {})),
-                              metadata=json_copy(spec["metadata"]), sparse_vectors=list(spec.get("sparse_vectors", [])))
+                              metadata=metadata_copy(spec["metadata"]),
+                              sparse_vectors=list(spec.get("sparse_vectors", [])))
 
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
         name = self.resolve(name)
         with locked(self._root / LAYOUT_LOCK, what=f"the embedded store at {self.location}"):
             self._specs.pop(name, None)  # read what is on disk now, not what this process saw earlier
             doc = dict(self._spec(name))
-            doc["metadata"] = json_copy(metadata)
+            doc["metadata"] = metadata_copy(metadata)
             atomic_write_json(self._root / name / SPEC_FILE, doc, sort_keys=True)
             self._specs[name] = doc
 
@@ -347,7 +347,7 @@ class EdgeStore(Store):
             for chunk in batched(points, 1024):
                 ops = [
                     Point(p.id, {**{k: as_list(v) for k, v in p.vectors.items()},
-                                 **{k: _edge_vector(v) for k, v in p.sparse.items()}}, dict(p.payload))
+                                 **{k: edge_vector(v) for k, v in p.sparse.items()}}, dict(p.payload))
                     for p in chunk
                 ]
                 shard.update(UpdateOperation.upsert_points(ops))
@@ -371,7 +371,7 @@ class EdgeStore(Store):
             if vector is None:
                 shard.update(UpdateOperation.delete_vectors([id], [vector_name]))
             else:
-                shard.update(UpdateOperation.update_vectors([PointVectors(id, {vector_name: _edge_vector(vector)})]))
+                shard.update(UpdateOperation.update_vectors([PointVectors(id, {vector_name: edge_vector(vector)})]))
             shard.flush()
 
     def scroll(self, name: str, fields: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -428,8 +428,8 @@ class EdgeStore(Store):
         named = nonempty(vectors)
         how = _edge_params(params)
         lists = [
-            Prefetch(limit=prefetch_limit, query=Query.Nearest(_edge_vector(v), using=k),
-                     filter=_edge_filter(filter_for(k, filter, vector_filters)), params=how)
+            Prefetch(limit=prefetch_limit, query=Query.Nearest(edge_vector(v), using=k),
+                     filter=edge_filter(filter_for(k, filter, vector_filters)), params=how)
             for k, v in named.items()
         ]
         w = rrf_weights(list(named), check_fusion(fusion), weights)
@@ -458,8 +458,8 @@ class EdgeStore(Store):
         named = nonempty(vectors)
         how = _edge_params(params)
         requests = [
-            QueryRequest(limit=limit, query=Query.Nearest(_edge_vector(v), using=k),
-                         filter=_edge_filter(filter_for(k, filter, vector_filters)), with_payload=True, params=how)
+            QueryRequest(limit=limit, query=Query.Nearest(edge_vector(v), using=k),
+                         filter=edge_filter(filter_for(k, filter, vector_filters)), with_payload=True, params=how)
             for k, v in named.items()
         ]
         with self._errors(name, "query"):
@@ -469,7 +469,7 @@ class EdgeStore(Store):
     def count(self, name: str, filter: SearchFilter | None = None) -> int:
         shard = self._shard(name)
         with self._errors(name, "count"):
-            return int(shard.count(CountRequest(exact=True, filter=_edge_filter(filter))))
+            return int(shard.count(CountRequest(exact=True, filter=edge_filter(filter))))
 
     def facet_counts(self, name: str, key: str) -> dict[Any, int]:
         shard = self._shard(name)
@@ -605,7 +605,7 @@ def _split(vectors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Sparse
 
 
 def _line(e: BaseException) -> str:
-    return first_line(str(e)) or type(e).__name__
+    return first_line(e)
 
 
 def _remove_marked(folder: Path) -> None:

@@ -25,7 +25,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from enclip_qdrant.errors import CollectionNotFound, EnclipError, StoreError, redact_url
+from enclip_qdrant.errors import CollectionNotFound, EnclipError, StoreError, first_line, redact_url
 from enclip_qdrant.progress import NullProgress, Progress
 from enclip_qdrant.store.base import (
     RRF_K,
@@ -51,11 +51,10 @@ from enclip_qdrant.store.common import (
     check_fusion,
     check_name,
     filter_for,
-    first_line,
     hit,
     indexed_fields,
-    json_copy,
     json_path,
+    metadata_copy,
     nonempty,
     payload_key,
     refuse_drop,
@@ -278,7 +277,7 @@ class ServerStore(Store):
         if not spec.vectors:
             raise StoreError("a collection needs at least one named vector")
         fields = indexed_fields(spec)
-        metadata = {**json_copy(spec.metadata), MARKER: FORMAT, INDEXED_KEY: fields}
+        metadata = {**metadata_copy(spec.metadata), MARKER: FORMAT, INDEXED_KEY: fields}
         if spec.options is not None:
             metadata[OPTIONS_KEY] = spec.options.to_dict()
         on_disk = True if spec.options is not None and spec.options.on_disk_vectors else None
@@ -381,7 +380,7 @@ class ServerStore(Store):
     def set_metadata(self, name: str, metadata: Mapping[str, Any]) -> None:
         name = self.resolve(name)
         old = self._describe(name).config.metadata or {}
-        new = {**json_copy(metadata), MARKER: FORMAT, INDEXED_KEY: old.get(INDEXED_KEY, {})}
+        new = {**metadata_copy(metadata), MARKER: FORMAT, INDEXED_KEY: old.get(INDEXED_KEY, {})}
         if OPTIONS_KEY in old:
             new[OPTIONS_KEY] = old[OPTIONS_KEY]
         # Qdrant merges metadata updates; a null value deletes a key, which turns the merge into a replace.

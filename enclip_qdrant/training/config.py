@@ -12,11 +12,11 @@ from enclip_qdrant.errors import BundleError
 from enclip_qdrant.training.presets import FINETUNE_LR, TOWER_MODES, get_preset
 
 # The parts of the config that change what a member learns; `members` and `clusters` may change on resume.
-_PLAN_KEYS = ("preset", "epochs", "batch_size", "lr", "seed", "diversity", "val_fraction", "base_model",
+PLAN_KEYS = ("preset", "epochs", "batch_size", "lr", "seed", "diversity", "val_fraction", "base_model",
               "pretrained", "warmup_fraction", "weight_decay", "text_encoder", "field_cols", "towers")
 
 # What a bundle or plan written before a setting existed was trained with (field_cols: titles only).
-_LEGACY = {"field_cols": "none", "towers": "same"}
+LEGACY_DEFAULTS = {"field_cols": "none", "towers": "same"}
 
 MIN_PAIRS = 16
 
@@ -89,8 +89,8 @@ class TrainConfig:
     def differs_from(self, trained: dict[str, Any]) -> list[str]:
         """Settings (of those that change what members learn) in which a trained bundle's config differs."""
         mine = self.resolved().to_dict()
-        trained = _LEGACY | trained
-        return [k for k in (*_PLAN_KEYS, "members", "clusters") if trained.get(k) != mine[k]]
+        trained = LEGACY_DEFAULTS | trained
+        return [k for k in (*PLAN_KEYS, "members", "clusters") if trained.get(k) != mine[k]]
 
 
 def resolved_device(name: str) -> str:

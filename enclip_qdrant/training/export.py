@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -31,9 +30,9 @@ import torch
 from PIL import Image
 
 from enclip_qdrant.bundle.names import ONNX_IMAGE, ONNX_TEXT, ONNX_TOKENIZER, SHARED_TEXT_DIR
-from enclip_qdrant.engine.torch.members import Member, _causal_argmax_tower, cut_text_features
+from enclip_qdrant.engine.torch.members import Member, causal_argmax_tower, cut_text_features
 from enclip_qdrant.errors import BundleError, EnclipError
-from enclip_qdrant.files import file_sha256, locked
+from enclip_qdrant.files import file_sha256, json_copy, locked
 from enclip_qdrant.progress import NullProgress, Progress
 
 OPSET = 18
@@ -249,7 +248,7 @@ def export_member(member: Member, folder: Path) -> dict[str, Any]:
             (folder / ONNX_TOKENIZER).unlink(missing_ok=True)
             raise UnsupportedExport(f"member {member.name!r}: the exported tokenizer gives other ids than "
                                     "open_clip's")
-        cut = _causal_argmax_tower(model)
+        cut = causal_argmax_tower(model)
         if cut:
             n = int(tokens[:2].argmax(dim=-1).max()) + 1
             _export(_CausalText(model), (tokens[:2, :n],), ["tokens"],
@@ -339,7 +338,7 @@ def export_bundle(path: str | Path, progress: Progress | None = None, force: boo
         if bundle.manifest.get("onnx") and not force:
             progress.log(f"{path} already has ONNX towers (pass --force to export again)")
             return bundle.manifest["onnx"]
-        manifest = json.loads(json.dumps(bundle.manifest))
+        manifest = json_copy(bundle.manifest)
         for m in manifest["members"]:  # format 1 bundles: their configs join the fingerprint too
             m.setdefault("config_sha256", file_sha256(path / m["path"] / CONFIG_NAME))
         model = model_fingerprint(path, manifest)

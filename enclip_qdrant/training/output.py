@@ -12,7 +12,7 @@ from enclip_qdrant.bundle.names import CLUSTERS, MANIFEST, PLAN
 from enclip_qdrant.errors import BundleError
 from enclip_qdrant.files import read_json
 from enclip_qdrant.progress import Progress
-from enclip_qdrant.training.config import _LEGACY
+from enclip_qdrant.training.config import LEGACY_DEFAULTS
 
 # What a training run writes in its folder: the only entries `--overwrite` ever removes.
 # "text_features.safetensors" is text_cache.TEXT_CACHE; the last two are image_cache's CACHE_DATA and CACHE_INDEX.
@@ -96,7 +96,7 @@ def prepare_output(out: Path, fingerprint: str, wanted: dict[str, Any], overwrit
     state = refuse_foreign(out)
     if state == "run" and not overwrite:
         plan = read_json(out / PLAN)
-        if plan["catalog_fingerprint"] != fingerprint or _LEGACY | plan["config"] != wanted:
+        if plan["catalog_fingerprint"] != fingerprint or LEGACY_DEFAULTS | plan["config"] != wanted:
             raise BundleError(f"{out} holds a training run with another catalog or settings; "
                               "pass --overwrite to replace it or choose another --out")
         progress.log(f"resuming the training run in {out}")

@@ -35,7 +35,7 @@ from enclip_qdrant.files import atomic_write_json, locked
 from enclip_qdrant.progress import NullProgress, Progress
 from enclip_qdrant.system import available_cores
 from enclip_qdrant.training.clustering import fit_clusters
-from enclip_qdrant.training.config import _PLAN_KEYS, MIN_PAIRS, ResolvedConfig, TrainConfig
+from enclip_qdrant.training.config import MIN_PAIRS, PLAN_KEYS, ResolvedConfig, TrainConfig
 from enclip_qdrant.training.image_cache import build_cache, remove_cache
 from enclip_qdrant.training.jobs import (
     MemberJob,
@@ -98,7 +98,7 @@ def train(catalog: Any, out: str | Path, config: TrainConfig | None = None,
     refuse_foreign(out)  # again under the lock below; here so that a refusal creates no lock file
     field_cols = resolve_field_cols(cfg.field_cols, products)  # an unknown column fails before any work
     fingerprint = catalog.fingerprint()
-    wanted = {k: getattr(cfg, k) for k in _PLAN_KEYS}
+    wanted = {k: getattr(cfg, k) for k in PLAN_KEYS}
     with locked(out, timeout=TRAIN_LOCK_TIMEOUT, what=f"the bundle folder {out}"):
         prepare_output(out, fingerprint, wanted, overwrite, progress)
         done = None if overwrite else _already_trained(out, fingerprint, config)

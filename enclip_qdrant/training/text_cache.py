@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file as load_numpy
-from safetensors.numpy import save_file as save_numpy
+from safetensors.numpy import save as save_numpy
 
 from enclip_qdrant.engine.text_encoders import NONE
 from enclip_qdrant.engine.torch.text_encoder import SharedTextEncoder, get_encoder
+from enclip_qdrant.files import atomic_write_bytes
 
 TEXT_CACHE = "text_features.safetensors"
 
@@ -40,10 +40,8 @@ def prepare_text_cache(out: Path, texts: Sequence[str], text_encoder: str) -> Pa
     if path.is_file() and _read_cache(path, unique, key, enc):
         return path
     vectors = enc.encode(unique)
-    tmp = path.with_suffix(".tmp")
-    save_numpy({"vectors": np.ascontiguousarray(vectors)}, str(tmp),
-                metadata={"texts_sha256": key, "encoder_sha256": enc.spec.sha256})
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save_numpy({"vectors": np.ascontiguousarray(vectors)},
+                                        metadata={"texts_sha256": key, "encoder_sha256": enc.spec.sha256}))
     return path
 
 

@@ -88,6 +88,7 @@ def test_out_may_not_be_the_catalog_its_parent_or_the_workspace_home(tmp_path):
 
 # --- crash consistency: torn reports and plans, kill -9 ----------------------------------------------------
 
+@pytest.mark.slow
 def test_torn_report_retrains_that_member_and_torn_plan_restarts_cleanly(small_catalog, tmp_path, monkeypatch):
     out = tmp_path / "b"
     train(small_catalog, out, TrainConfig(onnx=False, members=2, **QUICK))
@@ -118,6 +119,7 @@ def test_overwrite_of_our_run_keeps_the_users_own_files(small_catalog, tmp_path)
     assert (out / "NOTES.md").read_text() == "mine" and again.manifest["members"][0]["seed"] == 3000
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_resumes_into_a_loadable_bundle(small_catalog, tmp_path):
     out = tmp_path / "b"
     code = ("import sys; from enclip_qdrant import TrainConfig, train, load_catalog; "

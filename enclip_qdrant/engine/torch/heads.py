@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 
 from enclip_qdrant.bundle.names import CONFIG_NAME, WEIGHTS_NAME
 from enclip_qdrant.engine.text_encoders import TextEncoderSpec, check_record
@@ -38,7 +38,7 @@ from enclip_qdrant.engine.torch.device import module_device
 from enclip_qdrant.engine.torch.members import Member, eval_transform
 from enclip_qdrant.engine.torch.text_encoder import SharedTextEncoder, get_encoder
 from enclip_qdrant.errors import BundleError
-from enclip_qdrant.files import atomic_write_json, file_sha256
+from enclip_qdrant.files import atomic_write_bytes, atomic_write_json, file_sha256
 
 RECIPE = "text_encoder"
 
@@ -92,9 +92,7 @@ class HeadMember(Member):
     def save(self, folder: Path) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        tmp = folder / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, folder / WEIGHTS_NAME)
+        atomic_write_bytes(folder / WEIGHTS_NAME, save_tensors(state, metadata={"format": "pt"}))
         atomic_write_json(folder / CONFIG_NAME, {"recipe": RECIPE, "model_cfg": self.model_cfg,
                                                  "preprocess_cfg": self.preprocess_cfg, "enclip": self.info},
                           sort_keys=True)

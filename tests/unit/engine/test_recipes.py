@@ -127,6 +127,7 @@ def test_keyword_queries_come_from_categorical_fields(tmp_path):
             assert all(str(p.fields[k]) == v for k, v in q.attributes.items())
 
 
+@pytest.mark.slow
 def test_from_scratch_recipe_still_trains_and_loads(tmp_path):
     cat = load_catalog(make_catalog(tmp_path / "c", n=60, seed=2))
     b = train(cat, tmp_path / "b", TrainConfig(members=1, preset="tiny", epochs=1, text_encoder="none",

@@ -39,6 +39,7 @@ def report(catalog, queries_file, tmp_path_factory: pytest.TempPathFactory):
                     workdir=tmp_path_factory.mktemp("eval"))
 
 
+@pytest.mark.slow
 def test_every_ranking_is_scored_on_both_query_sets(report):
     assert [r.ranking for r in report.rows_for(TITLES)] == RANKINGS
     for query_set in (QUERIES, KEYWORDS):
@@ -158,6 +159,7 @@ def test_queries_file_mistakes_name_their_line(catalog, tmp_path):
         read_queries(tmp_path / "missing.jsonl", catalog)
 
 
+@pytest.mark.slow
 def test_cli_eval_json(catalog_dir, tmp_path, monkeypatch):
     from enclip_qdrant.cli.app import app
 

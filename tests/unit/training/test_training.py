@@ -169,6 +169,7 @@ def test_index_trains_once_then_reuses_and_never_replaces_silently(small_catalog
     assert manifest.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_mixed_towers_differ_per_member_and_are_recorded(small_catalog, tmp_path):
     """`--towers mixed`: members cycle through the preset's image towers (ModifiedResNet, ViT); each member's
     own config says which, the manifest records it, and both engines load and agree on every member."""
