@@ -1,6 +1,6 @@
 """The alias protocol in one place: a collection NAME is an alias of a physical collection
-`NAME-<bundle fingerprint[:8]>`; indexing plans which physical collection to fill, switches the alias once
-it is complete (recording the one it replaced), and `rollback` switches it back.
+`NAME-<bundle fingerprint[:8]>` (or its twin `...-b`); indexing plans which physical collection to fill, switches
+the alias once it is complete (recording the one it replaced), and `rollback` switches it back.
 """
 
 from __future__ import annotations
@@ -21,6 +21,13 @@ def physical_name(collection: str, bundle: Bundle) -> str:
     return f"{collection}-{bundle.fingerprint[:8]}"
 
 
+def twin_name(physical: str, collection: str, bundle: Bundle) -> str:
+    """The other of a bundle's two physical collections: blue/green with the same bundle (rows added while a
+    service holds the live one) fills the one not serving, so the pair alternates and never piles up."""
+    base = physical_name(collection, bundle)
+    return f"{base}-b" if physical == base else base
+
+
 def plan_target(store: Store, collection: str, bundle: Bundle, blue_green: bool) -> tuple[str, str | None, bool]:
     """(physical collection to fill, the alias's current target, whether to switch the alias when done)."""
     current = store.aliases().get(collection)
@@ -30,6 +37,8 @@ def plan_target(store: Store, collection: str, bundle: Bundle, blue_green: bool)
                               "so it cannot be switched: index into a new --collection")
         return collection, None, False
     if current is not None and read_meta(store, current).bundle_fingerprint == bundle.fingerprint:
+        if blue_green:  # the same bundle: refresh its twin beside the live one, then switch
+            return twin_name(current, collection, bundle), current, True
         return current, None, False
     if current is not None and not blue_green:
         try:

@@ -85,8 +85,9 @@ def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *
                   prune_threshold: float = PRUNE_THRESHOLD, confirm: bool = False, text: bool = True,
                   hnsw: bool | None = None) -> IndexReport:
     """`options` shape the collection when this call creates it; an existing collection keeps its own.
-    `collection` is an alias; with `blue_green`, another bundle's index is built beside the live one and
-    the alias switched only when it is complete, so queries never see a half-built collection.
+    `collection` is an alias; with `blue_green`, the index is built beside the live one (another bundle's, or the
+    same bundle's twin: rows changed while a service holds the live one) and the alias switched only when it is
+    complete, so queries never see a half-built collection; that collection then mirrors the catalog (pruned).
     `prune` deletes only ids gone from the table; more than `prune_threshold` of the collection needs
     `confirm` (else ConfirmationRequired, raised before anything is written). A collection this call creates
     from a catalog with text also gets a sparse BM25 vector of each product's text (hybrid search), unless
@@ -112,8 +113,10 @@ def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *
             raise BusyError(f"collection {collection!r} is busy: another `enclip-qdrant index` created it just now "
                             "and is filling it; wait for that run to finish, then run again to add what it "
                             "lacks") from None
-    else:  # ours from an interrupted run, or the live one: incremental indexing fills in the rest
+    else:  # ours from an interrupted run, the live one, or a blue/green twin: incremental indexing fills the rest
         recipe = check_compatible(store, physical, bundle).text_recipe()
+        if switch:  # not serving anyone yet: it becomes the catalog as it is now, so rows gone from it go
+            prune, confirm = True, True
     report = IndexReport(collection, store.location, bundle.fingerprint, created,
                          skipped_rows=len(catalog.skipped), physical=physical, previous=previous)
     _fill(catalog, bundle, store, physical, report, batch_size, prune, progress, prune_threshold, confirm, recipe)

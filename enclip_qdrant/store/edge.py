@@ -561,8 +561,8 @@ class EdgeStore(Store):
                     raise StoreError(
                         f"collection {name!r} is in use by another process (a running `enclip-qdrant serve`, "
                         f"another `index`, or another open store) at {path}: stop it to change this collection "
-                        "in place, or index a new bundle beside it with `index --bundle NEW --blue-green` "
-                        "(a running service switches to it)"
+                        "in place, or build beside it with `index --blue-green` (the same bundle or a new one; "
+                        "a running service switches to it)"
                     ) from e
                 raise StoreError(f"cannot open collection {name!r} at {path}: {_line(e)}") from e
             self._shards[name] = shard

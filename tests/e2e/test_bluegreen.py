@@ -3,6 +3,7 @@ rollback restores the old collection and its bundle; push copies an embedded col
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 
@@ -26,6 +27,25 @@ def test_first_index_puts_the_name_in_front_of_a_physical_collection(store, bund
     again = index_catalog(catalog, bundle, store, "shop")  # same bundle: incremental, no new collection
     assert (again.created, again.switched, again.unchanged) == (False, False, len(catalog.products))
     assert store.list_collections() == [physical]
+
+
+def test_blue_green_with_the_same_bundle_fills_its_twin_and_alternates(store, bundle, catalog):
+    """Rows changed while a service holds the live collection: the same bundle's blue/green builds the other of
+    its two collections to mirror the catalog (pruned), switches, and the next one alternates back."""
+    n, products = len(catalog.products), catalog.products
+    base = index_catalog(catalog, bundle, store, "shop").physical
+    fewer = dataclasses.replace(catalog, products=products[:-5], row_ids=frozenset(p.id for p in products[:-5]))
+    twin = index_catalog(fewer, bundle, store, "shop", blue_green=True)
+    assert (twin.physical, twin.previous, twin.switched, twin.created) == (f"{base}-b", base, True, True)
+    assert store.resolve("shop") == f"{base}-b" and store.count("shop") == n - 5 and store.count(base) == n
+    assert store.info("shop").metadata["previous"] == base
+
+    shifted = dataclasses.replace(catalog, products=products[3:], row_ids=frozenset(p.id for p in products[3:]))
+    back = index_catalog(shifted, bundle, store, "shop", blue_green=True)  # the old one, brought up to date
+    assert (back.physical, back.previous, back.switched, back.created) == (base, f"{base}-b", True, False)
+    assert (back.added, back.deleted, back.unchanged) == (0, 3, n - 3)
+    assert store.count("shop") == n - 3 and store.count(f"{base}-b") == n - 5  # the one it replaced is kept
+    assert sorted(store.list_collections()) == sorted([base, f"{base}-b"])  # two, however many runs
 
 
 def test_blue_green_switches_only_when_complete_and_keeps_the_old(store, bundle, other_bundle, catalog,

@@ -98,6 +98,31 @@ def test_blue_green_and_rollback_while_serving(bundle, other_bundle, catalog, ca
     assert runs == [frozenset(bundle.vectors), frozenset(other_bundle.vectors), frozenset(bundle.vectors)]
 
 
+def test_blue_green_with_the_same_bundle_while_serving(bundle, catalog, catalog_dir, tmp_path):
+    """Rows changed, same bundle, service running: `index --blue-green` builds the twin and the service follows."""
+    home = tmp_path / "home"
+    with EdgeStore(home) as store:
+        blue = index_catalog(catalog, bundle, store, "shop").physical
+    app = create_app(ServeOptions(home=home, collection="shop", follow_seconds=0.2))
+    with live_server(app) as base:
+        watcher = Watcher(base)
+        watcher.start()
+        try:
+            time.sleep(0.5)
+            r = _cli(home, "index", str(catalog_dir), "--bundle", str(bundle.path), "--collection", "shop",
+                     "--blue-green", "--json")
+            assert r.returncode == 0, r.stderr[-2000:]
+            report = json.loads(r.stdout)
+            assert (report["physical"], report["previous"], report["switched"]) == (f"{blue}-b", blue, True)
+            assert _wait_for(base, f"{blue}-b")["bundle"] == bundle.fingerprint
+            time.sleep(0.5)
+        finally:
+            watcher.stop.set()
+            watcher.join(timeout=60)
+    failed = [(s, t) for s, _, t in watcher.seen if s != 200]
+    assert len(watcher.seen) > 10 and not failed, failed[:3]
+
+
 def test_in_place_index_of_the_served_collection_says_what_to_do(bundle, catalog, catalog_dir, tmp_path):
     home = tmp_path / "home"
     with EdgeStore(home) as store:
