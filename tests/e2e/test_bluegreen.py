@@ -4,6 +4,7 @@ rollback restores the old collection and its bundle; push copies an embedded col
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 import pytest
 
