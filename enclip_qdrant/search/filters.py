@@ -22,14 +22,18 @@ class FieldKinds:
     points. A long-running caller (the service) keeps one, so a filter costs no store call per field and a
     field no product has is refused without reading the store again (when the scan saw every point)."""
 
-    def __init__(self, store: Store, collection: str, scan: int = 5000, shown_as: str | None = None) -> None:
-        """`shown_as`: the name messages use (the alias a client asked for, not the physical collection)."""
+    def __init__(self, store: Store, collection: str, scan: int = 5000, shown_as: str | None = None,
+                 payloads: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """`shown_as`: the name messages use (the alias a client asked for, not the physical collection).
+        `payloads`: the first `scan` points' payloads when the caller has read them already (one scan for two uses)."""
         self.collection, self.made = shown_as or collection, time.monotonic()
         schema = store.info(collection).payload_schema
         self.schema = {k: _SCHEMA_KINDS.get(v.lower(), v.lower()) for k, v in schema.items()}
         self.seen: dict[str, str] = {}
         read = 0
-        for _, payload in itertools.islice(store.scroll(collection), scan):
+        if payloads is None:
+            payloads = [p for _, p in itertools.islice(store.scroll(collection), scan)]
+        for payload in payloads:
             read += 1
             for k, v in payload.items():
                 if v is not None and k not in self.seen:

@@ -412,10 +412,12 @@ class Service:
             batcher = MicroBatcher(bundle.embed_texts, bundle.embed_images, max_batch=o.max_batch,
                                    max_wait_ms=o.max_wait_ms, max_queue=o.max_queue).start()
             encoder = BatchingEncoder(batcher, timeout=o.request_timeout)
-        return Served(physical=physical, bundle=bundle, batcher=batcher, encoder=encoder,
-                      recipe=CollectionMeta.from_dict(meta).text_recipe(),
-                      catalog_root=Path(meta["catalog"]) if meta.get("catalog") else None,
-                      image_bound=image_bound(bundle))
+        served = Served(physical=physical, bundle=bundle, batcher=batcher, encoder=encoder,
+                        recipe=CollectionMeta.from_dict(meta).text_recipe(),
+                        catalog_root=Path(meta["catalog"]) if meta.get("catalog") else None,
+                        image_bound=image_bound(bundle))
+        self._scan_fields(served)
+        return served
 
     @contextmanager
     def lease(self) -> Iterator[Served]:
@@ -509,19 +511,25 @@ class Service:
             raise QueryError(f"this service serves collection {self.collection!r}, not {name!r}: "
                              f"run another `enclip-qdrant serve --collection {name}`")
 
+    def _scan_fields(self, cur: Served) -> None:
+        """Read the collection's first points once, for the filter menus and the filter field types: done when
+        a collection is loaded (before it is swapped in), so no request waits for the scan."""
+        with self.store.lock:  # scroll is a generator: hold the lock while it is read, not just made
+            payloads = [p for _, p in itertools.islice(self.searcher.store.scroll(cur.physical), _FIELD_SCAN)]
+            cur.kinds = FieldKinds(self.searcher.store, cur.physical, _FIELD_SCAN, shown_as=self.collection,
+                                   payloads=payloads)
+        values: dict[str, set[Any]] = {}
+        for payload in payloads:
+            for k, v in payload.items():
+                if k not in _NOT_FIELDS and isinstance(v, (str, int, float)) and not isinstance(v, bool):
+                    values.setdefault(k, set()).add(v)
+        cur.fields = {k: sorted(v, key=str) for k, v in sorted(values.items()) if 1 < len(v) <= _MAX_FIELD_VALUES}
+
     def fields(self, cur: Served) -> dict[str, list[Any]]:
         """Catalog fields with few distinct values (filter menus), from the first points of the collection."""
         if cur.fields is None:
-            values: dict[str, set[Any]] = {}
-            with self.store.lock:  # scroll is a generator: hold the lock while it is read, not just made
-                payloads = [p for _, p in itertools.islice(self.searcher.store.scroll(cur.physical), _FIELD_SCAN)]
-            for payload in payloads:
-                for k, v in payload.items():
-                    if k not in _NOT_FIELDS and isinstance(v, (str, int, float)) and not isinstance(v, bool):
-                        values.setdefault(k, set()).add(v)
-            cur.fields = {k: sorted(v, key=str) for k, v in sorted(values.items())
-                          if 1 < len(v) <= _MAX_FIELD_VALUES}
-        return cur.fields
+            self._scan_fields(cur)
+        return cur.fields or {}
 
     def field_kinds(self, cur: Served) -> FieldKinds:
         """The served collection's filter field types, read once (and again after a while), so a filter costs
