@@ -240,12 +240,13 @@ def evaluate(catalog: str | Path | Catalog, *, bundle: str | Path | Bundle | Non
             train_cat = dataclasses.replace(cat, products=[p for p in cat.products if p.id not in test_set])
             out = train_dir(Path(workdir) if workdir else tmp, train_cat, config)
             progress.log(f"training on {len(train_ids)} products, holding out {len(test_ids)} for the test")
-            if not (out / MANIFEST).is_file():
+            if (out / MANIFEST).is_file():
+                b = load_bundle(out, device=device)
+            else:  # the bundle train returns is the one it just wrote: not loaded (and hashed) a second time
                 # imported here: only training needs torch, so `eval --bundle` runs on the ONNX engine without it
                 from enclip_qdrant.training.run import train
 
-                train(train_cat, out, config, progress)
-            b = load_bundle(out, device=device)
+                b = train(train_cat, out, config, progress)
             trained, kept = True, str(out) if workdir else None
             n_train = len(train_ids)
         seconds["train"] = round(time.perf_counter() - t0, 2)

@@ -238,4 +238,4 @@ def _finish(out: Path, catalog: Any, fingerprint: str, pairs: Pairs, products: S
     progress.log(f"ensemble val R@10 {ens_val['r@10']:.3f} (best member "
                  f"{max(r['val']['r@10'] for r in reports):.3f}); {clusters.k} clusters, "
                  f"router accuracy {router_acc:.2f}")
-    return load_bundle(out, verify=False)
+    return load_bundle(out, verify=False, device=cfg.device)
