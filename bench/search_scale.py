@@ -58,6 +58,7 @@ import numpy as np
 
 from enclip_qdrant.search.options import DEFAULT_TEXT_WEIGHT
 from enclip_qdrant.store import (
+    CollectionOptions,
     CollectionSpec,
     EdgeStore,
     PointRecord,
@@ -221,7 +222,9 @@ def measure(size: int, backend: str, args: argparse.Namespace) -> dict[str, Any]
     home = Path(tempfile.mkdtemp(prefix="enclip-search-scale-", dir=args.tmp)) if edge else None
     store: Store = EdgeStore(home) if home is not None else ServerStore(":memory:")
     try:
-        spec = CollectionSpec(vectors={f"m{m}": args.dim for m in range(args.members)}, sparse_vectors=(TEXT,))
+        options = CollectionOptions(hnsw_full_scan_kb=args.full_scan_kb) if args.full_scan_kb else None
+        spec = CollectionSpec(vectors={f"m{m}": args.dim for m in range(args.members)}, sparse_vectors=(TEXT,),
+                              options=options)
         spent = 0.0  # store calls only: generating the synthetic batches is not indexing
         t = time.perf_counter()
         store.create(COLLECTION, spec)
@@ -307,7 +310,8 @@ def run_child(size: int, backend: str, args: argparse.Namespace, out: Path) -> d
            "--members", str(args.members), "--dim", str(args.dim), "--clusters", str(args.clusters),
            "--queries", str(args.queries), "--local-queries", str(args.local_queries),
            "--warmup", str(args.warmup), "--seed", str(args.seed),
-           *(["--hnsw-ef", str(args.hnsw_ef)] if args.hnsw_ef else []), *(["--tmp", args.tmp] if args.tmp else [])]
+           *(["--hnsw-ef", str(args.hnsw_ef)] if args.hnsw_ef else []), *(["--tmp", args.tmp] if args.tmp else []),
+           *(["--full-scan-kb", str(args.full_scan_kb)] if args.full_scan_kb else [])]
     t = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
@@ -434,6 +438,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3, help="untimed queries of each shape first (local: at most 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hnsw-ef", type=int, default=None, help="edge-hnsw: HNSW candidates per list (default Qdrant's)")
+    ap.add_argument("--full-scan-kb", type=int, default=None,
+                    help="edge-hnsw: Qdrant's full_scan_threshold (KB): filters matching less are searched exactly")
     ap.add_argument("--tmp", default=None, help="where the edge stores are built (default the system's)")
     ap.add_argument("--json", type=Path, default=None, help="write every raw figure here")
     ap.add_argument("--_child", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)

@@ -61,6 +61,9 @@ class CollectionOptions:
     quantization: Quantization = "none"  # "int8": scalar quantization kept in RAM, originals rescore
     hnsw_m: int | None = None
     hnsw_ef_construct: int | None = None
+    # Qdrant's query planner: a filter matching vectors of fewer KB than this is searched exactly (through the
+    # payload index), a bigger one through the graph, with per-value links built for indexed fields above it.
+    hnsw_full_scan_kb: int | None = None
     # Qdrant's optimizer: a segment whose vectors take less than this many KB stays unindexed (searched exactly).
     indexing_threshold: int | None = None
     shard_number: int | None = None
@@ -71,8 +74,8 @@ class CollectionOptions:
         # Checked here so a bad CLI flag fails before any training or embedding starts.
         if self.quantization not in QUANTIZATIONS:
             raise StoreError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {self.quantization!r}")
-        minimum = {"hnsw_m": 0, "hnsw_ef_construct": 4, "indexing_threshold": 0, "shard_number": 1,
-                   "replication_factor": 1}
+        minimum = {"hnsw_m": 0, "hnsw_ef_construct": 4, "hnsw_full_scan_kb": 1, "indexing_threshold": 0,
+                   "shard_number": 1, "replication_factor": 1}
         for key, low in minimum.items():
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
@@ -92,6 +95,7 @@ class CollectionOptions:
             "quantization": self.quantization,
             "hnsw_m": self.hnsw_m,
             "hnsw_ef_construct": self.hnsw_ef_construct,
+            **({} if self.hnsw_full_scan_kb is None else {"hnsw_full_scan_kb": self.hnsw_full_scan_kb}),
             **({} if self.indexing_threshold is None else {"indexing_threshold": self.indexing_threshold}),
             "shard_number": self.shard_number,
             "replication_factor": self.replication_factor,

@@ -120,11 +120,11 @@ def edge_config(vectors: Mapping[str, int], options: CollectionOptions | None,
     on_disk = True if opts.on_disk_vectors else None
     params = {k: EdgeVectorParams(size=d, distance=Distance.Cosine, on_disk=on_disk) for k, d in vectors.items()}
     hnsw = None
-    if opts.hnsw_m is not None or opts.hnsw_ef_construct is not None:
+    if opts.hnsw_m is not None or opts.hnsw_ef_construct is not None or opts.hnsw_full_scan_kb is not None:
         hnsw = HnswIndexConfig(
             m=HNSW_DEFAULTS["m"] if opts.hnsw_m is None else opts.hnsw_m,
             ef_construct=opts.hnsw_ef_construct or HNSW_DEFAULTS["ef_construct"],
-            full_scan_threshold=HNSW_DEFAULTS["full_scan_threshold"],
+            full_scan_threshold=opts.hnsw_full_scan_kb or HNSW_DEFAULTS["full_scan_threshold"],
         )
     quantization = ScalarQuantizationConfig(ScalarType.Int8, always_ram=True) if opts.quantization == "int8" else None
     sparse_params = {k: EdgeSparseVectorParams(modifier=Modifier.Idf) for k in sparse} or None

@@ -114,8 +114,9 @@ def _create_kwargs(options: CollectionOptions | None) -> dict[str, Any]:
     if options is None:
         return {}
     kw: dict[str, Any] = {}
-    if options.hnsw_m is not None or options.hnsw_ef_construct is not None:
-        kw["hnsw_config"] = models.HnswConfigDiff(m=options.hnsw_m, ef_construct=options.hnsw_ef_construct)
+    if options.hnsw_m is not None or options.hnsw_ef_construct is not None or options.hnsw_full_scan_kb is not None:
+        kw["hnsw_config"] = models.HnswConfigDiff(m=options.hnsw_m, ef_construct=options.hnsw_ef_construct,
+                                                  full_scan_threshold=options.hnsw_full_scan_kb)
     if options.indexing_threshold is not None:
         kw["optimizers_config"] = models.OptimizersConfigDiff(indexing_threshold=options.indexing_threshold)
     if options.quantization == "int8":

@@ -259,6 +259,7 @@ def test_create_sends_options_over_the_wire(fake: tuple[FakeQdrant, str]) -> Non
         quantization="int8",
         hnsw_m=32,
         hnsw_ef_construct=200,
+        hnsw_full_scan_kb=5000,
         shard_number=3,
         replication_factor=2,
         payload_indexes={"baseColour": "keyword", "year": "integer"},
@@ -271,7 +272,7 @@ def test_create_sends_options_over_the_wire(fake: tuple[FakeQdrant, str]) -> Non
         "clip_b": {"size": 4, "distance": "Cosine", "on_disk": True},
     }
     assert body["quantization_config"] == {"scalar": {"type": "int8", "always_ram": True}}
-    assert body["hnsw_config"] == {"m": 32, "ef_construct": 200}
+    assert body["hnsw_config"] == {"m": 32, "ef_construct": 200, "full_scan_threshold": 5000}
     assert body["shard_number"] == 3 and body["replication_factor"] == 2
     indexes = {b["field_name"]: b["field_schema"] for m, p, b in state.requests if p == "/collections/shop/index"}
     assert indexes == {"cluster": "integer", "baseColour": "keyword", "year": "integer"}

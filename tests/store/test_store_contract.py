@@ -458,6 +458,7 @@ OPTIONS = CollectionOptions(
     quantization="int8",
     hnsw_m=8,
     hnsw_ef_construct=64,
+    hnsw_full_scan_kb=2000,
     shard_number=2,
     replication_factor=1,
     payload_indexes={"title": "keyword"},
@@ -498,6 +499,7 @@ def test_edge_applies_options(tmp_path: Path) -> None:
     config = json.loads((folder / "shard" / "edge_config.json").read_text())
     assert all(v["on_disk"] is True for v in config["vectors"].values())
     assert set(config["vectors"]) == set(NAMES)
+    assert (config["hnsw_config"]["m"], config["hnsw_config"]["full_scan_threshold"]) == (8, 2000)
     assert config["hnsw_config"]["m"] == 8 and config["hnsw_config"]["ef_construct"] == 64
     assert config["quantization_config"] == {"scalar": {"type": "int8", "always_ram": True}}
     with EdgeStore(home) as again:  # reopens with the stored config
@@ -529,7 +531,7 @@ def test_server_passes_options(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(client, "create_collection", spy)
         store.create("shop", OPTIONS_SPEC)
         (kw,) = calls
-        assert kw["hnsw_config"] == models.HnswConfigDiff(m=8, ef_construct=64)
+        assert kw["hnsw_config"] == models.HnswConfigDiff(m=8, ef_construct=64, full_scan_threshold=2000)
         assert kw["quantization_config"] == models.ScalarQuantization(
             scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
         )
