@@ -116,22 +116,49 @@ def _ranks(out: dict) -> list[tuple]:
     return [(r["id"], r.get("cluster"), tuple(sorted((r.get("member_ranks") or {}).items()))) for r in out["results"]]
 
 
-_BM25_DIFFERS = pytest.mark.xfail(strict=True, reason=(
-    "known difference (issue 22): on the same points Qdrant 1.17.1 ranks the BM25 text list (sparse vector, IDF "
-    "modifier) differently from the embedded store, so fused answers with words differ; the member lists agree"))
+def _tie_groups(hits) -> list[tuple[float, frozenset[str]]]:
+    """A ranked list as (score, ids with that score), best first; the last group is cut by the limit."""
+    groups: list[tuple[float, set[str]]] = []
+    for h in hits:
+        score = round(h.score, 4)
+        if not groups or groups[-1][0] != score:
+            groups.append((score, set()))
+        groups[-1][1].add(h.id)
+    return [(s, frozenset(ids)) for s, ids in groups]
 
 
-@pytest.mark.parametrize("kind", [*(pytest.param(k, marks=_BM25_DIFFERS) for k in ("text", "both", "filter")),
-                                  "image", "dense", "grpc"])
+@pytest.mark.parametrize(("words", "flt"), [("red dress", None), ("dress", None), ("green sneakers", None),
+                                            ("bag", {"baseColour": ["Blue"]})])
+def test_the_text_list_is_the_embedded_one_up_to_tied_scores(served, qdrant_node, env, words, flt):
+    """Issue 22's difference, explained: the server's BM25 list (sparse vector, IDF modifier) has the embedded
+    store's scores, position by position, and the same products under each score; only the order among equal
+    scores differs, which Qdrant leaves unspecified (short product titles tie often). So a fused answer with
+    words may differ between the two engines where the text list ties; the fusion itself is checked against
+    the hand-computed reference on this server in tests/store/test_fusion_contract.py."""
+    from enclip_qdrant.collection.meta import read_meta
+    from enclip_qdrant.store import EdgeStore, SearchFilter
+
+    name, _, _ = served
+    with qdrant_node.store() as remote, EdgeStore(env) as local:
+        recipe = read_meta(local, name).text_recipe()
+        vector = {recipe.vector: recipe.query(words)}
+        f = SearchFilter(fields=flt) if flt else None
+        lists = [s.query_each(s.resolve(name), vector, limit=40, filter=f)[recipe.vector] for s in (remote, local)]
+    assert len(lists[0]) == len(lists[1]) > 1
+    assert [round(h.score, 4) for h in lists[0]] == [round(h.score, 4) for h in lists[1]]
+    server, embedded = _tie_groups(lists[0]), _tie_groups(lists[1])
+    whole = len(server) if len(lists[0]) < 40 else -1  # a list shorter than the limit has no cut group
+    assert len(server) > 1 and server[:whole] == embedded[:whole]  # uncut groups: the same products
+
+
+@pytest.mark.parametrize("kind", ["image", "dense", "grpc"])
 def test_query_on_the_server_answers_as_embedded(served, qdrant_node, catalog, kind):
-    """The same catalog, bundle and query: the server's fused answer (ids, order, each list's rank) is the
-    embedded store's."""
+    """The same catalog, bundle and query without words: the server's fused answer (ids, order, each list's
+    rank) is the embedded store's (with words, see the test above)."""
     name, _, _ = served
     product = catalog.products[11]
-    args = {"text": ["red dress"], "image": ["--image", str(product.image)],
-            "both": ["dress", "--image", str(product.image)],
-            "filter": ["bag", "--filter", "baseColour=Blue", "--clusters", "all"],
-            "dense": ["green sneakers", "--no-text"], "grpc": ["red dress", "--no-text"]}[kind]
+    args = {"image": ["--image", str(product.image)], "dense": ["green sneakers", "--no-text"],
+            "grpc": ["red dress", "--no-text"]}[kind]
     q = ["query", *args, "--collection", name, "-k", "8", "--explain"]
     grpc = ["--prefer-grpc", "--grpc-port", str(qdrant_node.grpc_port)] if kind == "grpc" else []
     remote, local = cli(*on(qdrant_node, *q, *grpc)), cli(*q)
@@ -139,8 +166,6 @@ def test_query_on_the_server_answers_as_embedded(served, qdrant_node, catalog, k
     assert _ranks(remote) == _ranks(local)
     if kind == "image":
         assert remote["results"][0]["id"] == product.id
-    if kind == "filter":
-        assert all(r["payload"]["baseColour"] == "Blue" for r in remote["results"])
 
 
 def test_info_reads_the_servers_own_schema(served, raw, qdrant_node, catalog, bundle):
