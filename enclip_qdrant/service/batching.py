@@ -50,7 +50,8 @@ class MicroBatcher:
 
     `max_batch` queries at most per round. A query that finds the worker idle and nobody waiting is
     encoded at once; when others are already waiting, the round waits at most `max_wait_ms` more for
-    company. At most `max_queue` queries wait (the rest get `Overloaded`)."""
+    company. At most `max_queue` queries of each kind wait (the rest get `Overloaded`): a burst of image uploads,
+    each a costly forward pass, never fills the places of the cheap text queries behind it."""
 
     def __init__(self, embed_texts: Callable[[list[str]], Row], embed_images: Callable[[list[Image.Image]], Row], *,
                  max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 64) -> None:
@@ -58,7 +59,9 @@ class MicroBatcher:
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
         self._embed = {"text": embed_texts, "image": embed_images}
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self._queue: queue.Queue[Any] = queue.Queue()  # bounded per kind by `_waiting`, so 2 x max_queue at most
+        self._waiting = {"text": 0, "image": 0}
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._running = 0  # forward passes in progress (the worker's rounds and callers' own)
@@ -92,11 +95,19 @@ class MicroBatcher:
 
     def submit(self, kind: Kind, item: str | Image.Image) -> Future[Row]:
         fut: Future[Row] = Future()
-        try:
-            self._queue.put_nowait((kind, item, fut))
-        except queue.Full:
-            raise Overloaded() from None
+        with self._lock:
+            if self._waiting[kind] >= self.max_queue:
+                raise Overloaded()
+            self._waiting[kind] += 1
+        self._queue.put_nowait((kind, item, fut))
         return fut
+
+    def _take(self, entry: Any) -> Any:
+        """An entry leaves the queue: its kind has one more free place."""
+        if entry is not _STOP:
+            with self._lock:
+                self._waiting[entry[0]] -= 1
+        return entry
 
     def encode(self, kind: Kind, items: Sequence[str | Image.Image], timeout: float | None = None) -> Row:
         """Encode `items` (each its own queue entry, so they batch with other callers'); stacked like
@@ -126,7 +137,7 @@ class MicroBatcher:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            first = self._take(self._queue.get())
             if first is _STOP:
                 return
             batch, stop = [first], False
@@ -145,9 +156,9 @@ class MicroBatcher:
         while len(batch) < self.max_batch:
             try:
                 if deadline is None:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._take(self._queue.get_nowait())
                 else:
-                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    nxt = self._take(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 return False
             if nxt is _STOP:

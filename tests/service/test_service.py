@@ -440,6 +440,36 @@ def test_micro_batcher_bounds_and_errors():
         b.close()
 
 
+def test_an_image_burst_leaves_text_queries_their_places():
+    """Each kind has its own max_queue places: uploads that fill theirs make the next upload wait for a 503,
+    never a shopper's text query (issue 20's hostile load saw one such 503 with a shared queue)."""
+    import numpy as np
+
+    gate = threading.Event()
+
+    def embed(items):
+        gate.wait(5)
+        return {"m": np.ones((len(items), 2))}, np.ones((len(items), 2))
+
+    b = MicroBatcher(embed, embed, max_batch=1, max_wait_ms=0, max_queue=2).start()
+    try:
+        held = b.submit("image", "x")
+        time.sleep(0.05)  # the worker holds it at the gate
+        images = [b.submit("image", "y"), b.submit("image", "z")]
+        with pytest.raises(Overloaded):
+            b.submit("image", "w")
+        texts = [b.submit("text", "red dress"), b.submit("text", "bag")]  # their own places: admitted
+        with pytest.raises(Overloaded):
+            b.submit("text", "one too many")
+        gate.set()
+        for f in [held, *images, *texts]:
+            assert f.result(5)[1].shape == (1, 2)
+        assert b.submit("image", "again").result(5)[1].shape == (1, 2)  # places come back as entries leave
+    finally:
+        gate.set()
+        b.close()
+
+
 def test_lone_query_is_not_held_for_company():
     """An idle batcher encodes a query at once: max_wait only applies when others are already waiting."""
     import numpy as np
