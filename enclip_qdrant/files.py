@@ -123,24 +123,37 @@ class _RemovedOnRelease:
         if self._depth:
             self._depth += 1
             return True
+        try:
+            fd = self._flock(deadline)
+        except BaseException:  # a folder we cannot write, say: this thread must not keep the others out
+            self._mutex.release()
+            raise
+        if fd is None:
+            self._mutex.release()
+            return False
+        self._fd, self._depth = fd, 1
+        return True
+
+    def _flock(self, deadline: float) -> int | None:
+        """An fd holding the flock on the file the path names now, or None once the deadline has passed."""
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
             except BlockingIOError:
                 os.close(fd)
                 if time.monotonic() >= deadline:
-                    self._mutex.release()
-                    return False
+                    return None
                 time.sleep(_POLL)
                 continue
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
             except FileNotFoundError:  # the holder before us removed it after we opened it
                 same = False
+            except BaseException:
+                os.close(fd)
+                raise
             if same:
-                self._fd, self._depth = fd, 1
-                return True
+                return fd
             os.close(fd)
 
     def release(self) -> None:

@@ -185,11 +185,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
     path = Path(path)
     mpath = path / MANIFEST
     if not mpath.is_file():
-        if (path / PLAN).is_file() and is_locked(path):  # a run's folder whose run still holds its lock
+        run = (path / PLAN).is_file()
+        if run and is_locked(path):  # a run's folder whose run still holds its lock
             raise BundleError(f"{path} is not an enclip bundle yet: `enclip-qdrant train` is writing it now; "
                               "wait for it to finish")
-        hint = " (training did not finish: run `enclip-qdrant train` again to resume)" \
-            if (path / PLAN).is_file() else ""
+        hint = " (training did not finish: run `enclip-qdrant train` again to resume)" if run else ""
         raise BundleError(f"{path} is not an enclip bundle: no {MANIFEST}{hint}")
     manifest = read_json(mpath)
     if manifest is None:
@@ -322,7 +322,7 @@ def seen_product_ids(path: str | Path) -> set[str]:
 
 
 def verify_files(path: Path, manifest: dict[str, Any], folders: list[Path], cpath: Path, weights: bool = True,
-            onnx: bool = True) -> None:
+                 onnx: bool = True) -> None:
     """Recompute the fingerprint. Without `weights` (the ONNX engine, which never reads them) the weights'
     recorded hashes stand in for theirs, and the engine checks the ONNX files against theirs as it reads them;
     with `onnx` the ONNX files are hashed here too (torch), so a changed tower is refused on both engines."""

@@ -526,9 +526,8 @@ class Service:
         cur.fields = {k: sorted(v, key=str) for k, v in sorted(values.items()) if 1 < len(v) <= _MAX_FIELD_VALUES}
 
     def fields(self, cur: Served) -> dict[str, list[Any]]:
-        """Catalog fields with few distinct values (filter menus), from the first points of the collection."""
-        if cur.fields is None:
-            self._scan_fields(cur)
+        """Catalog fields with few distinct values (filter menus), from the first points of the collection
+        (read when it was loaded)."""
         return cur.fields or {}
 
     def field_kinds(self, cur: Served) -> FieldKinds:

@@ -564,7 +564,7 @@ class EdgeStore(Store):
                         "in place, or build beside it with `index --blue-green` (the same bundle or a new one; "
                         "a running service switches to it)"
                     ) from e
-                raise StoreError(f"cannot open collection {name!r} at {path}: {_line(e)}") from e
+                raise StoreError(f"cannot open collection {name!r} at {path}: {first_line(e)}") from e
             self._shards[name] = shard
         return shard
 
@@ -585,7 +585,7 @@ class EdgeStore(Store):
         except EnclipError:
             raise
         except Exception as e:
-            raise StoreError(f"{op} on collection {name!r} failed: {_line(e)}") from e
+            raise StoreError(f"{op} on collection {name!r} failed: {first_line(e)}") from e
 
 
 def _fusion(fusion: Fusion) -> Any:
@@ -602,10 +602,6 @@ def _split(vectors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Sparse
         else:
             dense[k] = v
     return dense, sparse
-
-
-def _line(e: BaseException) -> str:
-    return first_line(e)
 
 
 def _remove_marked(folder: Path) -> None:

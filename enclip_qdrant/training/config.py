@@ -13,7 +13,7 @@ from enclip_qdrant.training.presets import FINETUNE_LR, TOWER_MODES, get_preset
 
 # The parts of the config that change what a member learns; `members` and `clusters` may change on resume.
 PLAN_KEYS = ("preset", "epochs", "batch_size", "lr", "seed", "diversity", "val_fraction", "base_model",
-              "pretrained", "warmup_fraction", "weight_decay", "text_encoder", "field_cols", "towers")
+             "pretrained", "warmup_fraction", "weight_decay", "text_encoder", "field_cols", "towers")
 
 # What a bundle or plan written before a setting existed was trained with (field_cols: titles only).
 LEGACY_DEFAULTS = {"field_cols": "none", "towers": "same"}

@@ -121,7 +121,7 @@ def _already_trained(out: Path, fingerprint: str, config: TrainConfig) -> Bundle
     if not (out / MANIFEST).is_file():
         return None
     try:
-        bundle = load_bundle(out)
+        bundle = load_bundle(out, device=config.device)
     except BundleError:
         return None
     manifest, trained = bundle.manifest, bundle.manifest["training"]

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -57,8 +59,10 @@ def _wait_for(base: str, physical: str, timeout: float = 120) -> dict:
         time.sleep(0.1)
 
 
-def test_blue_green_and_rollback_while_serving(bundle, other_bundle, catalog, catalog_dir, tmp_path):
-    home = tmp_path / "home"
+@contextmanager
+def _watched(home, bundle, catalog) -> Iterator[tuple[str, str, Watcher]]:
+    """`shop` indexed with `bundle` and served (following its alias), a watcher searching it without pause:
+    (its first physical collection, the service's URL, the watcher), stopped when the block ends."""
     with EdgeStore(home) as store:
         blue = index_catalog(catalog, bundle, store, "shop").physical
     app = create_app(ServeOptions(home=home, collection="shop", follow_seconds=0.2))
@@ -67,27 +71,33 @@ def test_blue_green_and_rollback_while_serving(bundle, other_bundle, catalog, ca
         watcher.start()
         try:
             time.sleep(0.5)
-            green = _cli(home, "index", str(catalog_dir), "--bundle", str(other_bundle.path), "--collection", "shop",
-                         "--blue-green", "--json")
-            assert green.returncode == 0, green.stderr[-2000:]
-            report = json.loads(green.stdout)
-            assert report["switched"] and report["previous"] == blue != report["physical"]
-            ready = _wait_for(base, report["physical"])
-            assert ready["bundle"] == other_bundle.fingerprint
-            time.sleep(0.5)
-            # the old collection is released: another process can open it now
-            with EdgeStore(home) as other:
-                assert other.count(blue) == len(catalog.products)
-
-            back = _cli(home, "rollback", "shop", "--json")
-            assert back.returncode == 0, back.stderr[-2000:]
-            assert json.loads(back.stdout)["switched_to"] == blue
-            ready = _wait_for(base, blue)
-            assert ready["bundle"] == bundle.fingerprint
-            time.sleep(0.5)
+            yield blue, base, watcher
         finally:
             watcher.stop.set()
             watcher.join(timeout=60)
+
+
+def test_blue_green_and_rollback_while_serving(bundle, other_bundle, catalog, catalog_dir, tmp_path):
+    home = tmp_path / "home"
+    with _watched(home, bundle, catalog) as (blue, base, watcher):
+        green = _cli(home, "index", str(catalog_dir), "--bundle", str(other_bundle.path), "--collection", "shop",
+                     "--blue-green", "--json")
+        assert green.returncode == 0, green.stderr[-2000:]
+        report = json.loads(green.stdout)
+        assert report["switched"] and report["previous"] == blue != report["physical"]
+        ready = _wait_for(base, report["physical"])
+        assert ready["bundle"] == other_bundle.fingerprint
+        time.sleep(0.5)
+        # the old collection is released: another process can open it now
+        with EdgeStore(home) as other:
+            assert other.count(blue) == len(catalog.products)
+
+        back = _cli(home, "rollback", "shop", "--json")
+        assert back.returncode == 0, back.stderr[-2000:]
+        assert json.loads(back.stdout)["switched_to"] == blue
+        ready = _wait_for(base, blue)
+        assert ready["bundle"] == bundle.fingerprint
+        time.sleep(0.5)
     statuses = [s for s, _, _ in watcher.seen]
     failed = [(s, t) for s, _, t in watcher.seen if s != 200]
     assert len(statuses) > 20 and not failed, failed[:3]
@@ -101,24 +111,14 @@ def test_blue_green_and_rollback_while_serving(bundle, other_bundle, catalog, ca
 def test_blue_green_with_the_same_bundle_while_serving(bundle, catalog, catalog_dir, tmp_path):
     """Rows changed, same bundle, service running: `index --blue-green` builds the twin and the service follows."""
     home = tmp_path / "home"
-    with EdgeStore(home) as store:
-        blue = index_catalog(catalog, bundle, store, "shop").physical
-    app = create_app(ServeOptions(home=home, collection="shop", follow_seconds=0.2))
-    with live_server(app) as base:
-        watcher = Watcher(base)
-        watcher.start()
-        try:
-            time.sleep(0.5)
-            r = _cli(home, "index", str(catalog_dir), "--bundle", str(bundle.path), "--collection", "shop",
-                     "--blue-green", "--json")
-            assert r.returncode == 0, r.stderr[-2000:]
-            report = json.loads(r.stdout)
-            assert (report["physical"], report["previous"], report["switched"]) == (f"{blue}-b", blue, True)
-            assert _wait_for(base, f"{blue}-b")["bundle"] == bundle.fingerprint
-            time.sleep(0.5)
-        finally:
-            watcher.stop.set()
-            watcher.join(timeout=60)
+    with _watched(home, bundle, catalog) as (blue, base, watcher):
+        r = _cli(home, "index", str(catalog_dir), "--bundle", str(bundle.path), "--collection", "shop",
+                 "--blue-green", "--json")
+        assert r.returncode == 0, r.stderr[-2000:]
+        report = json.loads(r.stdout)
+        assert (report["physical"], report["previous"], report["switched"]) == (f"{blue}-b", blue, True)
+        assert _wait_for(base, f"{blue}-b")["bundle"] == bundle.fingerprint
+        time.sleep(0.5)
     failed = [(s, t) for s, _, t in watcher.seen if s != 200]
     assert len(watcher.seen) > 10 and not failed, failed[:3]
 

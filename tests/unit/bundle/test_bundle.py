@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import open_clip
 import pytest
+from lock_holder import held_elsewhere
 from PIL import Image
 
 from enclip_qdrant.engine.load import load_bundle
@@ -85,16 +84,9 @@ def test_missing_or_foreign_manifest_is_a_clear_error(copy, tmp_path):
 def test_a_bundle_still_being_trained_says_so(copy):
     """A run's folder without a manifest: while `train` holds it, "wait"; once it is gone, "run again"."""
     (copy / "manifest.json").unlink()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from enclip_qdrant.files import locked\n"
-         "with locked(sys.argv[1]):\n    print('held', flush=True); sys.stdin.readline()", str(copy)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(BundleError, match="`enclip-qdrant train` is writing it now; wait for it to finish"):
-            load_bundle(copy)
-    finally:
-        holder.communicate("\n", timeout=30)
+    writing = "`enclip-qdrant train` is writing it now; wait for it to finish"
+    with held_elsewhere(copy), pytest.raises(BundleError, match=writing):
+        load_bundle(copy)
     with pytest.raises(BundleError, match="training did not finish: run `enclip-qdrant train` again to resume"):
         load_bundle(copy)
 

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from lock_holder import held_elsewhere
 
 from enclip_qdrant.files import BusyError, is_locked, locked
 
@@ -47,19 +48,12 @@ def test_processes_never_interleave_while_lock_files_come_and_go(tmp_path):
 
 def test_a_held_lock_is_busy_for_another_process_then_free(tmp_path):
     out = tmp_path / "b"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from enclip_qdrant.files import locked\n"
-         "with locked(sys.argv[1]):\n    print('held', flush=True); sys.stdin.readline()", str(out)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_elsewhere(out):
         assert is_locked(out)
         t = time.monotonic()
         with pytest.raises(BusyError, match="the thing is busy"), locked(out, timeout=0.3, what="the thing"):
             pass
         assert time.monotonic() - t >= 0.3
-    finally:
-        holder.communicate("\n", timeout=30)
     assert not is_locked(out)
     assert list(tmp_path.iterdir()) == []
 
@@ -111,3 +105,22 @@ def test_a_waiter_whose_file_was_removed_locks_the_new_one(tmp_path, monkeypatch
              "print(is_locked(sys.argv[1]))", str(tmp_path / "w")], capture_output=True, text=True, timeout=60)
         assert newcomer.stdout.strip() == "True"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_that_could_not_be_taken_keeps_no_other_thread_out(tmp_path):
+    """The lock file cannot be opened (here a folder stands at its path): that error reaches the caller, and
+    the per-process guard is not left held, so another thread locks it once the path is free."""
+    (tmp_path / "x.lock").mkdir()
+    with pytest.raises(IsADirectoryError), locked(tmp_path / "x", timeout=0):
+        pass
+    (tmp_path / "x.lock").rmdir()
+    got: list[bool] = []
+
+    def other() -> None:
+        with locked(tmp_path / "x", timeout=2):
+            got.append(True)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(timeout=10)
+    assert got == [True]
