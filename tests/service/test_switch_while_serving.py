@@ -59,6 +59,14 @@ def _wait_for(base: str, physical: str, timeout: float = 120) -> dict:
         time.sleep(0.1)
 
 
+def _blue_green(home, catalog_dir, bundle) -> dict:
+    """`index --blue-green` of `shop` with `bundle` from another shell: its JSON report."""
+    r = _cli(home, "index", str(catalog_dir), "--bundle", str(bundle.path), "--collection", "shop", "--blue-green",
+             "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
 @contextmanager
 def _watched(home, bundle, catalog) -> Iterator[tuple[str, str, Watcher]]:
     """`shop` indexed with `bundle` and served (following its alias), a watcher searching it without pause:
@@ -80,10 +88,7 @@ def _watched(home, bundle, catalog) -> Iterator[tuple[str, str, Watcher]]:
 def test_blue_green_and_rollback_while_serving(bundle, other_bundle, catalog, catalog_dir, tmp_path):
     home = tmp_path / "home"
     with _watched(home, bundle, catalog) as (blue, base, watcher):
-        green = _cli(home, "index", str(catalog_dir), "--bundle", str(other_bundle.path), "--collection", "shop",
-                     "--blue-green", "--json")
-        assert green.returncode == 0, green.stderr[-2000:]
-        report = json.loads(green.stdout)
+        report = _blue_green(home, catalog_dir, other_bundle)
         assert report["switched"] and report["previous"] == blue != report["physical"]
         ready = _wait_for(base, report["physical"])
         assert ready["bundle"] == other_bundle.fingerprint
@@ -112,10 +117,7 @@ def test_blue_green_with_the_same_bundle_while_serving(bundle, catalog, catalog_
     """Rows changed, same bundle, service running: `index --blue-green` builds the twin and the service follows."""
     home = tmp_path / "home"
     with _watched(home, bundle, catalog) as (blue, base, watcher):
-        r = _cli(home, "index", str(catalog_dir), "--bundle", str(bundle.path), "--collection", "shop",
-                 "--blue-green", "--json")
-        assert r.returncode == 0, r.stderr[-2000:]
-        report = json.loads(r.stdout)
+        report = _blue_green(home, catalog_dir, bundle)
         assert (report["physical"], report["previous"], report["switched"]) == (f"{blue}-b", blue, True)
         assert _wait_for(base, f"{blue}-b")["bundle"] == bundle.fingerprint
         time.sleep(0.5)
