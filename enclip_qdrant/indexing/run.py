@@ -116,7 +116,7 @@ def index_catalog(catalog: Any, bundle: Bundle, store: Store, collection: str, *
     else:  # ours from an interrupted run, the live one, or a blue/green twin: incremental indexing fills the rest
         recipe = check_compatible(store, physical, bundle).text_recipe()
         if switch:  # not serving anyone yet: it becomes the catalog as it is now, so rows gone from it go
-            prune, confirm = True, True
+            prune = True  # under the same guard as --prune: a table that lost most rows needs --yes
     report = IndexReport(collection, store.location, bundle.fingerprint, created,
                          skipped_rows=len(catalog.skipped), physical=physical, previous=previous)
     _fill(catalog, bundle, store, physical, report, batch_size, prune, progress, prune_threshold, confirm, recipe)

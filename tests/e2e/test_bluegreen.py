@@ -11,7 +11,7 @@ import pytest
 from enclip_qdrant import api
 from enclip_qdrant.collection.aliases import physical_name
 from enclip_qdrant.collection.meta import check_compatible
-from enclip_qdrant.errors import BundleError, EnclipError
+from enclip_qdrant.errors import BundleError, ConfirmationRequired, EnclipError
 from enclip_qdrant.indexing.push import migrate
 from enclip_qdrant.indexing.run import index_catalog
 from enclip_qdrant.search.options import SearchOptions
@@ -47,6 +47,11 @@ def test_blue_green_with_the_same_bundle_fills_its_twin_and_alternates(store, bu
     assert (back.added, back.deleted, back.unchanged) == (0, 3, n - 3)
     assert store.count("shop") == n - 3 and store.count(f"{base}-b") == n - 5  # the one it replaced is kept
     assert sorted(store.list_collections()) == sorted([base, f"{base}-b"])  # two, however many runs
+
+    few = dataclasses.replace(catalog, products=products[:40], row_ids=frozenset(p.id for p in products[:40]))
+    with pytest.raises(ConfirmationRequired):  # the twin holds n - 5: mirroring a table of 40 is --prune's guard
+        index_catalog(few, bundle, store, "shop", blue_green=True)
+    assert store.resolve("shop") == base and store.count(f"{base}-b") == n - 5  # nothing switched or deleted
 
 
 def test_blue_green_switches_only_when_complete_and_keeps_the_old(store, bundle, other_bundle, catalog,
